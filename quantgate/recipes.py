@@ -1,0 +1,182 @@
+"""Recipes: small, validated dataclasses that say how to quantize a model.
+
+A recipe is data. It validates itself when built, round-trips through JSON and
+YAML, and is saved next to every artifact it produced.
+
+    >>> r = WeightOnly(bits=4, group_size=64)
+    >>> Recipe.from_dict(r.to_dict()) == r
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from .errors import QuantgateError, require
+
+_REGISTRY: dict[str, type["Recipe"]] = {}
+
+
+def _one_of(name: str, value: Any, allowed: tuple) -> None:
+    require(value in allowed, f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Base class. Subclasses set `method` and validate in `__post_init__`."""
+
+    method: ClassVar[str] = ""
+    needs_calibration: ClassVar[bool] = False
+
+    # Module names (fnmatch patterns, e.g. "classifier*") that stay in float.
+    exclude: tuple[str, ...] = ()
+    # Linear layers with fewer output features than this stay in float ("too small").
+    min_out_features: int = 16
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.method:
+            _REGISTRY[cls.method] = cls
+
+    def __post_init__(self):
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        require(all(isinstance(p, str) and p for p in self.exclude),
+                f"exclude must be a list of module-name patterns, got {self.exclude!r}")
+        require(isinstance(self.min_out_features, int) and self.min_out_features >= 0,
+                f"min_out_features must be an integer >= 0, got {self.min_out_features!r}")
+
+    # -- identity -----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.method
+
+    # -- serialisation ------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = {"method": self.method}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = list(v) if isinstance(v, tuple) else v
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Recipe":
+        require(isinstance(d, dict), f"a recipe must be a mapping, got {type(d).__name__}")
+        d = dict(d)
+        method = d.pop("method", None)
+        _one_of("recipe method", method, tuple(sorted(_REGISTRY)))
+        cls = _REGISTRY[method]
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        require(not unknown, f"unknown field(s) {unknown} for recipe '{method}'; allowed: {sorted(known)}")
+        if "exclude" in d:
+            d["exclude"] = tuple(d["exclude"] or ())
+        try:
+            return cls(**d)
+        except TypeError as e:  # wrong argument types surface as a one-liner
+            raise QuantgateError(f"invalid recipe '{method}': {e}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=True)
+
+    @staticmethod
+    def load(path: str | Path) -> "Recipe":
+        p = Path(path)
+        require(p.is_file(), f"recipe file not found: {p}")
+        text = p.read_text()
+        try:
+            d = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise QuantgateError(f"recipe file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
+        return Recipe.from_dict(d)
+
+    @staticmethod
+    def parse(spec: str) -> "Recipe":
+        """Parse a short CLI spec such as 'dynamic', 'static', 'int8', 'int4-g64' or a recipe file path."""
+        if Path(spec).suffix in (".json", ".yaml", ".yml"):
+            return Recipe.load(spec)
+        s = spec.strip().lower()
+        if s in ("dynamic", "dynamic-int8"):
+            return DynamicInt8()
+        if s in ("static", "static-int8"):
+            return StaticInt8()
+        if s.startswith("int") or s.startswith("woq-int"):
+            body = s.removeprefix("woq-").removeprefix("int")
+            bits, _, g = body.partition("-g")
+            require(bits.isdigit(), f"cannot parse recipe {spec!r}: expected e.g. int8, int4-g64")
+            require(g == "" or g.isdigit(), f"cannot parse group size in {spec!r}: expected e.g. int4-g64")
+            return WeightOnly(bits=int(bits), group_size=int(g) if g else None)
+        raise QuantgateError(
+            f"unknown recipe {spec!r}; use one of: dynamic, static, int8, int4-g<N> (e.g. int4-g64), or a .yaml/.json recipe file")
+
+
+@dataclass(frozen=True)
+class DynamicInt8(Recipe):
+    """int8 weights, activations quantized per batch at run time. No calibration."""
+
+    method: ClassVar[str] = "dynamic-int8"
+    # "auto" picks the fastest backend present: the PT2E x86 inductor path when
+    # torch.compile works here, else torch.ao's fbgemm kernels (deprecated API).
+    backend: str = "auto"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _one_of("backend", self.backend, ("auto", "pt2e", "torch.ao"))
+
+
+CALIBRATORS = ("minmax",)
+
+
+@dataclass(frozen=True)
+class StaticInt8(Recipe):
+    """int8 weights and activations; activation ranges observed on calibration data."""
+
+    method: ClassVar[str] = "static-int8"
+    needs_calibration: ClassVar[bool] = True
+    calibrator: str = "minmax"
+    per_channel_weights: bool = True
+    num_samples: int = 256
+
+    def __post_init__(self):
+        super().__post_init__()
+        _one_of("calibrator", self.calibrator, CALIBRATORS)
+        require(isinstance(self.per_channel_weights, bool),
+                f"per_channel_weights must be true or false, got {self.per_channel_weights!r}")
+        require(isinstance(self.num_samples, int) and self.num_samples >= 1,
+                f"num_samples must be a positive integer, got {self.num_samples!r}")
+
+
+WEIGHT_ONLY_BITS = (4, 8)
+
+
+@dataclass(frozen=True)
+class WeightOnly(Recipe):
+    """Weights stored in `bits` with one scale (and zero point) per output channel
+    or per group of `group_size` input features; activations stay in float."""
+
+    method: ClassVar[str] = "weight-only"
+    bits: int = 8
+    group_size: int | None = None  # None: one scale per output channel
+    symmetric: bool = field(default=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _one_of("bits", self.bits, WEIGHT_ONLY_BITS)
+        require(self.group_size is None or (isinstance(self.group_size, int) and self.group_size > 0),
+                f"group_size must be a positive integer or null (per channel), got {self.group_size!r}")
+        require(self.group_size is None or self.group_size % 8 == 0,
+                f"group_size must be a multiple of 8 (e.g. 32, 64, 128), got {self.group_size}")
+        require(isinstance(self.symmetric, bool), f"symmetric must be true or false, got {self.symmetric!r}")
+
+    @property
+    def name(self) -> str:
+        g = f"-g{self.group_size}" if self.group_size else ""
+        return f"woq-int{self.bits}{g}"

@@ -1,0 +1,151 @@
+"""A self-contained HTML report: tables, inline SVG plots, and a few lines of
+script to filter the changed examples. Nothing is loaded from the network."""
+
+from __future__ import annotations
+
+import json
+from html import escape
+
+from . import svg
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+.warn{padding:8px 12px;border-radius:4px;margin:6px 0}.error{background:#fde2e1;border-left:5px solid #c62828}
+.warning{background:#fff4d6;border-left:5px solid #e0a000}.info{background:#e8f1fb;border-left:5px solid #1f77b4}
+.ok{background:#e6f4ea;border-left:5px solid #2e7d32;padding:8px 12px}
+.neg{color:#c62828}.pos{color:#2e7d32}.muted{color:#777}code{background:#f4f4f4;padding:1px 4px}
+details{margin:6px 0}td.text{text-align:left;max-width:520px;font-size:12px}
+"""
+
+SCRIPT = """
+(function () {
+  const sel = document.getElementById('changed-filter');
+  const rows = Array.from(document.querySelectorAll('#changed tbody tr'));
+  function apply() {
+    let shown = 0;
+    for (const r of rows) {
+      const on = sel.value === '' || r.dataset.candidate === sel.value;
+      r.style.display = on ? '' : 'none';
+      if (on) shown++;
+    }
+    document.getElementById('changed-count').textContent = shown + ' shown';
+  }
+  if (sel) { sel.addEventListener('change', apply); apply(); }
+  document.body.dataset.ready = 'yes';
+})();
+"""
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
+def _cls(x: float) -> str:
+    return "neg" if x < 0 else "pos" if x > 0 else ""
+
+
+def _delta_cell(m: dict) -> str:
+    return (f'<td class="{_cls(m["delta"])}">{_pts(m["delta"])} '
+            f'<span class="muted">[{_pts(m["ci_low"])}, {_pts(m["ci_high"])}]</span></td>')
+
+
+def render(d: dict) -> str:
+    base, cands = d["baseline"], d["candidates"]
+    bss = list(base["perf"]["batch_sizes"])
+    h = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>quantgate report</title>"
+         f"<style>{CSS}</style></head><body data-candidates=\"{len(cands)}\">",
+         f"<h1>quantgate report</h1><p class=muted>model <code>{escape(d['model']['path'])}</code> "
+         f"(sha {escape(d['model']['sha'])}) on <code>{escape(d['data']['source'])}</code>, "
+         f"{d['data']['n']} examples; {escape(d['created'])}</p>"]
+
+    # Failures and warnings first.
+    h.append("<h2>Warnings</h2>")
+    if not d["warnings"]:
+        h.append('<div class="ok">No warnings.</div>')
+    for w in d["warnings"]:
+        who = f"<b>{escape(w['candidate'])}</b>: " if w["candidate"] else ""
+        h.append(f'<div class="warn {w["severity"]}"><b>{w["severity"].upper()}</b> {who}{escape(w["message"])}'
+                 f'<br><span class=muted>remedy: {escape(w["remedy"])}</span></div>')
+
+    # Summary table.
+    h.append("<h2>Summary</h2><table id=summary><thead><tr><th>candidate</th><th>accuracy %</th>"
+             "<th>Δ accuracy, points [95% CI]</th><th>Δ macro-F1, points [95% CI]</th><th>changed</th>"
+             "<th>McNemar p</th>" + "".join(f"<th>p50 / p95 / p99 ms @{b}</th><th>throughput/s @{b}</th>" for b in bss)
+             + "<th>weights MB</th><th>quantize s</th><th>kernel</th></tr></thead><tbody>")
+
+    def perf_cells(p):
+        return "".join(f"<td>{p['batch_sizes'][b]['p50_ms']:.1f} / {p['batch_sizes'][b]['p95_ms']:.1f} / "
+                       f"{p['batch_sizes'][b]['p99_ms']:.1f}</td><td>{p['batch_sizes'][b]['throughput_per_s']:.1f}</td>"
+                       for b in bss)
+    h.append(f"<tr><td>fp32 (baseline)</td><td>{100 * base['accuracy']:.2f}</td><td></td><td></td><td></td><td></td>"
+             f"{perf_cells(base['perf'])}<td>{base['weight_bytes'] / 2**20:.1f}</td><td></td><td>fp32</td></tr>")
+    for c in cands:
+        a = c["metrics"]["accuracy"]
+        h.append(f"<tr class=candidate><td>{escape(c['name'])}</td><td>{100 * a['candidate']:.2f}</td>{_delta_cell(a)}"
+                 f"{_delta_cell(c['metrics']['macro_f1'])}<td>{c['n_changed']}</td><td>{c['mcnemar']['p_value']:.3f}</td>"
+                 f"{perf_cells(c['perf'])}<td>{c['weight_bytes'] / 2**20:.1f}</td><td>{c['quantize_seconds']:.1f}</td>"
+                 f"<td style='text-align:left'>{escape(c['kernel'])}</td></tr>")
+    h.append("</tbody></table>")
+
+    if cands:
+        # Per-slice deltas with intervals.
+        h.append("<h2>Accuracy change per slice</h2>")
+        for col in d["data"]["slices"]:
+            labels = [r["value"] for r in cands[0]["slices"][col]]
+            series = []
+            for c in cands:
+                by = {r["value"]: r for r in c["slices"][col]}
+                series.append((c["name"], [(100 * by[v]["accuracy"]["delta"], 100 * by[v]["accuracy"]["ci_low"],
+                                            100 * by[v]["accuracy"]["ci_high"]) if v in by else None for v in labels]))
+            rows = [f"{v} (n={r['n']})" for v, r in zip(labels, cands[0]["slices"][col])]
+            h.append(svg.interval_chart(rows, series, "Δ accuracy, points (dot: estimate; line: paired 95% bootstrap interval)",
+                                        f"by {col}"))
+            h.append(f"<details><summary>table: by {escape(col)}</summary><table><tr><th>{escape(col)}</th><th>n</th>"
+                     + "".join(f"<th>{escape(c['name'])} Δacc</th><th>Δmacro-F1</th>" for c in cands) + "</tr>")
+            for i, v in enumerate(labels):
+                h.append(f"<tr><td>{escape(v)}</td><td>{cands[0]['slices'][col][i]['n']}</td>")
+                for c in cands:
+                    r = c["slices"][col][i]
+                    h.append(_delta_cell(r["accuracy"]) + _delta_cell(r["macro_f1"]))
+                h.append("</tr>")
+            h.append("</table></details>")
+
+        # Latency distributions and size against accuracy.
+        h.append("<h2>Latency</h2>")
+        for b in bss:
+            models = [("fp32", base["perf"]["batch_sizes"][b])] + [(c["name"], c["perf"]["batch_sizes"][b]) for c in cands]
+            h.append(svg.latency_chart(models, b, f"batch {b}"))
+        h.append("<h2>Size against accuracy</h2>")
+        pts = [("fp32", base["weight_bytes"] / 2**20, 100 * base["accuracy"])] + \
+              [(c["name"], c["weight_bytes"] / 2**20, 100 * c["metrics"]["accuracy"]["candidate"]) for c in cands]
+        h.append(svg.scatter(pts, "weight bytes, MB", "accuracy, %", "weights against accuracy"))
+
+    # Changed examples.
+    h.append("<h2>Changed predictions</h2><p>Show <select id=changed-filter><option value=''>all candidates</option>"
+             + "".join(f"<option>{escape(c['name'])}</option>" for c in cands)
+             + "</select> <span id=changed-count class=muted></span></p><table id=changed><thead><tr><th>candidate</th>"
+             "<th>id</th><th>label</th><th>baseline (p)</th><th>candidate (p)</th><th>text</th></tr></thead><tbody>")
+    for c in cands:
+        for e in c["changed"]:
+            h.append(f"<tr data-candidate=\"{escape(c['name'])}\"><td>{escape(c['name'])}</td><td>{escape(e['id'])}</td>"
+                     f"<td>{escape(e['label'])}</td><td>{escape(e['baseline'])} ({e['baseline_prob']:.2f})</td>"
+                     f"<td>{escape(e['candidate'])} ({e['candidate_prob']:.2f})</td><td class=text>{escape(e['text'][:240])}</td></tr>")
+    h.append("</tbody></table>")
+
+    # What stayed in float, and provenance.
+    h.append("<h2>Layers and operators left in float</h2>")
+    for c in cands:
+        items = list(c["float_layers"].items()) + list(c["float_ops"].items())
+        h.append(f"<details><summary>{escape(c['name'])}: {len(c['quantized_layers'])} linear layers quantized, "
+                 f"{len(c['float_layers'])} linear layers in float</summary><table><tr><th>layer or operator</th><th>why</th></tr>"
+                 + "".join(f"<tr><td>{escape(k)}</td><td style='text-align:left'>{escape(v)}</td></tr>" for k, v in items)
+                 + "</table>" + "".join(f"<p class=muted>{escape(n)}</p>" for n in c["notes"]) + "</details>")
+    h.append("<h2>Recipes and environment</h2><pre>" + escape(json.dumps(
+        {"recipes": {c["name"]: c["recipe"] for c in cands},
+         "calibration": {c["name"]: c["calibration"] for c in cands if c["calibration"]},
+         "environment": d["environment"], "settings": d["settings"]}, indent=2)) + "</pre>")
+    h.append(f"<script>{SCRIPT}</script></body></html>")
+    return "".join(h)

@@ -1,0 +1,39 @@
+"""The comparison as a terminal table."""
+
+from __future__ import annotations
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
+def _mb(b: float) -> str:
+    return f"{b / 2**20:.1f}"
+
+
+def table(d: dict) -> str:
+    """`d` is Comparison.to_dict()."""
+    bss = list(d["baseline"]["perf"]["batch_sizes"])
+    base = d["baseline"]
+    head = ["candidate", "acc %", "Δacc pts [95% CI]", "Δmacro-F1 pts", "changed", "McNemar p"]
+    head += [f"p50/p99 ms @{b}" for b in bss] + [f"x thru @{b}" for b in bss] + ["weights MB"]
+    rows = [["fp32 (baseline)", f"{100 * base['accuracy']:.2f}", "", "", "", ""]
+            + [f"{base['perf']['batch_sizes'][b]['p50_ms']:.1f}/{base['perf']['batch_sizes'][b]['p99_ms']:.1f}" for b in bss]
+            + ["1.00" for _ in bss] + [_mb(base["weight_bytes"])]]
+    for c in d["candidates"]:
+        a, f = c["metrics"]["accuracy"], c["metrics"]["macro_f1"]
+        rows.append([c["name"], f"{100 * a['candidate']:.2f}", f"{_pts(a['delta'])} [{_pts(a['ci_low'])}, {_pts(a['ci_high'])}]",
+                     _pts(f["delta"]), f"{c['n_changed']}/{d['data']['n']}", f"{c['mcnemar']['p_value']:.2f}"]
+                    + [f"{c['perf']['batch_sizes'][b]['p50_ms']:.1f}/{c['perf']['batch_sizes'][b]['p99_ms']:.1f}" for b in bss]
+                    + [f"{c['perf']['batch_sizes'][b]['throughput_per_s'] / base['perf']['batch_sizes'][b]['throughput_per_s']:.2f}"
+                       for b in bss]
+                    + [_mb(c["weight_bytes"])])
+    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+    line = lambda r: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+    out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    if d["warnings"]:
+        out.append("")
+        for w in d["warnings"]:
+            who = f"[{w['candidate']}] " if w["candidate"] else ""
+            out.append(f"{w['severity'].upper():7s} {who}{w['message']}\n        remedy: {w['remedy']}")
+    return "\n".join(out)

@@ -1,0 +1,50 @@
+import pytest
+
+from quantgate.errors import QuantgateError
+from quantgate.recipes import DynamicInt8, Recipe, StaticInt8, WeightOnly
+
+
+@pytest.mark.parametrize("r", [DynamicInt8(), DynamicInt8(backend="pt2e", exclude=("classifier*",)),
+                               StaticInt8(num_samples=64), WeightOnly(bits=4, group_size=64), WeightOnly(bits=8)])
+def test_round_trip_json_yaml_and_file(r, tmp_path):
+    assert Recipe.from_dict(r.to_dict()) == r
+    for ext, text in ((".json", r.to_json()), (".yaml", r.to_yaml())):
+        p = tmp_path / f"r{ext}"
+        p.write_text(text)
+        assert Recipe.load(p) == r
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"bits": 5}, "bits must be one of 4, 8, got 5"),
+    ({"bits": 4, "group_size": 0}, "group_size must be a positive integer or null"),
+    ({"bits": 4, "group_size": 20}, "group_size must be a multiple of 8"),
+])
+def test_invalid_weight_only_recipe(kwargs, message):
+    with pytest.raises(QuantgateError, match=message):
+        WeightOnly(**kwargs)
+
+
+def test_invalid_values_from_a_file_are_one_clear_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("method: weight-only\nbits: 5\n")
+    with pytest.raises(QuantgateError, match="bits must be one of 4, 8, got 5"):
+        Recipe.load(p)
+    p.write_text("method: weight-only\nbitz: 4\n")
+    with pytest.raises(QuantgateError, match=r"unknown field\(s\) \['bitz'\]"):
+        Recipe.load(p)
+    p.write_text("method: magic\n")
+    with pytest.raises(QuantgateError, match="recipe method must be one of dynamic-int8, static-int8, weight-only"):
+        Recipe.load(p)
+    with pytest.raises(QuantgateError, match="calibrator must be one of"):
+        StaticInt8(calibrator="vibes")
+
+
+def test_parse_short_specs():
+    assert Recipe.parse("dynamic") == DynamicInt8()
+    assert Recipe.parse("static") == StaticInt8()
+    assert Recipe.parse("int4-g64") == WeightOnly(bits=4, group_size=64)
+    assert Recipe.parse("int8").name == "woq-int8"
+    with pytest.raises(QuantgateError, match="unknown recipe 'fp6'"):
+        Recipe.parse("fp6")
+    with pytest.raises(QuantgateError, match="bits must be one of 4, 8, got 3"):
+        Recipe.parse("int3-g64")
