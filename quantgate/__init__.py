@@ -1,5 +1,6 @@
 """quantgate: quantize a fine-tuned model and prove the result on your own task."""
 
+from . import _env  # noqa: F401  (offline, quiet)
 from .errors import QuantgateError
 from .recipes import DynamicInt8, Recipe, StaticInt8, WeightOnly
 

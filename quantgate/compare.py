@@ -33,6 +33,7 @@ class Settings:
     n_boot: int = 2000
     seed: int = 0
     perf_budget_s: float = 5.0
+    perf_min_reps: int = 10
     max_changed: int = 200
     verbose: bool = True
 
@@ -128,7 +129,7 @@ def evaluate_candidate(model: Model, q: Quantized, data: Dataset, base: Predicti
                        s: Settings) -> Candidate:
     cand = predict(q.module, model, data, s.eval_batch_size, s.verbose, desc=f"evaluate {q.name}")
     y, pb, pc = base.labels, base.pred, cand.pred
-    pf = perf.measure(q.module, model, data.texts, s.batch_sizes, budget_s=s.perf_budget_s)
+    pf = perf.measure(q.module, model, data.texts, s.batch_sizes, min_reps=s.perf_min_reps, budget_s=s.perf_budget_s)
     return Candidate(
         name=q.name, recipe=q.recipe.to_dict(), kernel=q.kernel, quantized_layers=q.quantized_layers,
         float_layers=q.float_layers, float_ops=q.float_ops, notes=q.notes, quantize_seconds=q.seconds, calibration=q.calibration,
@@ -148,7 +149,8 @@ def compare(model: Model, data: Dataset, recipes: list[Recipe], calibration: Dat
     require(len(set(names)) == len(names), f"recipes must be distinct, got {names}")
     torch.manual_seed(s.seed)
     base = predict(model.module, model, data, s.eval_batch_size, s.verbose, desc="evaluate baseline")
-    base_perf = perf.measure(model.module, model, data.texts, s.batch_sizes, budget_s=s.perf_budget_s)
+    base_perf = perf.measure(model.module, model, data.texts, s.batch_sizes, min_reps=s.perf_min_reps,
+                             budget_s=s.perf_budget_s)
     y = base.labels
     baseline = {"name": "fp32", "accuracy": metrics.accuracy(y, base.pred),
                 "macro_f1": metrics.macro_f1(y, base.pred, len(model.labels)),

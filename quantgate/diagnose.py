@@ -16,13 +16,12 @@ def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32) -> l
     for c in comp.candidates:
         slower = [(bs, st["p50_ms"], base_bs[bs]["p50_ms"]) for bs, st in c.perf["batch_sizes"].items()
                   if bs in base_bs and st["p50_ms"] > base_bs[bs]["p50_ms"]]
-        for bs, cand_ms, base_ms in slower:
-            out.append(warning("error", "slower", c.name,
-                               f"quantized but slower: backend fallback? p50 {cand_ms:.1f} ms vs {base_ms:.1f} ms "
-                               f"for fp32 at batch {bs}",
-                               "check the kernel line; try another backend or recipe, or keep this model in fp32"))
+        if slower:
+            detail = "; ".join(f"batch {bs}: p50 {cm:.1f} ms vs {bm:.1f} ms for fp32" for bs, cm, bm in slower)
+            out.append(warning("error", "slower", c.name, f"quantized but slower: backend fallback? {detail}",
+                               f"it runs on {c.kernel}; try another backend or recipe, or keep this model in fp32"))
         for note in c.notes:
-            if "fall back" in note:
+            if "always dequantize" in note:
                 out.append(warning("warning", "fallback", c.name, note,
                                    "pick a group size the packed kernel supports (32, 64, 128, 256 dividing the layer width)"))
         acc = c.metrics["accuracy"]

@@ -87,6 +87,7 @@ def finetune(train: Dataset, base: str | Path | None = None, epochs: int = 3, ba
 
     torch.manual_seed(seed); random.seed(seed)
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(
         base, local_files_only=True, num_labels=len(labels),

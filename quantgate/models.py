@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,8 +11,6 @@ import torch
 
 from .errors import require
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from local paths only
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 class LogitsModel(torch.nn.Module):
@@ -88,6 +85,7 @@ def load_classifier(path: str | Path, max_length: int = 128) -> Model:
     weights = [f for f in p.iterdir() if f.suffix in (".safetensors", ".bin")]
     require(weights, f"{p} has no weight files (*.safetensors or *.bin)")
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     hf = AutoModelForSequenceClassification.from_pretrained(p, local_files_only=True, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
     id2label = hf.config.id2label

@@ -18,6 +18,7 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 .ok{background:#e6f4ea;border-left:5px solid #2e7d32;padding:8px 12px}
 .neg{color:#c62828}.pos{color:#2e7d32}.muted{color:#777}code{background:#f4f4f4;padding:1px 4px}
 details{margin:6px 0}td.text{text-align:left;max-width:520px;font-size:12px}
+#summary td{white-space:nowrap}
 """
 
 SCRIPT = """
@@ -74,21 +75,21 @@ def render(d: dict) -> str:
     h.append("<h2>Summary</h2><table id=summary><thead><tr><th>candidate</th><th>accuracy %</th>"
              "<th>Δ accuracy, points [95% CI]</th><th>Δ macro-F1, points [95% CI]</th><th>changed</th>"
              "<th>McNemar p</th>" + "".join(f"<th>p50 / p95 / p99 ms @{b}</th><th>throughput/s @{b}</th>" for b in bss)
-             + "<th>weights MB</th><th>quantize s</th><th>kernel</th></tr></thead><tbody>")
+             + "<th>weights MB</th><th>quantize s</th></tr></thead><tbody>")
 
     def perf_cells(p):
         return "".join(f"<td>{p['batch_sizes'][b]['p50_ms']:.1f} / {p['batch_sizes'][b]['p95_ms']:.1f} / "
                        f"{p['batch_sizes'][b]['p99_ms']:.1f}</td><td>{p['batch_sizes'][b]['throughput_per_s']:.1f}</td>"
                        for b in bss)
     h.append(f"<tr><td>fp32 (baseline)</td><td>{100 * base['accuracy']:.2f}</td><td></td><td></td><td></td><td></td>"
-             f"{perf_cells(base['perf'])}<td>{base['weight_bytes'] / 2**20:.1f}</td><td></td><td>fp32</td></tr>")
+             f"{perf_cells(base['perf'])}<td>{base['weight_bytes'] / 2**20:.1f}</td><td></td></tr>")
     for c in cands:
         a = c["metrics"]["accuracy"]
         h.append(f"<tr class=candidate><td>{escape(c['name'])}</td><td>{100 * a['candidate']:.2f}</td>{_delta_cell(a)}"
                  f"{_delta_cell(c['metrics']['macro_f1'])}<td>{c['n_changed']}</td><td>{c['mcnemar']['p_value']:.3f}</td>"
-                 f"{perf_cells(c['perf'])}<td>{c['weight_bytes'] / 2**20:.1f}</td><td>{c['quantize_seconds']:.1f}</td>"
-                 f"<td style='text-align:left'>{escape(c['kernel'])}</td></tr>")
-    h.append("</tbody></table>")
+                 f"{perf_cells(c['perf'])}<td>{c['weight_bytes'] / 2**20:.1f}</td><td>{c['quantize_seconds']:.1f}</td></tr>")
+    h.append("</tbody></table><p class=muted>Latency: per call, p50 / p95 / p99 over the calls measured (count in the JSON); "
+             "throughput: examples per second at the median latency.</p>")
 
     if cands:
         # Per-slice deltas with intervals.
@@ -136,9 +137,10 @@ def render(d: dict) -> str:
     h.append("</tbody></table>")
 
     # What stayed in float, and provenance.
-    h.append("<h2>Layers and operators left in float</h2>")
+    h.append("<h2>Kernels, and what stayed in float</h2>")
     for c in cands:
         items = list(c["float_layers"].items()) + list(c["float_ops"].items())
+        h.append(f"<p><b>{escape(c['name'])}</b> runs on: {escape(c['kernel'])}</p>")
         h.append(f"<details><summary>{escape(c['name'])}: {len(c['quantized_layers'])} linear layers quantized, "
                  f"{len(c['float_layers'])} linear layers in float</summary><table><tr><th>layer or operator</th><th>why</th></tr>"
                  + "".join(f"<tr><td>{escape(k)}</td><td style='text-align:left'>{escape(v)}</td></tr>" for k, v in items)

@@ -1,0 +1,43 @@
+"""Shared, expensive fixtures: the fine-tuned default classifier (cached on disk,
+shared with `make demo`) and one comparison of every recipe on the BBC test split."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("QUANTGATE_PROGRESS", "0")
+
+
+@pytest.fixture(scope="session")
+def bbc():
+    from quantgate.data import bbc_splits
+    return bbc_splits()
+
+
+@pytest.fixture(scope="session")
+def finetuned_dir(bbc):
+    from quantgate.finetune import finetune
+    return finetune(bbc["train"], verbose=False)
+
+
+@pytest.fixture(scope="session")
+def model(finetuned_dir):
+    from quantgate.models import load_classifier
+    return load_classifier(finetuned_dir)
+
+
+@pytest.fixture(scope="session")
+def comparison(model, bbc):
+    from quantgate.compare import Settings, compare
+    from quantgate.recipes import DynamicInt8, StaticInt8, WeightOnly
+    recipes = [DynamicInt8(), StaticInt8(), WeightOnly(bits=8), WeightOnly(bits=4, group_size=32)]
+    s = Settings(batch_sizes=(1, 32), perf_budget_s=0.5, perf_min_reps=3, n_boot=1000, verbose=False)
+    return compare(model, bbc["test"], recipes, bbc["calibration"], s)
+
+
+@pytest.fixture(scope="session")
+def report_dir(comparison, tmp_path_factory):
+    from quantgate.report import write_reports
+    out = tmp_path_factory.mktemp("report")
+    write_reports(comparison, out)
+    return out

@@ -1,0 +1,95 @@
+"""The foundation's promises, checked on the fine-tuned default classifier and
+the BBC test split (one shared comparison of every recipe)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from quantgate.report import table
+
+NAMES = ["dynamic-int8", "static-int8", "woq-int8", "woq-int4-g32"]
+
+
+def test_fine_tuned_baseline_is_a_real_classifier(comparison):
+    assert comparison.baseline["accuracy"] > 0.95
+    assert comparison.data["n"] == 556
+    assert [c.name for c in comparison.candidates] == NAMES
+
+
+@pytest.mark.parametrize("name", ["dynamic-int8", "static-int8"])
+def test_int8_stays_within_one_point_with_an_interval(comparison, name):
+    acc = comparison.candidate(name).metrics["accuracy"]
+    assert acc["delta"] >= -0.010, acc
+    assert acc["ci_low"] <= acc["delta"] <= acc["ci_high"]
+    assert acc["ci_high"] - acc["ci_low"] < 0.03           # a paired interval on 556 examples is narrow
+
+
+def test_changed_examples_are_exactly_the_changed_predictions(comparison):
+    for c in comparison.candidates:
+        assert c.n_changed == len(c.changed)
+        assert all(e["baseline"] != e["candidate"] for e in c.changed)
+        assert c.agreement == pytest.approx(1 - c.n_changed / 556)
+        m = c.mcnemar
+        assert m["baseline_only_correct"] + m["candidate_only_correct"] <= c.n_changed
+        # accuracy delta is the net of McNemar's discordant counts
+        assert c.metrics["accuracy"]["delta"] == pytest.approx(
+            (m["candidate_only_correct"] - m["baseline_only_correct"]) / 556)
+
+
+def test_slices_cover_every_example(comparison):
+    for c in comparison.candidates:
+        assert [r["value"] for r in c.slices["topic"]] == ["business", "entertainment", "politics", "sports", "tech"]
+        assert sum(r["n"] for r in c.slices["topic"]) == 556
+        assert sum(r["n"] for r in c.slices["length"]) == 556 and len(c.slices["length"]) == 3
+
+
+def test_latency_distribution_and_throughput(comparison):
+    for perf in [comparison.baseline["perf"]] + [c.perf for c in comparison.candidates]:
+        assert set(perf["batch_sizes"]) == {"1", "32"}
+        for bs, st in perf["batch_sizes"].items():
+            assert 0 < st["p50_ms"] <= st["p95_ms"] <= st["p99_ms"] and st["n"] >= 3
+            assert st["throughput_per_s"] == pytest.approx(int(bs) / (st["p50_ms"] / 1e3))
+        assert perf["peak_rss_mb"] > 100
+
+
+def test_weight_bytes_shrink_in_the_right_order(comparison):
+    fp32 = comparison.baseline["weight_bytes"]
+    assert fp32 == pytest.approx(22.7e6 * 4, rel=0.02)       # all-MiniLM-L6-v2: 22.7M fp32 parameters
+    by = {c.name: c.weight_bytes for c in comparison.candidates}
+    # the 11.7M-parameter embedding stays fp32, so int8 linears save about a third
+    assert by["woq-int4-g32"] < by["woq-int8"] < 0.72 * fp32
+    assert by["dynamic-int8"] < 0.72 * fp32
+
+
+def test_float_leftovers_are_listed_with_reasons(comparison):
+    for c in comparison.candidates:
+        assert c.float_layers == {"model.classifier": "too small (out_features=5 < min_out_features=16)"}
+        assert len(c.quantized_layers) == 36                  # 6 layers x (q, k, v, o, up, down)
+        assert any(k.startswith("Embedding") for k in c.float_ops)
+
+
+def test_calibration_fingerprint_is_recorded(comparison, bbc):
+    cal = comparison.candidate("static-int8").calibration
+    assert cal["count"] == len(bbc["calibration"]) == 222
+    assert set(cal["slices"]["topic"]) == {"business", "entertainment", "politics", "sports", "tech"}
+    assert cal["tokenizer"].startswith("BertTokenizer") and len(cal["hash"]) == 16
+    assert comparison.candidate("dynamic-int8").calibration is None
+
+
+def test_weight_only_says_it_is_slower_on_encoder_batches(comparison):
+    """Measured: on CPU, weight-only layers dequantize for encoder-sized calls, so they
+    cost time. The report must say so as a failure, not hide it."""
+    codes = {(w["code"], w["candidate"]) for w in comparison.warnings}
+    assert ("slower", "woq-int8") in codes
+    assert comparison.warnings[0]["severity"] == "error"
+
+
+def test_terminal_table_and_json(comparison, report_dir):
+    t = table(comparison.to_dict())
+    for n in ["fp32 (baseline)"] + NAMES:
+        assert n in t
+    d = json.loads((report_dir / "comparison.json").read_text())
+    assert [c["name"] for c in d["candidates"]] == NAMES
+    assert d["candidates"][0]["metrics"]["accuracy"]["delta"] == comparison.candidates[0].metrics["accuracy"]["delta"]
+    assert not list(report_dir.glob(".*"))                   # no temporary files left behind
