@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("finetune", help="fine-tune a sequence classifier (cached)")
     f.add_argument("--base", help="base model directory (default: the bundled all-MiniLM-L6-v2)")
-    f.add_argument("--epochs", type=int, default=3)
+    f.add_argument("--epochs", type=int, default=1)
     f.add_argument("--batch-size", type=int, default=16)
     f.add_argument("--lr", type=float, default=1e-4)
     f.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (CUDA)")

@@ -61,7 +61,7 @@ def autocast(device: str, precision: str):
     return torch.autocast(device_type=device, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
-def finetune(train: Dataset, base: str | Path | None = None, epochs: int = 3, batch_size: int = 16,
+def finetune(train: Dataset, base: str | Path | None = None, epochs: int = 1, batch_size: int = 16,
              lr: float = 1e-4, max_length: int = 128, seed: int = 0, precision: str = "auto",
              out: str | Path | None = None, verbose: bool = True) -> Path:
     """Fine-tune `base` on `train` and return the saved directory. A second call
@@ -90,7 +90,7 @@ def finetune(train: Dataset, base: str | Path | None = None, epochs: int = 3, ba
     hf_logging.disable_progress_bar()
     tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, local_files_only=True, num_labels=len(labels),
+        base, local_files_only=True, num_labels=len(labels), dtype=torch.float32,
         id2label=dict(enumerate(labels)), label2id={y: i for i, y in enumerate(labels)}).to(device)
     enc = tok(train.texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     y = torch.tensor([labels.index(v) for v in train.labels])

@@ -63,8 +63,10 @@ def float_operators(module: torch.nn.Module, what: str) -> dict[str, str]:
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:
-    """Bytes of every distinct tensor a module holds: parameters, buffers, graph
-    constants, and the int8 weights inside torch.ao's packed parameters."""
+    """Bytes of every distinct tensor a module needs to run: parameters and
+    buffers; for an exported graph, only the constants its nodes read (the float
+    weights it was traced from are not counted); and the int8 weights inside
+    torch.ao's packed parameters."""
     seen, total = set(), 0
 
     def add(t):
@@ -75,22 +77,25 @@ def tensor_bytes(module: torch.nn.Module) -> int:
                 seen.add(key)
                 total += t.numel() * t.element_size()
 
+    graphs = [m for m in module.modules() if isinstance(m, torch.fx.GraphModule)]
+    if graphs:
+        for g in graphs:
+            for node in g.graph.nodes:
+                if node.op == "get_attr":
+                    obj = g
+                    for part in node.target.split("."):
+                        obj = getattr(obj, part, None)
+                    add(obj)
+        return total
     for t in module.parameters():
         add(t)
     for t in module.buffers():
         add(t)
     for m in module.modules():
-        if isinstance(m, torch.fx.GraphModule):
-            for node in m.graph.nodes:
-                if node.op == "get_attr":
-                    obj = m
-                    for part in node.target.split("."):
-                        obj = getattr(obj, part, None)
-                    add(obj)
-        packed = getattr(m, "_packed_params", None)
-        if packed is not None and hasattr(packed, "_weight_bias"):
-            w, b = packed._weight_bias()
+        if type(m).__name__ == "LinearPackedParams":       # torch.ao dynamic int8
+            w, b = m._weight_bias()
             total += w.numel() * w.element_size()
-            total += w.q_per_channel_scales().numel() * 12 if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric) else 8
+            if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+                total += w.q_per_channel_scales().numel() * 8 + w.q_per_channel_zero_points().numel() * 8
             add(b)
     return total
