@@ -132,7 +132,7 @@ class DynamicInt8(Recipe):
         _one_of("backend", self.backend, ("auto", "pt2e", "torch.ao"))
 
 
-CALIBRATORS = ("minmax",)
+CALIBRATORS = ("minmax", "moving_average", "percentile", "mse", "entropy")
 
 
 @dataclass(frozen=True)
@@ -141,17 +141,25 @@ class StaticInt8(Recipe):
 
     method: ClassVar[str] = "static-int8"
     needs_calibration: ClassVar[bool] = True
-    calibrator: str = "minmax"
+    calibrator: str = "minmax"           # minmax, moving_average, percentile, mse, entropy
+    percentile: float = 99.99            # used by the percentile calibrator
     per_channel_weights: bool = True
     num_samples: int = 256
 
     def __post_init__(self):
         super().__post_init__()
         _one_of("calibrator", self.calibrator, CALIBRATORS)
+        require(isinstance(self.percentile, (int, float)) and 50 < self.percentile <= 100,
+                f"percentile must be a number in (50, 100], got {self.percentile!r}")
         require(isinstance(self.per_channel_weights, bool),
                 f"per_channel_weights must be true or false, got {self.per_channel_weights!r}")
         require(isinstance(self.num_samples, int) and self.num_samples >= 1,
                 f"num_samples must be a positive integer, got {self.num_samples!r}")
+
+    @property
+    def name(self) -> str:
+        cal = "" if self.calibrator == "minmax" else f"-{self.calibrator}"
+        return f"static-int8{cal}{'' if self.per_channel_weights else '-pertensor'}"
 
 
 WEIGHT_ONLY_BITS = (4, 8)

@@ -11,14 +11,20 @@ import torch
 from ..errors import QuantgateError
 
 
-def _quantizer(dynamic: bool, reduce_range: bool, activation_observer=None):
+def _quantizer(dynamic: bool, reduce_range: bool, activation_observer=None, per_channel_weights: bool = True):
+    import dataclasses
+
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e import MinMaxObserver
     cfg = xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic, reduce_range=reduce_range)
     if activation_observer is not None and not dynamic:
-        import dataclasses
         spec = dataclasses.replace(cfg.input_activation,
                                    observer_or_fake_quant_ctr=activation_observer.with_args(eps=2**-12))
         cfg = dataclasses.replace(cfg, input_activation=spec, output_activation=spec)
+    if not per_channel_weights:
+        w = dataclasses.replace(cfg.weight, qscheme=torch.per_tensor_symmetric, ch_axis=None,
+                                observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
+        cfg = dataclasses.replace(cfg, weight=w)
     return xiq.X86InductorQuantizer().set_global(cfg)
 
 
@@ -36,10 +42,11 @@ def export(module: torch.nn.Module, example: dict[str, torch.Tensor]) -> torch.f
     return ep.module()
 
 
-def prepare(module, example, dynamic: bool, skip: list[str], reduce_range: bool, activation_observer=None):
+def prepare(module, example, dynamic: bool, skip: list[str], reduce_range: bool, activation_observer=None,
+            per_channel_weights: bool = True):
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
     gm = export(module, example)
-    q = _quantizer(dynamic, reduce_range, activation_observer)
+    q = _quantizer(dynamic, reduce_range, activation_observer, per_channel_weights)
     for name in skip:
         q.set_module_name_qconfig(name, None)
     with warnings.catch_warnings():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..calibration import batches, prepare_calibration
+from ..calibrators import pt2e_observer
 from ..progress import progress
 from ..recipes import StaticInt8
 from . import pt2e
@@ -14,11 +15,6 @@ from .common import Quantized, float_operators, select_linears
 
 def vnni() -> bool:
     return bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
-
-
-def activation_observer(name: str):
-    from torchao.quantization.pt2e import MinMaxObserver
-    return {"minmax": MinMaxObserver}[name]
 
 
 def apply(model, recipe: StaticInt8, calibration=None, batch_size: int = 32, verbose: bool = True) -> Quantized:
@@ -31,7 +27,8 @@ def apply(model, recipe: StaticInt8, calibration=None, batch_size: int = 32, ver
         notes.append("CPU without VNNI: activations use a 7-bit range (reduce_range) to avoid int16 saturation")
     example = {k: v[:2] for k, v in enc.items()}
     prepared = pt2e.prepare(model.module, example, dynamic=False, skip=list(kept), reduce_range=reduce_range,
-                            activation_observer=activation_observer(recipe.calibrator))
+                            activation_observer=pt2e_observer(recipe.calibrator, recipe.percentile),
+                            per_channel_weights=recipe.per_channel_weights)
     n = enc["input_ids"].shape[0]
     with torch.no_grad(), progress(total=n, desc=f"calibrate ({recipe.calibrator})", enabled=verbose) as bar:
         for ids, am in batches(enc, batch_size):
