@@ -109,7 +109,6 @@ def _finish(comp, a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from .compare import Settings
     from .evaluate import metrics, perf
     from .quantize import quantize
     from .recipes import Recipe
@@ -121,7 +120,7 @@ def cmd_evaluate(a) -> int:
         r = Recipe.parse(a.recipe)
         module, name = quantize(model, r, cal if r.needs_calibration else None).module, r.name
     pr = predict(module, model, data)
-    pf = perf.measure(module, model, data.texts, _batch_sizes(a.batch_sizes), budget_s=a.perf_seconds)
+    pf = perf.measure({name: module}, model, data.texts, _batch_sizes(a.batch_sizes), budget_s=a.perf_seconds)[name]
     res = {"model": name, "n": len(data), "accuracy": metrics.accuracy(pr.labels, pr.pred),
            "macro_f1": metrics.macro_f1(pr.labels, pr.pred, len(model.labels)), "perf": pf}
     print(json.dumps(res, indent=2))

@@ -10,6 +10,7 @@ to quantize; which layers stayed in float and why."""
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -76,6 +77,7 @@ class Comparison:
     warnings: list[dict] = field(default_factory=list)
     environment: dict = field(default_factory=dict)
     created: str = ""
+    calibration_checks: dict | None = None   # sufficiency, coverage, missing slices, outlier channels
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,11 +127,11 @@ def mean_kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-12) -> float:
     return float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=1)))
 
 
-def evaluate_candidate(model: Model, q: Quantized, data: Dataset, base: Predictions, base_perf: dict,
-                       s: Settings) -> Candidate:
-    cand = predict(q.module, model, data, s.eval_batch_size, s.verbose, desc=f"evaluate {q.name}")
+def evaluate_candidate(model: Model, q: Quantized, data: Dataset, base: Predictions, s: Settings) -> Candidate:
+    with perf.RssSampler() as mem:
+        cand = predict(q.module, model, data, s.eval_batch_size, s.verbose, desc=f"evaluate {q.name}")
     y, pb, pc = base.labels, base.pred, cand.pred
-    pf = perf.measure(q.module, model, data.texts, s.batch_sizes, min_reps=s.perf_min_reps, budget_s=s.perf_budget_s)
+    pf = {"peak_rss_mb": mem.peak / 2**20, "rss_growth_mb": (mem.peak - mem.start) / 2**20}
     return Candidate(
         name=q.name, recipe=q.recipe.to_dict(), kernel=q.kernel, quantized_layers=q.quantized_layers,
         float_layers=q.float_layers, float_ops=q.float_ops, notes=q.notes, quantize_seconds=q.seconds, calibration=q.calibration,
@@ -148,9 +150,9 @@ def compare(model: Model, data: Dataset, recipes: list[Recipe], calibration: Dat
     names = [r.name for r in recipes]
     require(len(set(names)) == len(names), f"recipes must be distinct, got {names}")
     torch.manual_seed(s.seed)
-    base = predict(model.module, model, data, s.eval_batch_size, s.verbose, desc="evaluate baseline")
-    base_perf = perf.measure(model.module, model, data.texts, s.batch_sizes, min_reps=s.perf_min_reps,
-                             budget_s=s.perf_budget_s)
+    with perf.RssSampler() as mem:
+        base = predict(model.module, model, data, s.eval_batch_size, s.verbose, desc="evaluate baseline")
+    base_perf = {"peak_rss_mb": mem.peak / 2**20, "rss_growth_mb": (mem.peak - mem.start) / 2**20}
     y = base.labels
     baseline = {"name": "fp32", "accuracy": metrics.accuracy(y, base.pred),
                 "macro_f1": metrics.macro_f1(y, base.pred, len(model.labels)),
@@ -163,9 +165,23 @@ def compare(model: Model, data: Dataset, recipes: list[Recipe], calibration: Dat
               "calibration": None if calibration is None else {"source": calibration.source, "n": len(calibration)}},
         settings=asdict(s), baseline=baseline, environment=environment(),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    calibrated = [r for r in recipes if r.needs_calibration]
+    if calibrated and calibration is not None and len(calibration):
+        from .activations import check_calibration
+        n_cal = max(r.num_samples for r in calibrated)
+        comp.calibration_checks = check_calibration(model, calibration.head(n_cal), data, s.eval_batch_size, s.verbose)
+    modules = {"fp32": model.module}
     for r in recipes:
         q = quantize(model, r, calibration if r.needs_calibration else None)
-        comp.candidates.append(evaluate_candidate(model, q, data, base, base_perf, s))
+        comp.candidates.append(evaluate_candidate(model, q, data, base, s))
+        modules[q.name] = q.module
+    if s.verbose:
+        print(f"measuring latency at batch sizes {', '.join(map(str, s.batch_sizes))}, all models interleaved ...",
+              file=sys.stderr)
+    lat = perf.measure(modules, model, data.texts, s.batch_sizes, min_reps=s.perf_min_reps, budget_s=s.perf_budget_s)
+    base_perf.update(lat["fp32"])
+    for c in comp.candidates:
+        c.perf.update(lat[c.name])
     from .diagnose import diagnose
     comp.warnings = diagnose(comp)
     return comp

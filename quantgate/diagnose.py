@@ -43,5 +43,47 @@ def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32) -> l
             out.append(warning("warning", "calibration-small", c.name,
                                f"calibrated on only {cal['count']} samples",
                                f"use at least {min_calibration} (a few hundred recommended), covering every slice"))
+    if comp.calibration_checks:
+        out.extend(calibration_warnings(comp.calibration_checks))
     order = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(out, key=lambda w: order[w["severity"]])
+
+
+def calibration_warnings(checks: dict) -> list[dict]:
+    """Warnings from quantgate.activations.check_calibration."""
+    from .activations import CLIP_RATE_WARN, MIN_SAMPLES, OUTLIER_RATIO_INFO, OUTLIER_RATIO_WARN
+    out = []
+    su, co = checks["sufficiency"], checks["coverage"]
+    n = checks["n"]
+    if n < MIN_SAMPLES:
+        out.append(warning("warning", "calibration-small", None, f"calibrated on only {n} samples",
+                           f"use at least {su['recommended_min_samples']} (a few hundred recommended), covering every slice"))
+    elif not su["converged"]:
+        layer, change = next(iter(su["last_doubling_change"].items()))
+        out.append(warning("warning", "calibration-insufficient", None,
+                           f"activation ranges have not converged on {n} samples: only {su['converged_share']:.0%} of "
+                           f"layers moved less than 10% on the last doubling ({layer}: {change:.0%})",
+                           f"calibrate on at least {su['recommended_min_samples']} samples"))
+    for col, gone in checks["missing_slices"].items():
+        out.append(warning("warning", "calibration-coverage", None,
+                           f"calibration data has no examples of {col} = {', '.join(gone)}, which the evaluation data has",
+                           "calibrate on a stratified sample that covers every slice"))
+    if co["clip_rate"] > CLIP_RATE_WARN:
+        layer, rate = next(iter(co["worst_layers"].items()))
+        worst_slices = "; ".join(f"{col}: {rows[0]['value']} ({rows[0]['clip_rate']:.1e})" for col, rows in co["slices"].items())
+        out.append(warning("warning", "calibration-clipping", None,
+                           f"{co['clip_rate']:.1e} of evaluation activations fall outside the calibrated ranges "
+                           f"(threshold {CLIP_RATE_WARN:.0e}); worst layer {layer} ({rate:.1e}); clipping most: {worst_slices}",
+                           "calibration data is too narrow or too clean: add examples like the evaluation data, "
+                           "or use a percentile/MSE calibrator that plans for clipping"))
+    for r in checks["outliers"]:
+        ratio = r["channel_ratio"] or 0
+        if ratio >= OUTLIER_RATIO_INFO:
+            out.append(warning("warning" if ratio >= OUTLIER_RATIO_WARN else "info", "outlier-channels", None,
+                               f"{r['layer']}: input channel {r['channel']} peaks at {r['peak']:.1f}, {ratio:.0f}x the median "
+                               f"channel's peak (kurtosis {r['kurtosis'] or float('nan'):.0f})",
+                               "per-channel or per-token activation scales, SmoothQuant-style scaling into the weights, "
+                               "or keep this layer in float (recipe exclude)"))
+            if len([w for w in out if w["code"] == "outlier-channels"]) >= 3:
+                break
+    return out

@@ -1,9 +1,9 @@
-"""Latency distribution, throughput and memory of one candidate.
+"""Latency distribution, throughput and memory.
 
 Latency is measured per call at each batch size after warm-up (which also
-triggers any compilation), repeated until `budget_s` or `max_reps`, and reported
-as p50/p95/p99 with the sample count. Resident memory is sampled by a thread
-while the candidate runs."""
+triggers any compilation), the baseline and every candidate interleaved, and
+reported as p50/p95/p99 with the sample count. Resident memory is sampled by a
+thread while a model runs its evaluation."""
 
 from __future__ import annotations
 
@@ -48,25 +48,32 @@ def percentiles(samples_ms: list[float]) -> dict:
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "n": len(a)}
 
 
-def measure(module: torch.nn.Module, model: Model, texts: list[str], batch_sizes=(1, 32), warmup: int = 2,
-            min_reps: int = 10, max_reps: int = 200, budget_s: float = 5.0) -> dict:
-    """Latency percentiles and throughput (examples/s at the median latency) per batch size."""
-    out = {"batch_sizes": {}}
-    reps_texts = (texts * (max(batch_sizes) // max(1, len(texts)) + 1))
-    with RssSampler() as mem, torch.inference_mode():
+def measure(modules: dict[str, torch.nn.Module], model: Model, texts: list[str], batch_sizes=(1, 32),
+            warmup: int = 2, min_reps: int = 10, max_reps: int = 200, budget_s: float = 5.0) -> dict[str, dict]:
+    """Latency percentiles and throughput (examples/s at the median latency)
+    per batch size, for several models measured round-robin: one call each per
+    round, so load from elsewhere on a shared machine hits them alike and the
+    ratios between them stay fair. `budget_s` is per model and batch size."""
+    out = {name: {"batch_sizes": {}} for name in modules}
+    reps_texts = texts * (max(batch_sizes) // max(1, len(texts)) + 1)
+    with torch.inference_mode():
         for bs in batch_sizes:
             enc = model.encode(reps_texts[:bs])
             ids, am = enc["input_ids"], enc["attention_mask"]
-            for _ in range(warmup):
-                module(ids, am)
-            samples, t_end = [], time.perf_counter() + budget_s
-            while len(samples) < max_reps and (len(samples) < min_reps or time.perf_counter() < t_end):
-                t = time.perf_counter()
-                module(ids, am)
-                samples.append((time.perf_counter() - t) * 1e3)
-            stats = percentiles(samples)
-            stats["throughput_per_s"] = bs / (stats["p50_ms"] / 1e3)
-            out["batch_sizes"][str(bs)] = stats
-    out["peak_rss_mb"] = mem.peak / 2**20
-    out["rss_growth_mb"] = (mem.peak - mem.start) / 2**20
+            for m in modules.values():
+                for _ in range(warmup):
+                    m(ids, am)
+            samples = {name: [] for name in modules}
+            t_end = time.perf_counter() + budget_s * len(modules)
+            rounds = 0
+            while rounds < max_reps and (rounds < min_reps or time.perf_counter() < t_end):
+                for name, m in modules.items():
+                    t = time.perf_counter()
+                    m(ids, am)
+                    samples[name].append((time.perf_counter() - t) * 1e3)
+                rounds += 1
+            for name in modules:
+                stats = percentiles(samples[name])
+                stats["throughput_per_s"] = bs / (stats["p50_ms"] / 1e3)
+                out[name]["batch_sizes"][str(bs)] = stats
     return out

@@ -85,5 +85,6 @@ class Compiled(torch.nn.Module):
         self._fn = torch.compile(gm, dynamic=False)
 
     def forward(self, input_ids, attention_mask):
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # inductor's lowering warns about its own tensor copies
             return self._fn(input_ids, attention_mask)

@@ -124,6 +124,9 @@ def render(d: dict) -> str:
               [(c["name"], c["weight_bytes"] / 2**20, 100 * c["metrics"]["accuracy"]["candidate"]) for c in cands]
         h.append(svg.scatter(pts, "weight bytes, MB", "accuracy, %", "weights against accuracy"))
 
+    if d.get("calibration_checks"):
+        h.append(calibration_section(d["calibration_checks"]))
+
     # Changed examples.
     h.append("<h2>Changed predictions</h2><p>Show <select id=changed-filter><option value=''>all candidates</option>"
              + "".join(f"<option>{escape(c['name'])}</option>" for c in cands)
@@ -150,4 +153,30 @@ def render(d: dict) -> str:
          "calibration": {c["name"]: c["calibration"] for c in cands if c["calibration"]},
          "environment": d["environment"], "settings": d["settings"]}, indent=2)) + "</pre>")
     h.append(f"<script>{SCRIPT}</script></body></html>")
+    return "".join(h)
+
+
+def calibration_section(cc: dict) -> str:
+    su, co = cc["sufficiency"], cc["coverage"]
+    worst = list(su["last_doubling_change"])[:5]
+    series = [(name.removeprefix("model."), su["sizes"], su["curve"][name]) for name in worst]
+    h = [f"<h2>Calibration checks</h2><p>{cc['n']} calibration samples; ranges "
+         f"{'converged' if su['converged'] else '<b>not converged</b>'} ({su['converged_share']:.0%} of layers moved "
+         f"less than 10% on the last doubling); recommended at least {su['recommended_min_samples']} samples.</p>",
+         svg.line_chart(series, "calibration samples (prefix of the calibration data)",
+                        "range width / final width", "activation range against calibration samples (least converged layers)"),
+         f"<p>Evaluation activations outside the calibrated ranges: <b>{co['clip_rate']:.2e}</b> of all values.</p>",
+         "<table><tr><th>layer</th><th>share clipped</th></tr>"
+         + "".join(f"<tr><td>{escape(k)}</td><td>{v:.2e}</td></tr>" for k, v in list(co["worst_layers"].items())[:5])
+         + "</table>"]
+    for col, rows in co["slices"].items():
+        h.append(f"<table><tr><th>{escape(col)}</th><th>share clipped</th></tr>"
+                 + "".join(f"<tr><td>{escape(r['value'])}</td><td>{r['clip_rate']:.2e}</td></tr>" for r in rows) + "</table>")
+    h.append("<table><tr><th>layer (outlier input channels)</th><th>channel</th><th>peak</th><th>x median channel peak</th>"
+             "<th>max / median |x|</th><th>kurtosis</th></tr>")
+    fmt = lambda v: "n/a" if v is None else f"{v:.1f}"
+    for r in cc["outliers"][:8]:
+        h.append(f"<tr><td>{escape(r['layer'])}</td><td>{r['channel']}</td><td>{r['peak']:.1f}</td>"
+                 f"<td>{fmt(r['channel_ratio'])}</td><td>{fmt(r['max_over_median'])}</td><td>{fmt(r['kurtosis'])}</td></tr>")
+    h.append("</table>")
     return "".join(h)

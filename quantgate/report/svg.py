@@ -124,3 +124,33 @@ def scatter(points: list[tuple[str, float, float]], xlabel: str, ylabel: str, ti
                f'<text x="14" y="{(top + height - bottom) / 2}" font-size="11" text-anchor="middle" '
                f'transform="rotate(-90 14 {(top + height - bottom) / 2})">{escape(ylabel)}</text></svg>')
     return "".join(out)
+
+
+def line_chart(series: list[tuple[str, list[float], list[float]]], xlabel: str, ylabel: str, title: str) -> str:
+    """Lines over a log2 x axis (sample counts)."""
+    import math
+    left, right, top, bottom = 60, 220, 30, 45
+    width, height = 820, 300
+    xs = [x for _, xx, _ in series for x in xx]
+    ys = [y for _, _, yy in series for y in yy] + [1.0]
+    lx0, lx1 = math.log2(min(xs)), math.log2(max(xs)) if max(xs) > min(xs) else math.log2(min(xs)) + 1
+    y0, y1 = min(0.0, min(ys)), max(ys) * 1.05
+    sx, sy = _scale(lx0, lx1, left, width - right), _scale(y0, y1, height - bottom, top)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
+           f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>']
+    for k in range(int(lx0), int(lx1) + 1):
+        x = sx(k)
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{height - bottom}" stroke="#eee"/>'
+                   f'<text x="{x:.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle">{2 ** k}</text>')
+    for t in _nice_ticks(y0, y1):
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>'
+                   f'<text x="{left - 6}" y="{sy(t) + 3:.1f}" font-size="10" text-anchor="end">{t:g}</text>')
+    for i, (name, xx, yy) in enumerate(series):
+        c = PALETTE[i % len(PALETTE)]
+        pts = " ".join(f"{sx(math.log2(x)):.1f},{sy(y):.1f}" for x, y in zip(xx, yy))
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="2"><title>{escape(name)}</title></polyline>')
+    out.append(legend([n for n, _, _ in series], width - right + 15, top + 10))
+    out.append(f'<text x="{(left + width - right) / 2}" y="{height - 8}" font-size="11" text-anchor="middle">{escape(xlabel)}</text>'
+               f'<text x="14" y="{(top + height - bottom) / 2}" font-size="11" text-anchor="middle" '
+               f'transform="rotate(-90 14 {(top + height - bottom) / 2})">{escape(ylabel)}</text></svg>')
+    return "".join(out)

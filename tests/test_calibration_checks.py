@@ -1,0 +1,57 @@
+"""Calibration you can trust: too few samples or a single topic raise a warning;
+a stratified 256-sample set raises none."""
+
+import pytest
+
+from quantgate.activations import check_calibration
+from quantgate.data import split
+from quantgate.diagnose import calibration_warnings
+
+CALIBRATION_CODES = {"calibration-small", "calibration-insufficient", "calibration-coverage", "calibration-clipping"}
+
+
+@pytest.fixture(scope="module")
+def eval_subset(bbc):
+    return split(bbc["test"], {"a": 0.7, "b": 0.3})["b"]          # 167 stratified test articles
+
+
+def stratified(ds, n):
+    frac = n / len(ds)
+    return split(ds, {"take": frac, "rest": 1 - frac}, seed=7)["take"]
+
+
+def codes(model, calib, data):
+    checks = check_calibration(model, calib, data)
+    return {w["code"] for w in calibration_warnings(checks)}, checks
+
+
+def test_stratified_256_raises_no_calibration_warning(model, bbc, eval_subset):
+    calib = stratified(bbc["train"], 256)
+    assert 250 <= len(calib) <= 260 and len(set(calib.labels)) == 5
+    found, checks = codes(model, calib, eval_subset)
+    assert not (found & CALIBRATION_CODES), found
+    assert checks["sufficiency"]["converged"] and checks["coverage"]["clip_rate"] < 1e-5
+
+
+def test_four_samples_raise_a_sufficiency_warning(model, bbc, eval_subset):
+    found, checks = codes(model, bbc["calibration"].head(4), eval_subset)
+    assert "calibration-small" in found
+    assert checks["sufficiency"]["recommended_min_samples"] >= 32
+
+
+def test_a_single_topic_raises_a_coverage_warning(model, bbc, eval_subset):
+    train = bbc["train"]
+    sports = train.subset([i for i, y in enumerate(train.labels) if y == "sports"][:256])
+    found, checks = codes(model, sports, eval_subset)
+    assert "calibration-coverage" in found
+    assert checks["missing_slices"]["topic"] == ["business", "entertainment", "politics", "tech"]
+    # and the activations say the same: unseen topics clip more than the calibrated one
+    rates = {r["value"]: r["clip_rate"] for r in checks["coverage"]["slices"]["topic"]}
+    assert rates["sports"] < max(rates.values())
+
+
+def test_bert_outlier_channels_are_found(model, bbc, eval_subset):
+    _, checks = codes(model, stratified(bbc["train"], 64), eval_subset)
+    top = checks["outliers"][0]
+    # BERT-family models carry a few hidden dimensions with activations 10x+ the rest
+    assert top["channel_ratio"] > 5 and top["kurtosis"] > 10
