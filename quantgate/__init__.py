@@ -2,11 +2,11 @@
 
 from . import _env  # noqa: F401  (offline, quiet)
 from .errors import QuantgateError
-from .recipes import DynamicInt8, Recipe, StaticInt8, WeightOnly
+from .recipes import QAT, DynamicInt8, Recipe, StaticInt8, WeightOnly
 
 __version__ = "0.1.0"
 
-__all__ = ["QuantgateError", "Recipe", "DynamicInt8", "StaticInt8", "WeightOnly", "quantize", "__version__"]
+__all__ = ["QuantgateError", "Recipe", "DynamicInt8", "StaticInt8", "WeightOnly", "QAT", "quantize", "__version__"]
 
 
 def __getattr__(name):  # heavy imports (torch) only when used

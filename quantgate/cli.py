@@ -92,7 +92,20 @@ def _compare(a, recipes):
     data, cal = _load_data(a, "evaluate")
     parsed = [Recipe.parse(r) for r in recipes]
     s = Settings(batch_sizes=_batch_sizes(a.batch_sizes), perf_budget_s=a.perf_seconds)
-    return compare(model, data, parsed, cal, s)
+    train = None
+    if any(r.method == "qat" for r in parsed):
+        train = _train_data(a)
+    return compare(model, data, parsed, cal, s, train=train)
+
+
+def _train_data(a):
+    """Labelled data for QAT: --train FILE, or the BBC train split for the default data."""
+    from .data import bbc_splits, load_table
+    if getattr(a, "train", None):
+        return load_table(a.train, a.text_col, a.label_col, a.slice_col, a.id_col)
+    if getattr(a, "data", None):
+        raise QuantgateError("QAT needs training data: pass --train FILE with the same columns as --data")
+    return bbc_splits()["train"]
 
 
 def _finish(comp, a) -> int:
@@ -180,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--fail-on-slower", action="store_true", help="exit 3 if a candidate is slower than fp32")
         if name == "compare":
             _add_data(c, calibration=True)
+            c.add_argument("--train", help="labelled training data for QAT recipes (same columns as --data)")
         c.set_defaults(fn=fn)
     return p
 

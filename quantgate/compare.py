@@ -64,7 +64,7 @@ class Candidate:
     changed: list[dict]
     n_changed: int
     perf: dict
-    error: str | None = None
+    extra: dict = field(default_factory=dict)   # method-specific results, e.g. QAT's recovery share
 
 
 @dataclass
@@ -142,8 +142,27 @@ def evaluate_candidate(model: Model, q: Quantized, data: Dataset, base: Predicti
         perf=pf)
 
 
+def qat_recovery(model: Model, q: Quantized, data: Dataset, calibration: Dataset | None, base: Predictions,
+                 cand: Candidate, s: Settings) -> dict:
+    """How much of the post-training loss QAT recovered, against PTQ with the same formats."""
+    from .methods import pt2e
+    from .methods.qat import ptq_same_config
+    from .methods.static import vnni
+    require(calibration is not None and len(calibration) > 0,
+            "QAT's recovery is measured against post-training quantization, which needs calibration data")
+    ptq = pt2e.Compiled(ptq_same_config(model, q.recipe, calibration, list(q.float_layers), reduce_range=not vnni()))
+    pp = predict(ptq, model, data, s.eval_batch_size, s.verbose, desc="evaluate PTQ reference")
+    acc_fp = metrics.accuracy(base.labels, base.pred)
+    acc_ptq = metrics.accuracy(base.labels, pp.pred)
+    acc_qat = cand.metrics["accuracy"]["candidate"]
+    lost = acc_fp - acc_ptq
+    return {"ptq_accuracy": acc_ptq, "qat_accuracy": acc_qat, "baseline_accuracy": acc_fp,
+            "recovered_share": (acc_qat - acc_ptq) / lost if lost > 0 else None,
+            "note": None if lost > 0 else "post-training quantization with these formats lost no accuracy: nothing to recover"}
+
+
 def compare(model: Model, data: Dataset, recipes: list[Recipe], calibration: Dataset | None = None,
-            settings: Settings | None = None) -> Comparison:
+            settings: Settings | None = None, train: Dataset | None = None) -> Comparison:
     s = settings or Settings()
     require(len(data) > 0, "evaluation data is empty")
     require(recipes, "no recipes to compare: name at least one (e.g. dynamic)")
@@ -172,8 +191,11 @@ def compare(model: Model, data: Dataset, recipes: list[Recipe], calibration: Dat
         comp.calibration_checks = check_calibration(model, calibration.head(n_cal), data, s.eval_batch_size, s.verbose)
     modules = {"fp32": model.module}
     for r in recipes:
-        q = quantize(model, r, calibration if r.needs_calibration else None)
-        comp.candidates.append(evaluate_candidate(model, q, data, base, s))
+        q = quantize(model, r, calibration if r.needs_calibration else None, train=train)
+        cand = evaluate_candidate(model, q, data, base, s)
+        if r.method == "qat":
+            cand.extra["qat"] = qat_recovery(model, q, data, calibration, base, cand, s)
+        comp.candidates.append(cand)
         modules[q.name] = q.module
     if s.verbose:
         print(f"measuring latency at batch sizes {', '.join(map(str, s.batch_sizes))}, all models interleaved ...",

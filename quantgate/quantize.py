@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from .errors import QuantgateError
-from .methods import dynamic, static, weight_only
+from .methods import dynamic, qat, static, weight_only
 from .methods.common import Quantized, tensor_bytes
 from .models import Model
 from .recipes import Recipe
@@ -14,19 +14,24 @@ _METHODS = {
     "dynamic-int8": dynamic.apply,
     "static-int8": static.apply,
     "weight-only": weight_only.apply,
+    "qat": qat.apply,
 }
 
 
-def quantize(model: Model, recipe: Recipe, calibration=None) -> Quantized:
+def quantize(model: Model, recipe: Recipe, calibration=None, train=None) -> Quantized:
     """Quantize `model` (a quantgate Model) as `recipe` says; `calibration` is a
-    Dataset of texts for recipes that need one. The original model is untouched."""
+    Dataset of texts for recipes that need one, `train` a labelled Dataset for
+    QAT. The original model is untouched."""
     if not isinstance(recipe, Recipe):
         raise QuantgateError(f"recipe must be a quantgate Recipe (e.g. DynamicInt8()), got {type(recipe).__name__}")
     if not isinstance(model, Model):
         raise QuantgateError("model must be a quantgate Model: use quantgate.models.load_classifier(DIR) "
                              "or quantgate.models.from_module(module, tokenizer, labels)")
     t0 = time.perf_counter()
-    q = _METHODS[recipe.method](model, recipe, calibration)
+    if recipe.method == "qat":
+        q = qat.apply(model, recipe, calibration, train=train)
+    else:
+        q = _METHODS[recipe.method](model, recipe, calibration)
     q.seconds = round(time.perf_counter() - t0, 2)
     q.weight_bytes = tensor_bytes(q.module)
     return q

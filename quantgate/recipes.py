@@ -108,6 +108,12 @@ class Recipe:
             return DynamicInt8()
         if s in ("static", "static-int8"):
             return StaticInt8()
+        if s.startswith("static-"):
+            return StaticInt8(calibrator=s.removeprefix("static-"))
+        if s in ("qat", "qat-w8a8"):
+            return QAT()
+        if s == "qat-w4a8":
+            return QAT(weight_bits=4)
         if s.startswith("int") or s.startswith("woq-int"):
             body = s.removeprefix("woq-").removeprefix("int")
             bits, _, g = body.partition("-g")
@@ -115,7 +121,8 @@ class Recipe:
             require(g == "" or g.isdigit(), f"cannot parse group size in {spec!r}: expected e.g. int4-g64")
             return WeightOnly(bits=int(bits), group_size=int(g) if g else None)
         raise QuantgateError(
-            f"unknown recipe {spec!r}; use one of: dynamic, static, int8, int4-g<N> (e.g. int4-g64), or a .yaml/.json recipe file")
+            f"unknown recipe {spec!r}; use one of: dynamic, static, static-<calibrator> (e.g. static-percentile), "
+            "int8, int4-g<N> (e.g. int4-g64), qat, qat-w4a8, or a .yaml/.json recipe file")
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,36 @@ class StaticInt8(Recipe):
     def name(self) -> str:
         cal = "" if self.calibrator == "minmax" else f"-{self.calibrator}"
         return f"static-int8{cal}{'' if self.per_channel_weights else '-pertensor'}"
+
+
+@dataclass(frozen=True)
+class QAT(Recipe):
+    """Quantization-aware training: fake-quantized fine-tuning, then real int8.
+    Weights on a `weight_bits` grid (8 or 4), activations int8."""
+
+    method: ClassVar[str] = "qat"
+    needs_training: ClassVar[bool] = True
+    weight_bits: int = 8
+    epochs: int = 1
+    steps: int = 0                 # > 0: stop after this many steps (overrides epochs)
+    batch_size: int = 16
+    lr: float = 2e-5
+    precision: str = "auto"        # auto: bf16 autocast on a CPU with native bf16, else fp32
+    seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _one_of("weight_bits", self.weight_bits, (4, 8))
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            require(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
+        require(isinstance(self.steps, int) and self.steps >= 0, f"steps must be an integer >= 0, got {self.steps!r}")
+        require(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
+        _one_of("precision", self.precision, ("auto", "fp32", "bf16"))
+
+    @property
+    def name(self) -> str:
+        return f"qat-w{self.weight_bits}a8"
 
 
 WEIGHT_ONLY_BITS = (4, 8)

@@ -1,11 +1,12 @@
 import pytest
 
 from quantgate.errors import QuantgateError
-from quantgate.recipes import DynamicInt8, Recipe, StaticInt8, WeightOnly
+from quantgate.recipes import QAT, DynamicInt8, Recipe, StaticInt8, WeightOnly
 
 
 @pytest.mark.parametrize("r", [DynamicInt8(), DynamicInt8(backend="pt2e", exclude=("classifier*",)),
-                               StaticInt8(num_samples=64), WeightOnly(bits=4, group_size=64), WeightOnly(bits=8)])
+                               StaticInt8(num_samples=64), StaticInt8(calibrator="entropy", per_channel_weights=False),
+                               WeightOnly(bits=4, group_size=64), WeightOnly(bits=8), QAT(weight_bits=4, steps=10)])
 def test_round_trip_json_yaml_and_file(r, tmp_path):
     assert Recipe.from_dict(r.to_dict()) == r
     for ext, text in ((".json", r.to_json()), (".yaml", r.to_yaml())):
@@ -33,7 +34,7 @@ def test_invalid_values_from_a_file_are_one_clear_line(tmp_path):
     with pytest.raises(QuantgateError, match=r"unknown field\(s\) \['bitz'\]"):
         Recipe.load(p)
     p.write_text("method: magic\n")
-    with pytest.raises(QuantgateError, match="recipe method must be one of dynamic-int8, static-int8, weight-only"):
+    with pytest.raises(QuantgateError, match="recipe method must be one of dynamic-int8, qat, static-int8, weight-only"):
         Recipe.load(p)
     with pytest.raises(QuantgateError, match="calibrator must be one of"):
         StaticInt8(calibrator="vibes")
@@ -44,6 +45,10 @@ def test_parse_short_specs():
     assert Recipe.parse("static") == StaticInt8()
     assert Recipe.parse("int4-g64") == WeightOnly(bits=4, group_size=64)
     assert Recipe.parse("int8").name == "woq-int8"
+    assert Recipe.parse("static-mse") == StaticInt8(calibrator="mse")
+    assert Recipe.parse("qat-w4a8").name == "qat-w4a8"
+    with pytest.raises(QuantgateError, match="weight_bits must be one of 4, 8, got 3"):
+        QAT(weight_bits=3)
     with pytest.raises(QuantgateError, match="unknown recipe 'fp6'"):
         Recipe.parse("fp6")
     with pytest.raises(QuantgateError, match="bits must be one of 4, 8, got 3"):
