@@ -78,7 +78,8 @@ def cmd_quantize(a) -> int:
     model = _model(a)
     recipe = Recipe.parse(a.recipe)
     _, cal = _load_data(a, "quantize")
-    q = quantize(model, recipe, cal if recipe.needs_calibration else None)
+    train = _train_data(a) if recipe.method == "qat" else None
+    q = quantize(model, recipe, cal if recipe.needs_calibration else None, train=train)
     out = save(q, model, a.out, overwrite=a.overwrite)
     print(f"{q.name}: {len(q.quantized_layers)} linear layers quantized ({q.kernel}), {len(q.float_layers)} kept in "
           f"float; weights {q.weight_bytes / 2**20:.1f} MB; {q.seconds:.1f}s\nsaved to {out}")
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--recipe", required=True, help="dynamic, static, int8, int4-g<N>, or a recipe .yaml/.json")
     q.add_argument("--out", required=True, help="artifact directory to create")
     q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--train", help="labelled training data for a QAT recipe (same columns as --data)")
     _add_data(q, calibration=True)
     q.set_defaults(fn=cmd_quantize)
 

@@ -79,13 +79,10 @@ def tensor_bytes(module: torch.nn.Module) -> int:
 
     graphs = [m for m in module.modules() if isinstance(m, torch.fx.GraphModule)]
     if graphs:
+        from .pt2e import graph_constants
         for g in graphs:
-            for node in g.graph.nodes:
-                if node.op == "get_attr":
-                    obj = g
-                    for part in node.target.split("."):
-                        obj = getattr(obj, part, None)
-                    add(obj)
+            for t in graph_constants(g).values():
+                add(t)
         return total
     for t in module.parameters():
         add(t)

@@ -74,6 +74,19 @@ def linear_status(gm: torch.fx.GraphModule) -> dict[str, bool]:
     return out
 
 
+def graph_constants(gm: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
+    """The tensors a graph's get_attr nodes read (its weights after conversion)."""
+    out = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            obj = gm
+            for part in node.target.split("."):
+                obj = getattr(obj, part, None)
+            if isinstance(obj, torch.Tensor):
+                out[node.target] = obj
+    return out
+
+
 class Compiled(torch.nn.Module):
     """A converted graph and its torch.compile'd callable (one compile per input shape)."""
 

@@ -144,6 +144,8 @@ def render(d: dict) -> str:
     for c in cands:
         items = list(c["float_layers"].items()) + list(c["float_ops"].items())
         h.append(f"<p><b>{escape(c['name'])}</b> runs on: {escape(c['kernel'])}</p>")
+        if c.get("extra", {}).get("qat"):
+            h.append(f"<p class=qat>{escape(qat_line(c['extra']['qat']))}</p>")
         h.append(f"<details><summary>{escape(c['name'])}: {len(c['quantized_layers'])} linear layers quantized, "
                  f"{len(c['float_layers'])} linear layers in float</summary><table><tr><th>layer or operator</th><th>why</th></tr>"
                  + "".join(f"<tr><td>{escape(k)}</td><td style='text-align:left'>{escape(v)}</td></tr>" for k, v in items)
@@ -180,3 +182,10 @@ def calibration_section(cc: dict) -> str:
                  f"<td>{fmt(r['channel_ratio'])}</td><td>{fmt(r['max_over_median'])}</td><td>{fmt(r['kurtosis'])}</td></tr>")
     h.append("</table>")
     return "".join(h)
+
+
+def qat_line(r: dict) -> str:
+    share = "n/a" if r["recovered_share"] is None else f"{100 * r['recovered_share']:.0f}%"
+    return (f"QAT recovered {share} of the post-training loss: fp32 {100 * r['baseline_accuracy']:.2f}%, "
+            f"PTQ with the same formats {100 * r['ptq_accuracy']:.2f}%, QAT {100 * r['qat_accuracy']:.2f}%"
+            + (f" ({r['note']})" if r.get("note") else ""))

@@ -31,6 +31,10 @@ def table(d: dict) -> str:
     widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
     line = lambda r: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
     out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    from .html import qat_line
+    for c in d["candidates"]:
+        if c.get("extra", {}).get("qat"):
+            out.append(f"{c['name']}: {qat_line(c['extra']['qat'])}")
     if d["warnings"]:
         out.append("")
         for w in d["warnings"]:
