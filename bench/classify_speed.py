@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quantgate.data import bbc_splits  # noqa: E402
 from quantgate.finetune import finetune  # noqa: E402
-from quantgate.methods import pt2e  # noqa: E402
 from quantgate.models import load_classifier  # noqa: E402
 from quantgate.quantize import quantize  # noqa: E402
 from quantgate.recipes import DynamicInt8, StaticInt8, WeightOnly  # noqa: E402

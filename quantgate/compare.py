@@ -145,12 +145,10 @@ def evaluate_candidate(model: Model, q: Quantized, data: Dataset, base: Predicti
 def qat_recovery(model: Model, q: Quantized, data: Dataset, calibration: Dataset | None, base: Predictions,
                  cand: Candidate, s: Settings) -> dict:
     """How much of the post-training loss QAT recovered, against PTQ with the same formats."""
-    from .methods import pt2e
     from .methods.qat import ptq_same_config
-    from .methods.static import vnni
     require(calibration is not None and len(calibration) > 0,
             "QAT's recovery is measured against post-training quantization, which needs calibration data")
-    ptq = pt2e.Compiled(ptq_same_config(model, q.recipe, calibration, list(q.float_layers), reduce_range=not vnni()))
+    ptq = ptq_same_config(model, q.recipe, calibration, list(q.float_layers))
     pp = predict(ptq, model, data, s.eval_batch_size, s.verbose, desc="evaluate PTQ reference")
     acc_fp = metrics.accuracy(base.labels, base.pred)
     acc_ptq = metrics.accuracy(base.labels, pp.pred)

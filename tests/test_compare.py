@@ -3,7 +3,6 @@ the BBC test split (one shared comparison of every recipe)."""
 
 import json
 
-import numpy as np
 import pytest
 
 from quantgate.report import table

@@ -42,13 +42,9 @@ def apply(model, recipe: DynamicInt8, calibration=None) -> Quantized:
         done = list(targets)
     else:
         example = model.encode(["calibration is not needed for dynamic quantization"] * 2)
-        prepared = pt2e.prepare(model.module, example, dynamic=True, skip=list(kept), reduce_range=False)
-        gm = pt2e.convert(prepared)
-        status = pt2e.linear_status(gm)
-        done = [n for n, q in status.items() if q]
-        kept.update({n: "left in float by the PT2E quantizer (no matching pattern)" for n, q in status.items()
-                     if not q and n not in kept})
-        qm = pt2e.Compiled(gm)
+        quantizer = pt2e.x86_quantizer(dynamic=True, reduce_range=pt2e.reduce_range())
+        prepared = pt2e.prepare(model.module, example, quantizer, skip=list(kept))
+        qm, done = pt2e.finish(prepared, kept)
         kernel = "oneDNN dynamic int8 linear (PT2E + inductor)"
     float_ops = float_operators(model.module, "dynamic int8")
     return Quantized(qm, recipe, done, kept, kernel, float_ops=float_ops)

@@ -11,12 +11,15 @@ import torch
 from ..errors import QuantgateError
 
 
-def _quantizer(dynamic: bool, reduce_range: bool, activation_observer=None, per_channel_weights: bool = True):
+def x86_quantizer(dynamic: bool = False, reduce_range: bool = False, activation_observer=None,
+                  per_channel_weights: bool = True, weight_bits: int = 8, qat: bool = False):
+    """torchao's X86 inductor quantizer: int8 activations (u8, per tensor) and
+    signed per-channel weights, with the observer, granularity and weight grid asked for."""
     import dataclasses
 
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
     from torchao.quantization.pt2e import MinMaxObserver
-    cfg = xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic, reduce_range=reduce_range)
+    cfg = xiq.get_default_x86_inductor_quantization_config(is_qat=qat, is_dynamic=dynamic, reduce_range=reduce_range)
     if activation_observer is not None and not dynamic:
         spec = dataclasses.replace(cfg.input_activation,
                                    observer_or_fake_quant_ctr=activation_observer.with_args(eps=2**-12))
@@ -25,7 +28,15 @@ def _quantizer(dynamic: bool, reduce_range: bool, activation_observer=None, per_
         w = dataclasses.replace(cfg.weight, qscheme=torch.per_tensor_symmetric, ch_axis=None,
                                 observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
         cfg = dataclasses.replace(cfg, weight=w)
+    if weight_bits != 8:
+        lo, hi = -(2 ** (weight_bits - 1)), 2 ** (weight_bits - 1) - 1
+        cfg = dataclasses.replace(cfg, weight=dataclasses.replace(cfg.weight, quant_min=lo, quant_max=hi))
     return xiq.X86InductorQuantizer().set_global(cfg)
+
+
+def reduce_range() -> bool:
+    """Without VNNI, u8 x s8 products are summed in int16 and can saturate: use 7-bit activations."""
+    return not bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
 
 
 def export(module: torch.nn.Module, example: dict[str, torch.Tensor]) -> torch.fx.GraphModule:
@@ -42,16 +53,15 @@ def export(module: torch.nn.Module, example: dict[str, torch.Tensor]) -> torch.f
     return ep.module()
 
 
-def prepare(module, example, dynamic: bool, skip: list[str], reduce_range: bool, activation_observer=None,
-            per_channel_weights: bool = True):
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+def prepare(module, example, quantizer, skip: list[str], qat: bool = False):
+    """Export, keep `skip` modules in float, insert observers (or fake quantizers for QAT)."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
     gm = export(module, example)
-    q = _quantizer(dynamic, reduce_range, activation_observer, per_channel_weights)
     for name in skip:
-        q.set_module_name_qconfig(name, None)
+        quantizer.set_module_name_qconfig(name, None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return prepare_pt2e(gm, q)
+        return (prepare_qat_pt2e if qat else prepare_pt2e)(gm, quantizer)
 
 
 def convert(prepared):
@@ -59,6 +69,15 @@ def convert(prepared):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return convert_pt2e(prepared)
+
+
+def finish(prepared, kept: dict[str, str]) -> tuple["Compiled", list[str]]:
+    """Convert to the int8 graph, record linears the quantizer left in float, compile."""
+    gm = convert(prepared)
+    status = linear_status(gm)
+    kept.update({k: "left in float by the PT2E quantizer (no matching pattern)" for k, q in status.items()
+                 if not q and k not in kept})
+    return Compiled(gm), [k for k, q in status.items() if q]
 
 
 def linear_status(gm: torch.fx.GraphModule) -> dict[str, bool]:

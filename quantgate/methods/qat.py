@@ -10,12 +10,11 @@ model's, the memory and speed are int8's.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import warnings
 
 import torch
 
+from ..calibration import batches
 from ..data import Dataset
 from ..errors import QuantgateError, require
 from ..finetune import autocast, choose_precision
@@ -26,53 +25,32 @@ from . import pt2e
 from .common import Quantized, float_operators, select_linears
 
 
-def quantizer(weight_bits: int, reduce_range: bool, qat: bool):
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-    cfg = xiq.get_default_x86_inductor_quantization_config(is_qat=qat, reduce_range=reduce_range)
-    if weight_bits != 8:
-        lo, hi = -(2 ** (weight_bits - 1)), 2 ** (weight_bits - 1) - 1
-        cfg = dataclasses.replace(cfg, weight=dataclasses.replace(cfg.weight, quant_min=lo, quant_max=hi))
-    return xiq.X86InductorQuantizer().set_global(cfg)
-
-
-def ptq_same_config(model, recipe: QAT, calibration: Dataset, skip: list[str], reduce_range: bool):
+def ptq_same_config(model, recipe: QAT, calibration: Dataset, skip: list[str]) -> "pt2e.Compiled":
     """Post-training quantization with the QAT recipe's exact number formats
     (the reference QAT's recovery is measured against)."""
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
     enc = model.encode(calibration.head(256).texts)
-    gm = pt2e.export(model.module, {k: v[:2] for k, v in enc.items()})
-    q = quantizer(recipe.weight_bits, reduce_range, qat=False)
-    for name in skip:
-        q.set_module_name_qconfig(name, None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepared = prepare_pt2e(gm, q)
+    quantizer = pt2e.x86_quantizer(reduce_range=pt2e.reduce_range(), weight_bits=recipe.weight_bits)
+    prepared = pt2e.prepare(model.module, {k: v[:2] for k, v in enc.items()}, quantizer, skip)
     with torch.no_grad():
-        for i in range(0, enc["input_ids"].shape[0], 32):
-            prepared(enc["input_ids"][i:i + 32], enc["attention_mask"][i:i + 32])
-    return pt2e.convert(prepared)
+        for ids, am in batches(enc, 32):
+            prepared(ids, am)
+    return pt2e.finish(prepared, {n: "" for n in skip})[0]
 
 
 def apply(model, recipe: QAT, calibration=None, train: Dataset | None = None, verbose: bool = True) -> Quantized:
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     if train is None or len(train) == 0:
         raise QuantgateError("QAT needs training data (labelled examples to fine-tune on); "
                              "it never falls back to post-training quantization. Pass train=... (CLI: --train FILE)")
     y_all = label_ids(model, train.labels, where="QAT training data")
     targets, kept = select_linears(model.module, recipe)
-    reduce_range = not bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
+    reduce_range = pt2e.reduce_range()
     device = "cpu"  # the exported graph and the int8 kernels it lowers to are CPU's
     precision = choose_precision(device, recipe.precision)
     enc = model.encode(train.texts)
-    gm = pt2e.export(model.module, {k: v[:2] for k, v in enc.items()})
-    q = quantizer(recipe.weight_bits, reduce_range, qat=True)
-    for name in kept:
-        q.set_module_name_qconfig(name, None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepared = prepare_qat_pt2e(gm, q)
+    quantizer = pt2e.x86_quantizer(reduce_range=reduce_range, weight_bits=recipe.weight_bits, qat=True)
+    prepared = pt2e.prepare(model.module, {k: v[:2] for k, v in enc.items()}, quantizer, list(kept), qat=True)
     move_exported_model_to_train(prepared)
     params = [p for p in prepared.parameters() if p.requires_grad and p.is_floating_point()]
     require(params, "the exported model has no trainable parameters for QAT")
@@ -97,18 +75,14 @@ def apply(model, recipe: QAT, calibration=None, train: Dataset | None = None, ve
                 step += 1
                 bar.update(1, loss=f"{loss.item():.3f}")
     move_exported_model_to_eval(prepared)
-    gm = pt2e.convert(prepared)
-    status = pt2e.linear_status(gm)
-    done = [k for k, v in status.items() if v]
-    kept.update({k: "left in float by the PT2E quantizer (no matching pattern)" for k, v in status.items()
-                 if not v and k not in kept})
+    qm, done = pt2e.finish(prepared, kept)
     notes = [f"QAT: {steps} steps on {n} examples, {precision}, loss {sum(losses[:5]) / len(losses[:5]):.3f} -> "
              f"{sum(losses[-5:]) / len(losses[-5:]):.3f}"]
     if recipe.weight_bits != 8:
         notes.append(f"weights trained on a {recipe.weight_bits}-bit grid and stored in int8 for oneDNN's int8 kernels")
     if reduce_range:
         notes.append("CPU without VNNI: activations use a 7-bit range (reduce_range) to avoid int16 saturation")
-    out = Quantized(pt2e.Compiled(gm), recipe, done, kept, "oneDNN static int8 linear (PT2E QAT + inductor)",
+    out = Quantized(qm, recipe, done, kept, "oneDNN static int8 linear (PT2E QAT + inductor)",
                     notes=notes, float_ops=float_operators(model.module, "QAT (x86 inductor quantizer)"))
     out.train_losses = losses
     return out
