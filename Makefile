@@ -16,7 +16,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -r requirements.txt
 	$(PIP) install -q -c constraints.txt --no-deps -e .
-	$(PY) -c "import torch, torchao, transformers; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(PY) -c "import quantgate, torch, torchao, transformers; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
 # Headless Chromium for the HTML report test (Debian's package).
