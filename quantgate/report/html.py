@@ -72,7 +72,7 @@ def render(d: dict) -> str:
                  f'<br><span class=muted>remedy: {escape(w["remedy"])}</span></div>')
 
     # Summary table.
-    h.append("<h2>Summary</h2><table id=summary><thead><tr><th>candidate</th><th>accuracy %</th>"
+    h.append("<h2>Summary</h2><div style='overflow-x:auto'><table id=summary><thead><tr><th>candidate</th><th>accuracy %</th>"
              "<th>Δ accuracy, points [95% CI]</th><th>Δ macro-F1, points [95% CI]</th><th>changed</th>"
              "<th>McNemar p</th>" + "".join(f"<th>p50 / p95 / p99 ms @{b}</th><th>throughput/s @{b}</th>" for b in bss)
              + "<th>weights MB</th><th>quantize s</th></tr></thead><tbody>")
@@ -88,7 +88,7 @@ def render(d: dict) -> str:
         h.append(f"<tr class=candidate><td>{escape(c['name'])}</td><td>{100 * a['candidate']:.2f}</td>{_delta_cell(a)}"
                  f"{_delta_cell(c['metrics']['macro_f1'])}<td>{c['n_changed']}</td><td>{c['mcnemar']['p_value']:.3f}</td>"
                  f"{perf_cells(c['perf'])}<td>{c['weight_bytes'] / 2**20:.1f}</td><td>{c['quantize_seconds']:.1f}</td></tr>")
-    h.append("</tbody></table><p class=muted>Latency: per call, p50 / p95 / p99 over the calls measured (count in the JSON); "
+    h.append("</tbody></table></div><p class=muted>Latency: per call, p50 / p95 / p99 over the calls measured (count in the JSON); "
              "throughput: examples per second at the median latency.</p>")
 
     if cands:
