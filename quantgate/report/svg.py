@@ -28,6 +28,16 @@ def _nice_ticks(lo, hi, n=5):
     return out
 
 
+def _axes(xticks: list[tuple[float, str]], yticks: list[tuple[float, str]], left: float, right: float,
+          top: float, bottom: float) -> list[str]:
+    """Grid lines with tick labels: x ticks (position, label) below, y ticks to the left."""
+    out = [f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{bottom}" stroke="#eee"/>'
+           f'<text x="{x:.1f}" y="{bottom + 14}" font-size="10" text-anchor="middle">{label}</text>' for x, label in xticks]
+    out += [f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
+            f'<text x="{left - 6}" y="{y + 3:.1f}" font-size="10" text-anchor="end">{label}</text>' for y, label in yticks]
+    return out
+
+
 def legend(names: list[str], x: float, y: float) -> str:
     parts = []
     for i, n in enumerate(names):
@@ -110,12 +120,8 @@ def scatter(points: list[tuple[str, float, float]], xlabel: str, ylabel: str, ti
     sx, sy = _scale(x0, x1, left, width - right), _scale(y0, y1, height - bottom, top)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
            f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>']
-    for t in _nice_ticks(x0, x1):
-        out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top}" y2="{height - bottom}" stroke="#eee"/>'
-                   f'<text x="{sx(t):.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle">{t:g}</text>')
-    for t in _nice_ticks(y0, y1):
-        out.append(f'<line x1="{left}" x2="{width - right}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>'
-                   f'<text x="{left - 6}" y="{sy(t) + 3:.1f}" font-size="10" text-anchor="end">{t:g}</text>')
+    out += _axes([(sx(t), f"{t:g}") for t in _nice_ticks(x0, x1)], [(sy(t), f"{t:g}") for t in _nice_ticks(y0, y1)],
+                  left, width - right, top, height - bottom)
     for i, (name, x, y) in enumerate(points):
         c = "#555" if i == 0 else PALETTE[(i - 1) % len(PALETTE)]
         out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{c}"><title>{escape(name)}: {x:.2f}, {y:.2f}</title></circle>'
@@ -138,13 +144,8 @@ def line_chart(series: list[tuple[str, list[float], list[float]]], xlabel: str, 
     sx, sy = _scale(lx0, lx1, left, width - right), _scale(y0, y1, height - bottom, top)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
            f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>']
-    for k in range(int(lx0), int(lx1) + 1):
-        x = sx(k)
-        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{height - bottom}" stroke="#eee"/>'
-                   f'<text x="{x:.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle">{2 ** k}</text>')
-    for t in _nice_ticks(y0, y1):
-        out.append(f'<line x1="{left}" x2="{width - right}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>'
-                   f'<text x="{left - 6}" y="{sy(t) + 3:.1f}" font-size="10" text-anchor="end">{t:g}</text>')
+    out += _axes([(sx(k), str(2 ** k)) for k in range(int(lx0), int(lx1) + 1)],
+                 [(sy(t), f"{t:g}") for t in _nice_ticks(y0, y1)], left, width - right, top, height - bottom)
     for i, (name, xx, yy) in enumerate(series):
         c = PALETTE[i % len(PALETTE)]
         pts = " ".join(f"{sx(math.log2(x)):.1f},{sy(y):.1f}" for x, y in zip(xx, yy))
