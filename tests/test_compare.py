@@ -92,3 +92,13 @@ def test_terminal_table_and_json(comparison, report_dir):
     assert [c["name"] for c in d["candidates"]] == NAMES
     assert d["candidates"][0]["metrics"]["accuracy"]["delta"] == comparison.candidates[0].metrics["accuracy"]["delta"]
     assert not list(report_dir.glob(".*"))                   # no temporary files left behind
+
+
+def test_fail_on_slower_exits_non_zero(comparison, tmp_path, capsys):
+    from argparse import Namespace
+
+    from quantgate.cli import _finish
+    assert _finish(comparison, Namespace(out=str(tmp_path / "a"), fail_on_slower=False)) == 0
+    assert _finish(comparison, Namespace(out=str(tmp_path / "b"), fail_on_slower=True)) == 3
+    assert "a candidate is slower than the baseline" in capsys.readouterr().err
+    assert (tmp_path / "b" / "report.html").is_file()               # the evidence is written either way
