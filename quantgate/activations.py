@@ -90,16 +90,12 @@ def sufficiency(st: dict, n: int) -> dict:
     data (the curve), whether the last doubling still moved any layer's range
     by more than CONVERGED_CHANGE, and a recommended minimum sample count."""
     sizes = sorted({min(n, 2 ** k) for k in range(0, int(math.ceil(math.log2(max(n, 1)))) + 1)})
-    curve, worst = {}, []
-    for name, s in st.items():
-        lo, hi = np.minimum.accumulate(s["ex_min"]), np.maximum.accumulate(s["ex_max"])
-        width = (np.maximum(hi, 0) - np.minimum(lo, 0))
-        curve[name] = [float(width[k - 1] / width[-1]) if width[-1] > 0 else 1.0 for k in sizes]
     half = n // 2
-    change = {}
+    curve, change = {}, {}
     for name, s in st.items():
-        lo, hi = np.minimum.accumulate(s["ex_min"]), np.maximum.accumulate(s["ex_max"])
-        width = np.maximum(hi, 0) - np.minimum(lo, 0)
+        # range width (always containing 0) after each prefix of the calibration examples
+        width = np.maximum(np.maximum.accumulate(s["ex_max"]), 0) - np.minimum(np.minimum.accumulate(s["ex_min"]), 0)
+        curve[name] = [float(width[k - 1] / width[-1]) if width[-1] > 0 else 1.0 for k in sizes]
         change[name] = float(1 - width[half - 1] / width[-1]) if half >= 1 and width[-1] > 0 else 1.0
     worst = sorted(change.items(), key=lambda kv: -kv[1])
     converged_layers = [k for k, v in change.items() if v <= CONVERGED_CHANGE]

@@ -131,7 +131,7 @@ def evaluate_candidate(model: Model, q: Quantized, data: Dataset, base: Predicti
     with perf.RssSampler() as mem:
         cand = predict(q.module, model, data, s.eval_batch_size, s.verbose, desc=f"evaluate {q.name}")
     y, pb, pc = base.labels, base.pred, cand.pred
-    pf = {"peak_rss_mb": mem.peak / 2**20, "rss_growth_mb": (mem.peak - mem.start) / 2**20}
+    pf = mem.summary()
     return Candidate(
         name=q.name, recipe=q.recipe.to_dict(), kernel=q.kernel, quantized_layers=q.quantized_layers,
         float_layers=q.float_layers, float_ops=q.float_ops, notes=q.notes, quantize_seconds=q.seconds, calibration=q.calibration,
@@ -169,7 +169,7 @@ def compare(model: Model, data: Dataset, recipes: list[Recipe], calibration: Dat
     torch.manual_seed(s.seed)
     with perf.RssSampler() as mem:
         base = predict(model.module, model, data, s.eval_batch_size, s.verbose, desc="evaluate baseline")
-    base_perf = {"peak_rss_mb": mem.peak / 2**20, "rss_growth_mb": (mem.peak - mem.start) / 2**20}
+    base_perf = mem.summary()
     y = base.labels
     baseline = {"name": "fp32", "accuracy": metrics.accuracy(y, base.pred),
                 "macro_f1": metrics.macro_f1(y, base.pred, len(model.labels)),

@@ -41,6 +41,9 @@ class RssSampler:
         self._t.join()
         self.peak = max(self.peak, self._proc.memory_info().rss)
 
+    def summary(self) -> dict:
+        return {"peak_rss_mb": self.peak / 2**20, "rss_growth_mb": (self.peak - self.start) / 2**20}
+
 
 def percentiles(samples_ms: list[float]) -> dict:
     a = np.asarray(samples_ms)

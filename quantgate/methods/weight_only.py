@@ -38,7 +38,6 @@ class WeightOnlyLinear(torch.nn.Module):
         self.out_features, self.in_features = w.shape
         self.bits, self.group_size = bits, group_size
         qp = choose_qparams(w, bits, symmetric, "group" if group_size else "channel", group_size)
-        self.qmin = qp.qmin
         u = (quantize(w, qp) - qp.qmin).to(torch.uint8)           # unsigned codes 0 .. 2^bits - 1
         self.register_buffer("qweight", pack_int4(u) if bits == 4 else u)
         self.register_buffer("scales", qp.scale.float().contiguous())             # [N, 1] or [N, G]
