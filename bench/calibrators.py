@@ -1,4 +1,4 @@
-"""Static int8 with each calibrator, and QAT's recovery at int4 weights / int8
+"""Static int8 with each calibrator (asymmetric activations, and symmetric for two), and QAT's recovery at int4 weights / int8
 activations, on the default classifier and the BBC test split, in one run.
 
     .venv/bin/python bench/calibrators.py [--batch-size 32] [--qat-epochs 1]
@@ -32,6 +32,7 @@ def main() -> None:
     s = bbc_splits()
     model = load_classifier(finetune(s["train"]))
     recipes = [StaticInt8(calibrator=c) for c in CALIBRATORS] + \
+              [StaticInt8(symmetric_activations=True), StaticInt8(calibrator="mse", symmetric_activations=True)] + \
               [QAT(weight_bits=4, epochs=a.qat_epochs, lr=a.qat_lr)]
     comp = compare(model, s["test"], recipes, s["calibration"],
                    Settings(batch_sizes=(a.batch_size,), perf_budget_s=3.0), train=s["train"])

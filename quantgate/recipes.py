@@ -108,8 +108,12 @@ class Recipe:
             return DynamicInt8()
         if s in ("static", "static-int8"):
             return StaticInt8()
-        if s.startswith("static-"):
-            return StaticInt8(calibrator=s.removeprefix("static-"))
+        if s.startswith("static-"):  # static[-int8][-<calibrator>][-pertensor][-symact], the recipe's own name
+            parts = s.removeprefix("static-").removeprefix("int8").strip("-").split("-")
+            flags = {"pertensor", "symact"} & set(parts)
+            cal = "-".join(p for p in parts if p not in flags) or "minmax"
+            return StaticInt8(calibrator=cal, per_channel_weights="pertensor" not in flags,
+                              symmetric_activations="symact" in flags)
         if s in ("qat", "qat-w8a8"):
             return QAT()
         if s == "qat-w4a8":
@@ -121,7 +125,7 @@ class Recipe:
             require(g == "" or g.isdigit(), f"cannot parse group size in {spec!r}: expected e.g. int4-g64")
             return WeightOnly(bits=int(bits), group_size=int(g) if g else None)
         raise QuantgateError(
-            f"unknown recipe {spec!r}; use one of: dynamic, static, static-<calibrator> (e.g. static-percentile), "
+            f"unknown recipe {spec!r}; use one of: dynamic, static, static-<calibrator>[-pertensor][-symact] (e.g. static-percentile), "
             "int8, int4-g<N> (e.g. int4-g64), qat, qat-w4a8, or a .yaml/.json recipe file")
 
 
@@ -151,6 +155,7 @@ class StaticInt8(Recipe):
     calibrator: str = "minmax"           # minmax, moving_average, percentile, mse, entropy
     percentile: float = 99.99            # used by the percentile calibrator
     per_channel_weights: bool = True
+    symmetric_activations: bool = False  # zero point pinned mid-range instead of fitted
     num_samples: int = 256
 
     def __post_init__(self):
@@ -160,13 +165,16 @@ class StaticInt8(Recipe):
                 f"percentile must be a number in (50, 100], got {self.percentile!r}")
         require(isinstance(self.per_channel_weights, bool),
                 f"per_channel_weights must be true or false, got {self.per_channel_weights!r}")
+        require(isinstance(self.symmetric_activations, bool),
+                f"symmetric_activations must be true or false, got {self.symmetric_activations!r}")
         require(isinstance(self.num_samples, int) and self.num_samples >= 1,
                 f"num_samples must be a positive integer, got {self.num_samples!r}")
 
     @property
     def name(self) -> str:
         cal = "" if self.calibrator == "minmax" else f"-{self.calibrator}"
-        return f"static-int8{cal}{'' if self.per_channel_weights else '-pertensor'}"
+        return (f"static-int8{cal}{'' if self.per_channel_weights else '-pertensor'}"
+                f"{'-symact' if self.symmetric_activations else ''}")
 
 
 @dataclass(frozen=True)
@@ -181,7 +189,8 @@ class QAT(Recipe):
     steps: int = 0                 # > 0: stop after this many steps (overrides epochs)
     batch_size: int = 16
     lr: float = 2e-5
-    precision: str = "auto"        # auto: bf16 autocast on a CPU with native bf16, else fp32
+    precision: str = "auto"        # auto: fp16 + gradient scaler on CUDA, bf16 on a CPU with native bf16, else fp32
+    device: str = "auto"           # where QAT trains: auto (CUDA when present), cpu, cuda
     seed: int = 0
 
     def __post_init__(self):
@@ -192,7 +201,8 @@ class QAT(Recipe):
             require(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
         require(isinstance(self.steps, int) and self.steps >= 0, f"steps must be an integer >= 0, got {self.steps!r}")
         require(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
-        _one_of("precision", self.precision, ("auto", "fp32", "bf16"))
+        _one_of("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _one_of("device", self.device, ("auto", "cpu", "cuda"))
 
     @property
     def name(self) -> str:

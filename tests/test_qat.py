@@ -31,3 +31,36 @@ def test_qat_trains_with_fake_quant_and_converts_to_int8(model, bbc):
     base = predict(model.module, model, test, verbose=False)
     cand = predict(q.module, model, test, verbose=False)
     assert accuracy(cand.labels, cand.pred) >= accuracy(base.labels, base.pred) - 0.03
+
+
+def test_trained_state_moves_between_identically_prepared_graphs(model, bbc):
+    """The CUDA path trains one exported graph and converts another on CPU; the
+    hand-over must carry weights and fake-quantizer state exactly."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from quantgate.methods.qat import transfer
+    enc = model.encode(bbc["calibration"].texts[:8])
+    example = {k: v[:2] for k, v in enc.items()}
+
+    def fresh():
+        return pt2e.prepare(model.module, example, pt2e.x86_quantizer(weight_bits=4, qat=True), [], qat=True)
+    a, b = fresh(), fresh()
+    with torch.no_grad():
+        a(enc["input_ids"], enc["attention_mask"])                # observers see data, ranges move
+        for p in a.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)                     # stands in for training steps
+    transfer(a, b)
+    for gm in (a, b):
+        move_exported_model_to_eval(gm)
+    with torch.no_grad():
+        out_a, out_b = a(enc["input_ids"], enc["attention_mask"]), b(enc["input_ids"], enc["attention_mask"])
+    assert torch.equal(out_a, out_b)
+    with torch.no_grad():
+        out_m = model.module(enc["input_ids"], enc["attention_mask"])
+    assert not torch.equal(out_b, out_m)                          # the hand-over did carry something
+
+
+def test_qat_on_cuda_without_a_gpu_is_a_clear_error(model, bbc):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(QuantgateError, match="no CUDA GPU is visible"):
+        quantize(model, QAT(device="cuda", steps=1), train=bbc["train"])

@@ -12,9 +12,15 @@ from ..errors import QuantgateError
 
 
 def x86_quantizer(dynamic: bool = False, reduce_range: bool = False, activation_observer=None,
-                  per_channel_weights: bool = True, weight_bits: int = 8, qat: bool = False):
+                  per_channel_weights: bool = True, weight_bits: int = 8, qat: bool = False,
+                  symmetric_activations: bool = False):
     """torchao's X86 inductor quantizer: int8 activations (u8, per tensor) and
-    signed per-channel weights, with the observer, granularity and weight grid asked for."""
+    signed per-channel weights, with the observer, granularity and weight grid asked for.
+
+    Symmetric activations keep u8 storage (oneDNN's int8 linear wants u8 x s8)
+    with the zero point pinned to the middle of the range (128, or 63 with
+    reduce_range): one bit of resolution spent to make zero exact and the
+    range centred, which suits activations that are roughly symmetric."""
     import dataclasses
 
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
@@ -23,6 +29,9 @@ def x86_quantizer(dynamic: bool = False, reduce_range: bool = False, activation_
     if activation_observer is not None and not dynamic:
         spec = dataclasses.replace(cfg.input_activation,
                                    observer_or_fake_quant_ctr=activation_observer.with_args(eps=2**-12))
+        cfg = dataclasses.replace(cfg, input_activation=spec, output_activation=spec)
+    if symmetric_activations and not dynamic:
+        spec = dataclasses.replace(cfg.input_activation, qscheme=torch.per_tensor_symmetric)
         cfg = dataclasses.replace(cfg, input_activation=spec, output_activation=spec)
     if not per_channel_weights:
         w = dataclasses.replace(cfg.weight, qscheme=torch.per_tensor_symmetric, ch_axis=None,

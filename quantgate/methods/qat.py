@@ -1,6 +1,7 @@
 """Quantization-aware training through PT2E: export, insert fake quantizers
 (straight-through estimator for rounding), fine-tune on the training data with
-mixed precision, then convert to the real int8 graph and compile it.
+mixed precision (fp16 with a gradient scaler on CUDA, bf16 on a CPU with native
+bf16), then convert to the real int8 graph and compile it.
 
 Weights can be trained on a 4-bit grid (`weight_bits=4`, symmetric per channel,
 values -8..7) with int8 activations; the converted graph then stores those
@@ -10,6 +11,7 @@ model's, the memory and speed are int8's.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -37,7 +39,29 @@ def ptq_same_config(model, recipe: QAT, calibration: Dataset, skip: list[str]) -
     return pt2e.finish(prepared, {n: "" for n in skip})[0]
 
 
+def train_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    require(requested == "cpu" or torch.cuda.is_available(),
+            "QAT device 'cuda' was asked for but no CUDA GPU is visible; use device: cpu (or auto)")
+    return requested
+
+
+def transfer(trained: torch.fx.GraphModule, target: torch.fx.GraphModule) -> None:
+    """Copy trained weights and fake-quantizer state (scales, zero points, observed
+    ranges) into an identically prepared graph exported on another device."""
+    state = {k: v.detach().to("cpu") for k, v in trained.state_dict().items()}
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    require(not missing and not unexpected,
+            f"QAT graphs differ between devices (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "train with device: cpu")
+
+
 def apply(model, recipe: QAT, calibration=None, train: Dataset | None = None, verbose: bool = True) -> Quantized:
+    """Train the fake-quantized graph on the training device (CUDA when present,
+    fp16 + gradient scaler there), then load its state into the same graph
+    exported on CPU and convert that one: the int8 kernels are CPU's, and an
+    exported graph keeps the device it was traced on."""
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
 
     if train is None or len(train) == 0:
@@ -46,38 +70,51 @@ def apply(model, recipe: QAT, calibration=None, train: Dataset | None = None, ve
     y_all = label_ids(model, train.labels, where="QAT training data")
     targets, kept = select_linears(model.module, recipe)
     reduce_range = pt2e.reduce_range()
-    device = "cpu"  # the exported graph and the int8 kernels it lowers to are CPU's
+    device = train_device(recipe.device)
     precision = choose_precision(device, recipe.precision)
     enc = model.encode(train.texts)
-    quantizer = pt2e.x86_quantizer(reduce_range=reduce_range, weight_bits=recipe.weight_bits, qat=True)
-    prepared = pt2e.prepare(model.module, {k: v[:2] for k, v in enc.items()}, quantizer, list(kept), qat=True)
+    example = {k: v[:2] for k, v in enc.items()}
+
+    def prepared_on(dev: str):
+        module = model.module if dev == "cpu" else copy.deepcopy(model.module).to(dev)
+        quantizer = pt2e.x86_quantizer(reduce_range=reduce_range, weight_bits=recipe.weight_bits, qat=True)
+        return pt2e.prepare(module, {k: v.to(dev) for k, v in example.items()}, quantizer, list(kept), qat=True)
+
+    prepared = prepared_on(device)
     move_exported_model_to_train(prepared)
     params = [p for p in prepared.parameters() if p.requires_grad and p.is_floating_point()]
     require(params, "the exported model has no trainable parameters for QAT")
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
+    scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
     g = torch.Generator().manual_seed(recipe.seed)
     n = len(train)
     steps = recipe.steps or recipe.epochs * math.ceil(n / recipe.batch_size)
     losses = []
-    with progress(total=steps, desc=f"QAT ({precision})", enabled=verbose) as bar:
+    with progress(total=steps, desc=f"QAT ({precision}, {device})", enabled=verbose) as bar:
         step = 0
         while step < steps:
             for idx in torch.randperm(n, generator=g).split(recipe.batch_size):
                 if step >= steps:
                     break
                 with autocast(device, precision):
-                    logits = prepared(enc["input_ids"][idx], enc["attention_mask"][idx])
-                loss = torch.nn.functional.cross_entropy(logits.float(), y_all[idx])
+                    logits = prepared(enc["input_ids"][idx].to(device), enc["attention_mask"][idx].to(device))
+                loss = torch.nn.functional.cross_entropy(logits.float(), y_all[idx].to(device))
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 losses.append(loss.item())
                 step += 1
                 bar.update(1, loss=f"{loss.item():.3f}")
-    move_exported_model_to_eval(prepared)
-    qm, done = pt2e.finish(prepared, kept)
-    notes = [f"QAT: {steps} steps on {n} examples, {precision}, loss {sum(losses[:5]) / len(losses[:5]):.3f} -> "
-             f"{sum(losses[-5:]) / len(losses[-5:]):.3f}"]
+    final = prepared
+    if device != "cpu":
+        final = prepared_on("cpu")
+        transfer(prepared, final)
+        del prepared
+    move_exported_model_to_eval(final)
+    qm, done = pt2e.finish(final, kept)
+    notes = [f"QAT: {steps} steps on {n} examples, {precision} on {device}, loss "
+             f"{sum(losses[:5]) / len(losses[:5]):.3f} -> {sum(losses[-5:]) / len(losses[-5:]):.3f}"]
     if recipe.weight_bits != 8:
         notes.append(f"weights trained on a {recipe.weight_bits}-bit grid and stored in int8 for oneDNN's int8 kernels")
     if reduce_range:

@@ -22,6 +22,7 @@ def apply(model, recipe: StaticInt8, calibration=None, batch_size: int = 32, ver
         notes.append("CPU without VNNI: activations use a 7-bit range (reduce_range) to avoid int16 saturation")
     example = {k: v[:2] for k, v in enc.items()}
     quantizer = pt2e.x86_quantizer(reduce_range=reduce_range, per_channel_weights=recipe.per_channel_weights,
+                                   symmetric_activations=recipe.symmetric_activations,
                                    activation_observer=pt2e_observer(recipe.calibrator, recipe.percentile))
     prepared = pt2e.prepare(model.module, example, quantizer, skip=list(kept))
     n = enc["input_ids"].shape[0]
