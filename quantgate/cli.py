@@ -75,14 +75,145 @@ def cmd_quantize(a) -> int:
     from .artifact import save
     from .quantize import quantize
     from .recipes import Recipe
+    require(a.out or a.registry, "say where the artifact goes: --out DIR, or --registry DIR for a new registry version")
     model = _model(a)
     recipe = Recipe.parse(a.recipe)
     _, cal = _load_data(a, "quantize")
+    if cal is not None and (a.calibration_samples or a.calibration_offset):
+        end = a.calibration_offset + a.calibration_samples if a.calibration_samples else len(cal)
+        cal = cal.subset(list(range(a.calibration_offset, min(len(cal), end))), f"[{a.calibration_offset}:{end}]")
     train = _train_data(a) if recipe.method == "qat" else None
     q = quantize(model, recipe, cal if recipe.needs_calibration else None, train=train)
-    out = save(q, model, a.out, overwrite=a.overwrite)
     print(f"{q.name}: {len(q.quantized_layers)} linear layers quantized ({q.kernel}), {len(q.float_layers)} kept in "
-          f"float; weights {q.weight_bytes / 2**20:.1f} MB; {q.seconds:.1f}s\nsaved to {out}")
+          f"float; weights {q.weight_bytes / 2**20:.1f} MB; {q.seconds:.1f}s")
+    if a.out:
+        print(f"saved to {save(q, model, a.out, overwrite=a.overwrite)}")
+    if a.registry:
+        from .registry import Registry
+        row = Registry(a.registry).register(q, model, base=_base_name(a))
+        print(f"{'already registered as' if row['existing'] else 'registered'} {row['version']} "
+              f"(content {row['content_hash']}) in {a.registry}")
+    return 0
+
+
+def _base_name(a) -> str:
+    return a.name or (Path(a.model).name if a.model else "minilm-bbc")
+
+
+def _budget(a):
+    from .gate import Budget
+    sizes = _batch_sizes(a.batch_sizes) if getattr(a, "batch_sizes", None) else ()
+    return Budget(max_drop=a.max_drop, max_slice_drop=a.max_slice_drop, metric=a.metric,
+                  max_latency_ms=a.max_latency_ms, max_memory_mb=a.max_memory_mb, batch_sizes=sizes, strict=a.strict)
+
+
+def cmd_auto(a) -> int:
+    from .compare import Settings
+    from .plan import DEFAULT_PATH, auto
+    from .recipes import Recipe
+    from .registry import Registry
+    from .report import write_reports
+    model = _model(a)
+    data, cal = _load_data(a, "evaluate")
+    path = tuple(Recipe.parse(r) for r in a.paths.split(",") if r.strip()) if a.paths else DEFAULT_PATH
+    train = _train_data(a) if (a.train or not a.data) and not a.no_qat else None
+    budget = _budget(a)
+    keep = tuple(int(k) for k in a.keep_float.split(",") if k.strip()) if a.keep_float else ()
+    s = Settings(batch_sizes=budget.batch_sizes, perf_budget_s=a.perf_seconds)
+    comp, plan = auto(model, data, cal, budget, train=train, settings=s, path=path, keep_float=keep,
+                      registry=Registry(a.registry), base_name=_base_name(a))
+    out = Path(a.out or f"runs/auto-{time.strftime('%Y%m%d-%H%M%S')}")
+    paths = write_reports(comp, out)
+    from .report.terminal import plan_table
+    print(plan_table(plan))
+    print(f"\nreport: {paths['html']}\njson:   {paths['json']}")
+    return 0 if plan["chosen"] else 1
+
+
+def cmd_gate(a) -> int:
+    from .gate import format_result, gate
+    p = Path(a.report)
+    p = p / "comparison.json" if p.is_dir() else p
+    require(p.is_file(), f"no comparison at {a.report}: give a comparison.json or the report folder holding one")
+    try:
+        comp = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise QuantgateError(f"{p} is not valid JSON ({e})") from None
+    require(isinstance(comp, dict) and "candidates" in comp, f"{p} is not a quantgate comparison")
+    names = [a.candidate] if a.candidate else None
+    if names is None:
+        chosen = (comp.get("plan") or {}).get("chosen")
+        cands = [c["name"] for c in comp["candidates"]]
+        require(chosen or len(cands) == 1, f"the comparison has {len(cands)} candidates ({', '.join(cands)}): "
+                                           "name the one to gate with --candidate")
+        names = [chosen or cands[0]]
+    a.batch_sizes = a.gate_batch_sizes
+    res = gate(comp, _budget(a), names)
+    r = res.results[0]
+    print(format_result(r))
+    return 0 if r["passed"] else 1
+
+
+def cmd_registry(a) -> int:
+    from .registry import Registry
+    reg = Registry(a.registry)
+    if a.action == "list":
+        rows = reg.list(a.base)
+        if not rows:
+            print(f"no versions in {reg.root}")
+        for r in rows:
+            cal = (r["calibration"] or {}).get("hash", "-")
+            acc = ((r["evaluation"] or {}).get("comparison") or {}).get("candidate", {}).get("metrics", {})
+            delta = acc.get("accuracy", {}).get("delta")
+            print(f"{r['version']:48s} {r['content_hash']}  calibration {cal:16s} "
+                  f"{'' if delta is None else f'{100 * delta:+.2f} pts  '}{r['created']}")
+    elif a.action == "show":
+        require(a.versions, "registry show needs a VERSION")
+        print(json.dumps(reg.get(a.versions[0]), indent=2, default=str))
+    elif a.action == "diff":
+        require(len(a.versions) == 2, "registry diff needs two versions: VERSION_A VERSION_B")
+        rows = reg.diff(*a.versions)
+        print(f"{len(rows)} field(s) differ between {a.versions[0]} and {a.versions[1]}")
+        for k, x, y in rows:
+            print(f"  {k}:\n    - {x}\n    + {y}")
+    elif a.action == "export":
+        require(len(a.versions) == 2, "registry export needs VERSION DEST")
+        print(reg.export(*a.versions))
+    return 0
+
+
+def cmd_monitor(a) -> int:
+    from .data import load_texts
+    from .models import load_classifier
+    from .monitor import DriftMonitor
+    folder = Path(a.artifact)
+    if not folder.is_dir():
+        from .registry import Registry
+        folder = Path(Registry(a.registry).get(a.artifact)["path"])
+    mf = folder / "manifest.json"
+    require(mf.is_file(), f"{folder} is not a quantgate artifact (no manifest.json)")
+    manifest = json.loads(mf.read_text())
+    base = manifest["base_model"]
+    model_dir = a.model or base["path"]
+    require(Path(model_dir).is_dir(), f"the base model {model_dir} recorded in {mf} is not here; pass --model DIR")
+    model = load_classifier(model_dir, base.get("max_length", 128))
+    require(model.sha == base["sha"], f"{model_dir} is not the model this artifact was quantized from "
+                                      f"(weights hash {model.sha}, artifact says {base['sha']})")
+    mon = DriftMonitor.from_artifact(folder, model)
+    mon.update(load_texts(a.inputs, a.text_col), verbose=True)
+    r = mon.report()
+    print(f"{r['inputs']} inputs against {r['calibration_n']} calibration examples, {r['n_layers']} layers")
+    print(f"PSI: median {r['median_psi']:.3f}, max {r['max_psi']:.3f}; {r['layers_over_drift']} layer(s) over 0.25, "
+          f"{r['layers_over_moderate']} over 0.1; clip rate {r['clip_rate']:.2e}")
+    for w in r["worst_layers"][:5]:
+        print(f"  {w['layer']:55s} PSI {w['psi']:.3f}  clipped {w['clip_rate']:.2e}")
+    if a.json:
+        from .report.files import atomic_write
+        atomic_write(a.json, json.dumps(r, indent=2))
+    if r["recommend_recalibration"]:
+        print(f"DRIFT: {'; '.join(r['reasons'])}\nremedy: {r['remedy']}")
+        return 1
+    print("no drift: these inputs look like the calibration data")
     return 0
 
 
@@ -176,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quantize", parents=[common], help="quantize a model and save the artifact")
     q.add_argument("--recipe", required=True, help="dynamic, static, int8, int4-g<N>, or a recipe .yaml/.json")
-    q.add_argument("--out", required=True, help="artifact directory to create")
+    q.add_argument("--out", help="artifact directory to create")
     q.add_argument("--overwrite", action="store_true")
     q.add_argument("--train", help="labelled training data for a QAT recipe (same columns as --data)")
     _add_data(q, calibration=True)
@@ -186,6 +317,59 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--recipe", help="quantize with this recipe first")
     _add_data(e, calibration=True)
     e.set_defaults(fn=cmd_evaluate)
+
+    q.add_argument("--registry", help="also save as a new version in this registry folder")
+    q.add_argument("--name", help="base name for registry versions (default: the model folder's name)")
+    q.add_argument("--calibration-samples", type=int, default=0, help="calibrate on this many examples")
+    q.add_argument("--calibration-offset", type=int, default=0, help="... starting at this row of the calibration data")
+
+    def add_budget(p, latency_sizes: bool):
+        g = p.add_argument_group("budget")
+        g.add_argument("--max-drop", type=float, default=1.0, help="largest overall metric drop, in points (default 1.0)")
+        g.add_argument("--max-slice-drop", type=float, help="largest drop on any slice value, in points")
+        g.add_argument("--metric", default="accuracy", choices=("accuracy", "macro_f1"))
+        g.add_argument("--max-latency-ms", type=float, help="largest p95 latency per call at each batch size")
+        g.add_argument("--max-memory-mb", type=float, help="largest weight memory, in MB")
+        g.add_argument("--strict", action="store_true", help="a drop whose interval crosses the budget fails")
+        if latency_sizes:
+            g.add_argument("--gate-batch-sizes", default="", help="batch sizes the latency target applies to "
+                           "(default: every measured size)")
+
+    au = sub.add_parser("auto", parents=[common], help="choose a quantization path under a budget; exit 1 if none passes")
+    add_budget(au, False)
+    au.add_argument("--paths", help="comma-separated recipes in the order to try "
+                    "(default dynamic,static,int8,int4-g32; QAT is added when int8 paths miss and training data exists)")
+    au.add_argument("--keep-float", default="3", help="when a candidate misses, retry keeping its N most sensitive "
+                    "layers in float (comma-separated N; empty: never)")
+    au.add_argument("--train", help="labelled training data for QAT (default with the bundled data: the BBC train split)")
+    au.add_argument("--no-qat", action="store_true", help="never try QAT")
+    au.add_argument("--registry", help="registry folder (default $QUANTGATE_REGISTRY or ~/.cache/quantgate/registry)")
+    au.add_argument("--name", help="base name for registry versions (default: the model folder's name)")
+    au.add_argument("--out", help="report directory (default runs/auto-<time>)")
+    _add_data(au, calibration=True)
+    au.set_defaults(fn=cmd_auto)
+
+    g = sub.add_parser("gate", help="pass or fail a saved comparison against a budget (exit 0 or 1)")
+    g.add_argument("report", help="comparison.json, or the report folder holding it")
+    g.add_argument("--candidate", help="which candidate (default: auto's choice, or the only one)")
+    add_budget(g, True)
+    g.set_defaults(fn=cmd_gate)
+
+    r = sub.add_parser("registry", help="list, show, diff or export registered versions")
+    r.add_argument("action", choices=("list", "show", "diff", "export"))
+    r.add_argument("versions", nargs="*", help="show: VERSION; diff: A B; export: VERSION DEST")
+    r.add_argument("--registry", help="registry folder (default $QUANTGATE_REGISTRY or ~/.cache/quantgate/registry)")
+    r.add_argument("--base", help="list: only this base model")
+    r.set_defaults(fn=cmd_registry)
+
+    m = sub.add_parser("monitor", help="check new inputs against an artifact's calibration; exit 1 on drift")
+    m.add_argument("artifact", help="artifact folder, or a registry version name")
+    m.add_argument("--inputs", required=True, help="texts: .jsonl/.csv/.parquet (--text-col), a fortune file, or one per line")
+    m.add_argument("--text-col", default="text")
+    m.add_argument("--model", help="base model folder (default: the path recorded in the artifact)")
+    m.add_argument("--registry", help="registry folder, when ARTIFACT is a version name")
+    m.add_argument("--json", help="also write the report as JSON here")
+    m.set_defaults(fn=cmd_monitor)
 
     for name, fn, help_ in (("compare", cmd_compare, "compare the baseline with quantized candidates"),
                             ("demo", cmd_demo, "the whole job on the bundled default")):

@@ -78,6 +78,7 @@ class Comparison:
     environment: dict = field(default_factory=dict)
     created: str = ""
     calibration_checks: dict | None = None   # sufficiency, coverage, missing slices, outlier channels
+    plan: dict | None = None                 # quantgate auto: the path taken and the choice
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,49 +160,76 @@ def qat_recovery(model: Model, q: Quantized, data: Dataset, calibration: Dataset
             "note": None if lost > 0 else "post-training quantization with these formats lost no accuracy: nothing to recover"}
 
 
+class Comparer:
+    """A comparison built one candidate at a time (what `quantgate auto` needs):
+    the baseline is evaluated once, `add` quantizes and scores a recipe, and
+    `finish` measures latency with every model interleaved, then diagnoses."""
+
+    def __init__(self, model: Model, data: Dataset, calibration: Dataset | None = None,
+                 settings: Settings | None = None, train: Dataset | None = None):
+        s = self.settings = settings or Settings()
+        require(len(data) > 0, "evaluation data is empty")
+        self.model, self.data, self.calibration, self.train = model, data, calibration, train
+        self.quantized: dict[str, Quantized] = {}
+        torch.manual_seed(s.seed)
+        with perf.RssSampler() as mem:
+            self.base = predict(model.module, model, data, s.eval_batch_size, s.verbose, desc="evaluate baseline")
+        y = self.base.labels
+        baseline = {"name": "fp32", "accuracy": metrics.accuracy(y, self.base.pred),
+                    "macro_f1": metrics.macro_f1(y, self.base.pred, len(model.labels)),
+                    "weight_bytes": tensor_bytes(model.module), "perf": mem.summary()}
+        self.comp = Comparison(
+            model={"path": model.path, "sha": model.sha, "labels": model.labels, "max_length": model.max_length,
+                   "task": model.task},
+            data={"source": data.source, "n": len(data), "fingerprint": data.fingerprint(),
+                  "slices": {k: sorted(set(v)) for k, v in data.slices.items()},
+                  "calibration": None if calibration is None else {"source": calibration.source, "n": len(calibration)}},
+            settings=asdict(s), baseline=baseline, environment=environment(),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    def check_calibration(self, n: int) -> None:
+        """Sufficiency, coverage and outlier checks on the first n calibration examples."""
+        if self.calibration is not None and len(self.calibration):
+            from .activations import check_calibration
+            self.comp.calibration_checks = check_calibration(self.model, self.calibration.head(n), self.data,
+                                                             self.settings.eval_batch_size, self.settings.verbose)
+
+    def add(self, recipe: Recipe) -> Candidate:
+        require(recipe.name not in self.quantized and recipe.name != "fp32",
+                f"recipes must be distinct, got {recipe.name} twice")
+        q = quantize(self.model, recipe, self.calibration if recipe.needs_calibration else None, train=self.train)
+        cand = evaluate_candidate(self.model, q, self.data, self.base, self.settings)
+        if recipe.method == "qat":
+            cand.extra["qat"] = qat_recovery(self.model, q, self.data, self.calibration, self.base, cand, self.settings)
+        self.comp.candidates.append(cand)
+        self.quantized[q.name] = q
+        return cand
+
+    def finish(self) -> Comparison:
+        s, comp = self.settings, self.comp
+        if s.verbose:
+            print(f"measuring latency at batch sizes {', '.join(map(str, s.batch_sizes))}, all models interleaved ...",
+                  file=sys.stderr)
+        modules = {"fp32": self.model.module} | {n: q.module for n, q in self.quantized.items()}
+        lat = perf.measure(modules, self.model, self.data.texts, s.batch_sizes, min_reps=s.perf_min_reps,
+                           budget_s=s.perf_budget_s)
+        comp.baseline["perf"].update(lat["fp32"])
+        for c in comp.candidates:
+            c.perf.update(lat[c.name])
+        from .diagnose import diagnose
+        comp.warnings = diagnose(comp)
+        return comp
+
+
 def compare(model: Model, data: Dataset, recipes: list[Recipe], calibration: Dataset | None = None,
             settings: Settings | None = None, train: Dataset | None = None) -> Comparison:
-    s = settings or Settings()
-    require(len(data) > 0, "evaluation data is empty")
     require(recipes, "no recipes to compare: name at least one (e.g. dynamic)")
     names = [r.name for r in recipes]
     require(len(set(names)) == len(names), f"recipes must be distinct, got {names}")
-    torch.manual_seed(s.seed)
-    with perf.RssSampler() as mem:
-        base = predict(model.module, model, data, s.eval_batch_size, s.verbose, desc="evaluate baseline")
-    base_perf = mem.summary()
-    y = base.labels
-    baseline = {"name": "fp32", "accuracy": metrics.accuracy(y, base.pred),
-                "macro_f1": metrics.macro_f1(y, base.pred, len(model.labels)),
-                "weight_bytes": tensor_bytes(model.module), "perf": base_perf}
-    comp = Comparison(
-        model={"path": model.path, "sha": model.sha, "labels": model.labels, "max_length": model.max_length,
-               "task": model.task},
-        data={"source": data.source, "n": len(data), "fingerprint": data.fingerprint(),
-              "slices": {k: sorted(set(v)) for k, v in data.slices.items()},
-              "calibration": None if calibration is None else {"source": calibration.source, "n": len(calibration)}},
-        settings=asdict(s), baseline=baseline, environment=environment(),
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    c = Comparer(model, data, calibration, settings, train)
     calibrated = [r for r in recipes if r.needs_calibration]
-    if calibrated and calibration is not None and len(calibration):
-        from .activations import check_calibration
-        n_cal = max(r.num_samples for r in calibrated)
-        comp.calibration_checks = check_calibration(model, calibration.head(n_cal), data, s.eval_batch_size, s.verbose)
-    modules = {"fp32": model.module}
+    if calibrated:
+        c.check_calibration(max(r.num_samples for r in calibrated))
     for r in recipes:
-        q = quantize(model, r, calibration if r.needs_calibration else None, train=train)
-        cand = evaluate_candidate(model, q, data, base, s)
-        if r.method == "qat":
-            cand.extra["qat"] = qat_recovery(model, q, data, calibration, base, cand, s)
-        comp.candidates.append(cand)
-        modules[q.name] = q.module
-    if s.verbose:
-        print(f"measuring latency at batch sizes {', '.join(map(str, s.batch_sizes))}, all models interleaved ...",
-              file=sys.stderr)
-    lat = perf.measure(modules, model, data.texts, s.batch_sizes, min_reps=s.perf_min_reps, budget_s=s.perf_budget_s)
-    base_perf.update(lat["fp32"])
-    for c in comp.candidates:
-        c.perf.update(lat[c.name])
-    from .diagnose import diagnose
-    comp.warnings = diagnose(comp)
-    return comp
+        c.add(r)
+    return c.finish()

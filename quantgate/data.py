@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from dataclasses import dataclass, field
+import re
 from pathlib import Path
 
 from .errors import QuantgateError, require
@@ -119,6 +120,31 @@ def load_table(path: str | Path, text_col: str = "text", label_col: str = "label
     ds = Dataset([str(t) for t in df[text_col]], [str(y) for y in df[label_col]], ids,
                  {s: [str(v) for v in df[s]] for s in slice_cols}, source=str(p))
     return add_length_slice(ds)
+
+
+def load_texts(path: str | Path, text_col: str = "text") -> list[str]:
+    """Unlabelled texts for monitoring: a table file (.jsonl, .csv, .tsv,
+    .parquet; the text column), a fortune(6) file (records separated by lines
+    holding only '%'), or plain text with one input per line."""
+    p = Path(path)
+    require(p.is_file(), f"inputs file not found: {p}")
+    if p.suffix.lower() in (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".pq"):
+        import pandas as pd
+        df = pd.read_json(p, lines=p.suffix.lower() != ".json") if "json" in p.suffix.lower() else (
+            pd.read_parquet(p) if p.suffix.lower() in (".parquet", ".pq") else
+            pd.read_csv(p, sep="\t" if p.suffix.lower() == ".tsv" else ","))
+        require(text_col in df.columns, f"{p} has no column {text_col!r}; its columns are: {', '.join(map(str, df.columns))}")
+        texts = [str(t) for t in df[text_col].dropna()]
+    else:
+        raw = p.read_text(encoding="utf-8", errors="replace")
+        lines = raw.splitlines()
+        if any(line.strip() == "%" for line in lines):
+            texts = [" ".join(r.split()) for r in re.split(r"(?m)^%\s*$", raw)]
+        else:
+            texts = [line.strip() for line in lines]
+        texts = [t for t in texts if t]
+    require(texts, f"{p} holds no texts")
+    return texts
 
 
 def _rank(seed: int, key: str) -> str:

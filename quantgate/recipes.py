@@ -54,6 +54,10 @@ class Recipe:
     # -- identity -----------------------------------------------------------
     @property
     def name(self) -> str:
+        """The method's short name; '+floatN' when N exclude patterns keep layers in float."""
+        return self._name() + (f"+float{len(self.exclude)}" if self.exclude else "")
+
+    def _name(self) -> str:
         return self.method
 
     # -- serialisation ------------------------------------------------------
@@ -170,8 +174,7 @@ class StaticInt8(Recipe):
         require(isinstance(self.num_samples, int) and self.num_samples >= 1,
                 f"num_samples must be a positive integer, got {self.num_samples!r}")
 
-    @property
-    def name(self) -> str:
+    def _name(self) -> str:
         cal = "" if self.calibrator == "minmax" else f"-{self.calibrator}"
         return (f"static-int8{cal}{'' if self.per_channel_weights else '-pertensor'}"
                 f"{'-symact' if self.symmetric_activations else ''}")
@@ -204,8 +207,7 @@ class QAT(Recipe):
         _one_of("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _one_of("device", self.device, ("auto", "cpu", "cuda"))
 
-    @property
-    def name(self) -> str:
+    def _name(self) -> str:
         return f"qat-w{self.weight_bits}a8"
 
 
@@ -231,7 +233,6 @@ class WeightOnly(Recipe):
                 f"group_size must be a multiple of 8 (e.g. 32, 64, 128), got {self.group_size}")
         require(isinstance(self.symmetric, bool), f"symmetric must be true or false, got {self.symmetric!r}")
 
-    @property
-    def name(self) -> str:
+    def _name(self) -> str:
         g = f"-g{self.group_size}" if self.group_size else ""
         return f"woq-int{self.bits}{g}"

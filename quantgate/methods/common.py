@@ -26,6 +26,7 @@ class Quantized:
     notes: list[str] = field(default_factory=list)
     weight_bytes: int = 0
     float_ops: dict[str, str] = field(default_factory=dict)  # other operators left in float, by kind
+    activation_profile: dict | None = None      # calibrated ranges and histograms, for the drift monitor
 
     @property
     def name(self) -> str:
@@ -62,37 +63,38 @@ def float_operators(module: torch.nn.Module, what: str) -> dict[str, str]:
     return out
 
 
-def tensor_bytes(module: torch.nn.Module) -> int:
-    """Bytes of every distinct tensor a module needs to run: parameters and
-    buffers; for an exported graph, only the constants its nodes read (the float
-    weights it was traced from are not counted); and the int8 weights inside
-    torch.ao's packed parameters."""
-    seen, total = set(), 0
-
-    def add(t):
-        nonlocal total
-        if isinstance(t, torch.Tensor) and t.device.type != "meta":
-            key = (t.untyped_storage().data_ptr(), t.numel(), t.dtype)
-            if key not in seen:
-                seen.add(key)
-                total += t.numel() * t.element_size()
-
-    graphs = [m for m in module.modules() if isinstance(m, torch.fx.GraphModule)]
+def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor a module needs to run, by name, as plain tensors: parameters
+    and buffers; for an exported graph, only the constants its nodes read (not
+    the float weights it was traced from); the int8 weights, scales and zero
+    points inside torch.ao's packed parameters."""
+    graphs = [(n, m) for n, m in module.named_modules() if isinstance(m, torch.fx.GraphModule)]
     if graphs:
         from .pt2e import graph_constants
-        for g in graphs:
-            for t in graph_constants(g).values():
-                add(t)
-        return total
-    for t in module.parameters():
-        add(t)
-    for t in module.buffers():
-        add(t)
-    for m in module.modules():
+        return {f"{n}.{k}" if n else k: t for n, g in graphs for k, t in graph_constants(g).items()}
+    out = {k: v for k, v in module.state_dict(keep_vars=True).items()
+           if isinstance(v, torch.Tensor) and not v.is_quantized}
+    for name, m in module.named_modules():
         if type(m).__name__ == "LinearPackedParams":       # torch.ao dynamic int8
             w, b = m._weight_bias()
-            total += w.numel() * w.element_size()
+            out[f"{name}.weight_int8"] = w.int_repr()
             if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-                total += w.q_per_channel_scales().numel() * 8 + w.q_per_channel_zero_points().numel() * 8
-            add(b)
+                out[f"{name}.weight_scales"] = w.q_per_channel_scales()
+                out[f"{name}.weight_zero_points"] = w.q_per_channel_zero_points()
+            else:
+                out[f"{name}.weight_scales"] = torch.tensor([w.q_scale()], dtype=torch.float64)
+                out[f"{name}.weight_zero_points"] = torch.tensor([w.q_zero_point()], dtype=torch.int64)
+            if b is not None:
+                out[f"{name}.bias"] = b
+    return {k: v for k, v in out.items() if v.device.type != "meta"}
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    """Bytes of the distinct tensors in module_tensors (shared storage counted once)."""
+    seen, total = set(), 0
+    for t in module_tensors(module).values():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
     return total

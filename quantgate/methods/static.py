@@ -7,6 +7,7 @@ import torch
 
 from ..calibration import batches, prepare_calibration
 from ..calibrators import pt2e_observer
+from ..monitor import profile
 from ..progress import progress
 from ..recipes import StaticInt8
 from . import pt2e
@@ -33,4 +34,5 @@ def apply(model, recipe: StaticInt8, calibration=None, batch_size: int = 32, ver
     qm, done = pt2e.finish(prepared, kept)
     float_ops = float_operators(model.module, "static int8 (x86 inductor quantizer)")
     return Quantized(qm, recipe, done, kept, "oneDNN static int8 linear (PT2E + inductor)",
-                     calibration=fingerprint, notes=notes, float_ops=float_ops)
+                     calibration=fingerprint, notes=notes, float_ops=float_ops,
+                     activation_profile=profile(model, calibration.head(recipe.num_samples).texts, batch_size))

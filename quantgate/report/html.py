@@ -62,6 +62,9 @@ def render(d: dict) -> str:
          f"(sha {escape(d['model']['sha'])}) on <code>{escape(d['data']['source'])}</code>, "
          f"{d['data']['n']} examples; {escape(d['created'])}</p>"]
 
+    if d.get("plan"):
+        h.append(plan_section(d["plan"], d))
+
     # Failures and warnings first.
     h.append("<h2>Warnings</h2>")
     if not d["warnings"]:
@@ -189,3 +192,49 @@ def qat_line(r: dict) -> str:
     return (f"QAT recovered {share} of the post-training loss: fp32 {100 * r['baseline_accuracy']:.2f}%, "
             f"PTQ with the same formats {100 * r['ptq_accuracy']:.2f}%, QAT {100 * r['qat_accuracy']:.2f}%"
             + (f" ({r['note']})" if r.get("note") else ""))
+
+
+def plan_section(plan: dict, d: dict) -> str:
+    """quantgate auto: the path taken, every candidate's verdict, and the Pareto chart."""
+    chosen = plan["chosen"]
+    h = ["<h2>Choice under the budget</h2>"]
+    b = plan["budget"]
+    limits = [f"overall {b['metric']} drop &le; {b['max_drop']:g} points"]
+    if b["max_slice_drop"] is not None:
+        limits.append(f"every slice &le; {b['max_slice_drop']:g} points")
+    if b["max_latency_ms"] is not None:
+        limits.append(f"p95 &le; {b['max_latency_ms']:g} ms at batch {', '.join(plan['batch_sizes'])}")
+    if b["max_memory_mb"] is not None:
+        limits.append(f"weights &le; {b['max_memory_mb']:g} MB")
+    h.append(f"<p>Budget: {'; '.join(limits)}{' (strict: uncertain fails)' if b['strict'] else ''}.</p>")
+    if chosen:
+        h.append(f'<div class="ok" id=plan-verdict>Chosen: <b>{escape(chosen)}</b></div>')
+    else:
+        h.append('<div class="warn error" id=plan-verdict><b>No candidate meets the budget.</b> Best candidates: '
+                 + escape(", ".join(plan["best"])) + "</div>")
+    h.append("<h3>Path taken</h3><ol id=plan-steps>")
+    for st in plan["steps"]:
+        h.append(f"<li><b>{escape(st['recipe'])}</b>: {'meets' if st['accuracy_ok'] else 'misses'} the accuracy budget "
+                 f"({escape(st['result'])})" + (f" <span class=muted>{escape(st['why_tried'])}</span>"
+                                                if st["why_tried"] != "next in order" else "") + "</li>")
+    h.append("</ol><h3>Every candidate</h3><table id=plan-candidates><tr><th>candidate</th><th>verdict</th>"
+             "<th style='text-align:left'>why</th></tr>")
+    for v in plan["candidates"]:
+        verdict = "chosen" if v["name"] == chosen else ("passes" if v["passed"] else "fails")
+        h.append(f"<tr data-verdict={verdict}><td>{escape(v['name'])}</td><td>{verdict}</td>"
+                 f"<td style='text-align:left'>{escape(v['why'])}</td></tr>")
+    h.append("</table>")
+    if plan.get("saved"):
+        h.append("<p>Saved: " + ", ".join(f"<code>{escape(s['version'])}</code> ({escape(s['name'])})"
+                                          for s in plan["saved"]) + "</p>")
+    bs = plan["batch_sizes"][-1]
+    cands = {c["name"]: c for c in d["candidates"]}
+    pts, colors = [("fp32", d["baseline"]["weight_bytes"] / 2**20, d["baseline"]["perf"]["batch_sizes"][bs]["p50_ms"])], ["#555"]
+    for v in plan["candidates"]:
+        c = cands[v["name"]]
+        pts.append((v["name"], c["weight_bytes"] / 2**20, c["perf"]["batch_sizes"][bs]["p50_ms"]))
+        colors.append("#2a7" if v["name"] == chosen else ("#4a90d9" if v["passed"] else "#d9534f"))
+    h.append(svg.scatter(pts, "weight memory, MB", f"p50 latency at batch {bs}, ms",
+                         "latency against memory (green: chosen, blue: passes, red: misses the budget; dashed: Pareto front of passing)",
+                         colors=colors, line=plan["front"]))
+    return "".join(h)

@@ -109,8 +109,10 @@ def latency_chart(models: list[tuple[str, dict]], batch_size: str, title: str) -
     return "".join(out)
 
 
-def scatter(points: list[tuple[str, float, float]], xlabel: str, ylabel: str, title: str) -> str:
-    """Labelled points (name, x, y)."""
+def scatter(points: list[tuple[str, float, float]], xlabel: str, ylabel: str, title: str,
+            colors: list[str] | None = None, line: list[str] | None = None) -> str:
+    """Labelled points (name, x, y); optional per-point colours and a dashed
+    line through the named points (e.g. a Pareto front) in x order."""
     left, right, top, bottom = 60, 30, 30, 45
     width, height = 820, 340
     xs, ys = [p[1] for p in points], [p[2] for p in points]
@@ -122,8 +124,12 @@ def scatter(points: list[tuple[str, float, float]], xlabel: str, ylabel: str, ti
            f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>']
     out += _axes([(sx(t), f"{t:g}") for t in _nice_ticks(x0, x1)], [(sy(t), f"{t:g}") for t in _nice_ticks(y0, y1)],
                   left, width - right, top, height - bottom)
+    if line:
+        pts = sorted((x, y) for n, x, y in points if n in line)
+        out.append('<polyline class="front" fill="none" stroke="#2a7" stroke-dasharray="5 4" stroke-width="1.5" points="'
+                   + " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts) + '"/>')
     for i, (name, x, y) in enumerate(points):
-        c = "#555" if i == 0 else PALETTE[(i - 1) % len(PALETTE)]
+        c = colors[i] if colors else ("#555" if i == 0 else PALETTE[(i - 1) % len(PALETTE)])
         out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{c}"><title>{escape(name)}: {x:.2f}, {y:.2f}</title></circle>'
                    f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 6:.1f}" font-size="11">{escape(name)}</text>')
     out.append(f'<text x="{(left + width - right) / 2}" y="{height - 8}" font-size="11" text-anchor="middle">{escape(xlabel)}</text>'

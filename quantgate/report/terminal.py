@@ -41,3 +41,26 @@ def table(d: dict) -> str:
             who = f"[{w['candidate']}] " if w["candidate"] else ""
             out.append(f"{w['severity'].upper():7s} {who}{w['message']}\n        remedy: {w['remedy']}")
     return "\n".join(out)
+
+
+def plan_table(plan: dict) -> str:
+    """What `quantgate auto` tried, in order, and what it chose."""
+    out = ["path taken:"]
+    for i, st in enumerate(plan["steps"], 1):
+        out.append(f"  {i}. {st['recipe']:28s} {'ok ' if st['accuracy_ok'] else 'MISS'}  {st['result']}"
+                   + (f"\n     ({st['why_tried']})" if st["why_tried"] != "next in order" else ""))
+    out.append("")
+    for v in plan["candidates"]:
+        mark = "CHOSEN" if v["name"] == plan["chosen"] else ("pass" if v["passed"] else "FAIL")
+        out.append(f"  {mark:6s} {v['name']:28s} {v['why']}")
+    if not plan["baseline"]["meets_targets"]:
+        out.append("  fp32 itself misses: " + "; ".join(plan["baseline"]["missed"]))
+    out.append("")
+    if plan["chosen"]:
+        out.append(f"chosen: {plan['chosen']}")
+    else:
+        out.append("no candidate meets the budget; best candidates: " + ", ".join(plan["best"]))
+    for sv in plan.get("saved", []):
+        out.append(f"saved {sv['name']} as {sv['version']} ({'already registered' if sv['existing'] else 'new'}, "
+                   f"content {sv['content_hash']})")
+    return "\n".join(out)

@@ -1,0 +1,173 @@
+"""`quantgate auto`: walk the candidate paths in the order a careful engineer
+tries them, under a budget, and keep the evidence.
+
+    fp32 baseline -> dynamic int8 -> static int8 -> (QAT) -> weight-only int8 -> weight-only int4
+
+1. Each candidate is quantized and scored on the evaluation data. When it
+   misses the accuracy budget, its most sensitive layers (quantgate.sensitivity)
+   are kept in float, `keep_float` layers at a time, and it is scored again.
+2. QAT runs only when every post-training int8 path (fallbacks included)
+   missed, and only with training data.
+3. Latency is then measured for every model at once, interleaved.
+4. Every candidate is gated against the whole budget (quantgate.gate). Among
+   those that pass, the choice is on the Pareto front of measured p50 latency
+   (at each budget batch size) and weight memory: the front member with the
+   smallest geometric mean of its ratios to fp32. Not first-fit.
+5. The chosen candidate is saved in the registry; when nothing passes, the
+   best candidates (the Pareto front of drop, latency and memory, at most 3)
+   are saved, each with the constraints it missed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from .compare import Comparer, Comparison, Settings
+from .data import Dataset
+from .gate import Budget, check
+from .recipes import QAT, DynamicInt8, Recipe, StaticInt8, WeightOnly
+from .sensitivity import layer_sensitivity
+
+DEFAULT_PATH = (DynamicInt8(), StaticInt8(), WeightOnly(bits=8), WeightOnly(bits=4, group_size=32))
+PTQ_INT8 = ("dynamic-int8", "static-int8")
+
+
+def _accuracy_only(b: Budget) -> Budget:
+    return dataclasses.replace(b, max_latency_ms=None, max_memory_mb=None)
+
+
+def _dominates(a: list[float], b: list[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def pareto(points: dict[str, list[float]]) -> list[str]:
+    """Names whose objective vectors (lower is better) no other point dominates."""
+    return [n for n, p in points.items() if not any(_dominates(q, p) for m, q in points.items() if m != n)]
+
+
+def _objectives(c: dict, sizes: list[str]) -> list[float]:
+    return [c["perf"]["batch_sizes"][bs]["p50_ms"] for bs in sizes] + [c["weight_bytes"]]
+
+
+def choose(comp: dict, budget: Budget) -> dict:
+    """Gate every candidate of a finished comparison and choose (pure: no measuring)."""
+    n = comp["data"]["n"]
+    base = comp["baseline"]
+    sizes = [str(b) for b in budget.batch_sizes] or list(base["perf"]["batch_sizes"])
+    results = {c["name"]: check(c, base, budget, n) for c in comp["candidates"]}
+    cands = {c["name"]: c for c in comp["candidates"]}
+    ref = _objectives(base, sizes)
+    passing = [k for k, r in results.items() if r["passed"]]
+    front = pareto({k: _objectives(cands[k], sizes) for k in passing})
+
+    def score(k):  # geometric mean of ratios to fp32 over latencies and weight bytes
+        return math.exp(sum(math.log(v / r) for v, r in zip(_objectives(cands[k], sizes), ref)) / len(ref))
+    chosen = min(front, key=score) if front else None
+    verdicts = []
+    for k, r in results.items():
+        if not r["passed"]:
+            why = "missed the budget: " + "; ".join(r["missed"])
+        elif k == chosen:
+            why = f"chosen: passes the budget; on the latency/memory Pareto front with the best score ({score(k):.2f} x fp32)"
+        elif k not in front:
+            by = next(m for m in passing if _dominates(_objectives(cands[m], sizes), _objectives(cands[k], sizes)))
+            why = f"passes, but {by} is at least as fast at every batch size and as small, and better in one"
+        else:
+            why = f"passes and is on the Pareto front, but scores {score(k):.2f} x fp32 against {score(chosen):.2f} for {chosen}"
+        verdicts.append({"name": k, "passed": r["passed"], "uncertain": r["uncertain"], "why": why,
+                         "constraints": r["constraints"],
+                         "score": score(k), "objectives": dict(zip([f"p50_ms@{s}" for s in sizes] + ["weight_bytes"],
+                                                                   _objectives(cands[k], sizes)))})
+    best = []
+    if chosen is None and cands:     # nothing passes: the front of (drop, latency, memory)
+        pts = {k: [-c["metrics"][budget.metric]["delta"], *_objectives(c, sizes)] for k, c in cands.items()}
+        best = sorted(pareto(pts), key=lambda k: (pts[k][0], score(k)))[:3]
+    base_ok = check_baseline(base, budget, sizes)
+    return {"budget": budget.to_dict(), "batch_sizes": sizes, "chosen": chosen, "passing": passing,
+            "front": front, "best": best, "candidates": verdicts, "baseline": base_ok}
+
+
+def check_baseline(base: dict, budget: Budget, sizes: list[str]) -> dict:
+    """Does fp32 itself meet the latency and memory targets? (Its accuracy is the reference.)"""
+    missed = []
+    if budget.max_latency_ms is not None:
+        missed += [f"p95 {base['perf']['batch_sizes'][s]['p95_ms']:.1f} ms at batch {s} over {budget.max_latency_ms:g} ms"
+                   for s in sizes if base["perf"]["batch_sizes"][s]["p95_ms"] > budget.max_latency_ms]
+    if budget.max_memory_mb is not None and base["weight_bytes"] / 2**20 > budget.max_memory_mb:
+        missed.append(f"{base['weight_bytes'] / 2**20:.1f} MB of weights over {budget.max_memory_mb:g} MB")
+    return {"meets_targets": not missed, "missed": missed}
+
+
+def auto(model, data: Dataset, calibration: Dataset | None, budget: Budget, train: Dataset | None = None,
+         settings: Settings | None = None, path: tuple[Recipe, ...] = DEFAULT_PATH, keep_float: tuple[int, ...] = (3,),
+         registry=None, base_name: str | None = None) -> tuple[Comparison, dict]:
+    """Walk `path` under `budget`; returns the comparison (with .plan) and the plan."""
+    s = settings or Settings(batch_sizes=budget.batch_sizes or (1, 32))
+    c = Comparer(model, data, calibration, s, train)
+    acc_budget = _accuracy_only(budget)
+    steps = []
+
+    def attempt(recipe: Recipe, why: str) -> bool:
+        cand = c.add(recipe)
+        r = check(dataclasses.asdict(cand), c.comp.baseline, acc_budget, len(data))
+        steps.append({"recipe": recipe.name, "why_tried": why, "accuracy_ok": r["passed"],
+                      "result": "; ".join(r["missed"]) or
+                      f"{100 * cand.metrics[budget.metric]['delta']:+.2f} points {budget.metric}"})
+        return r["passed"]
+
+    calibrated = [r for r in path if r.needs_calibration]
+    if calibrated and calibration is not None:
+        c.check_calibration(max(r.num_samples for r in calibrated))
+    int8_ok = False
+    for recipe in path:
+        if recipe.needs_calibration and (calibration is None or len(calibration) == 0):
+            steps.append({"recipe": recipe.name, "why_tried": "next in order", "accuracy_ok": False,
+                          "result": "skipped: needs calibration data"})
+            continue
+        if isinstance(recipe, WeightOnly) and not int8_ok and train is not None and not any(
+                isinstance(r, QAT) for r in path):
+            int8_ok = _try_qat(attempt, steps)
+        ok = attempt(recipe, "next in order")
+        if not ok and keep_float and recipe.method != "qat":
+            ranked = layer_sensitivity(model, recipe, calibration if calibration is not None else data,
+                                       verbose=s.verbose)
+            for k in keep_float:
+                layers = tuple(r["layer"] for r in ranked[:k])
+                ok = attempt(dataclasses.replace(recipe, exclude=tuple(recipe.exclude) + layers),
+                             f"{recipe.name} missed: keep its {k} most sensitive layer(s) in float "
+                             f"({', '.join(x.rsplit('.', 3)[-3] + '.' + x.rsplit('.', 1)[-1] for x in layers)})")
+                if ok:
+                    break
+        if recipe.method in PTQ_INT8 + ("qat",):
+            int8_ok = int8_ok or ok
+    if not int8_ok and train is not None and not any(st["recipe"].startswith("qat") for st in steps):
+        _try_qat(attempt, steps)
+    comp = c.finish()
+    plan = choose(comp.to_dict(), budget)
+    plan["steps"] = steps
+    if registry is not None:
+        saved = []
+        for name in ([plan["chosen"]] if plan["chosen"] else plan["best"]):
+            cand = comp.candidate(name)
+            verdict = next(v for v in plan["candidates"] if v["name"] == name)
+            evidence = {"comparison": {"data": comp.data, "baseline": _summary(comp.baseline),
+                                       "candidate": _summary(dataclasses.asdict(cand))},
+                        "gate": {"passed": verdict["passed"], "why": verdict["why"], "budget": budget.to_dict()}}
+            row = registry.register(c.quantized[name], model, base=base_name, evidence=evidence)
+            saved.append({"name": name, "version": row["version"], "content_hash": row["content_hash"],
+                          "existing": row["existing"], "path": row["path"]})
+        plan["saved"] = saved
+    comp.plan = plan
+    return comp, plan
+
+
+def _try_qat(attempt, steps) -> bool:
+    return attempt(QAT(), "post-training int8 paths missed and training data is given")
+
+
+def _summary(c: dict) -> dict:
+    keep = ("name", "accuracy", "macro_f1", "weight_bytes", "metrics", "mcnemar", "agreement", "n_changed")
+    out = {k: c[k] for k in keep if k in c}
+    out["perf"] = {bs: {k: v for k, v in st.items() if k.startswith("p")} for bs, st in c["perf"].get("batch_sizes", {}).items()}
+    return out
