@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test setup browser bench clean
+.PHONY: demo test setup system bench clean
 
 setup: $(STAMP)
 
@@ -19,14 +19,16 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -c "import quantgate, torch, torchao, transformers; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
-# Headless Chromium for the HTML report test (Debian's package).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+# Debian packages the tests use: headless Chromium renders the HTML report;
+# fortunes-min is the out-of-domain text the drift monitor must flag.
+system:
+	@command -v chromium >/dev/null 2>&1 && test -f /usr/share/games/fortunes/fortunes || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fortunes-min >/dev/null; }
 
 demo: $(STAMP)
 	$(VENV)/bin/quantgate demo
 
-test: $(STAMP) browser
+test: $(STAMP) system
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -28,12 +28,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--qat-lr", type=float, default=5e-5)
+    ap.add_argument("--only-qat", action="store_true", help="skip the calibrators, measure QAT's recovery only")
     a = ap.parse_args()
     s = bbc_splits()
     model = load_classifier(finetune(s["train"]))
-    recipes = [StaticInt8(calibrator=c) for c in CALIBRATORS] + \
-              [StaticInt8(symmetric_activations=True), StaticInt8(calibrator="mse", symmetric_activations=True)] + \
-              [QAT(weight_bits=4, epochs=a.qat_epochs, lr=a.qat_lr)]
+    recipes = [] if a.only_qat else [StaticInt8(calibrator=c) for c in CALIBRATORS] + \
+        [StaticInt8(symmetric_activations=True), StaticInt8(calibrator="mse", symmetric_activations=True)]
+    recipes.append(QAT(weight_bits=4, epochs=a.qat_epochs, lr=a.qat_lr))
     comp = compare(model, s["test"], recipes, s["calibration"],
                    Settings(batch_sizes=(a.batch_size,), perf_budget_s=3.0), train=s["train"])
     bs = str(a.batch_size)

@@ -76,7 +76,9 @@ def apply(model, recipe: QAT, calibration=None, train: Dataset | None = None, ve
     example = {k: v[:2] for k, v in enc.items()}
 
     def prepared_on(dev: str):
-        module = model.module if dev == "cpu" else copy.deepcopy(model.module).to(dev)
+        # a copy: the exported graph shares parameter storage with the module it was traced from,
+        # and training must not change the user's float model
+        module = copy.deepcopy(model.module).to(dev)
         quantizer = pt2e.x86_quantizer(reduce_range=reduce_range, weight_bits=recipe.weight_bits, qat=True)
         return pt2e.prepare(module, {k: v.to(dev) for k, v in example.items()}, quantizer, list(kept), qat=True)
 
