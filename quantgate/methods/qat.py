@@ -92,22 +92,26 @@ def apply(model, recipe: QAT, calibration=None, train: Dataset | None = None, ve
     n = len(train)
     steps = recipe.steps or recipe.epochs * math.ceil(n / recipe.batch_size)
     losses = []
-    with progress(total=steps, desc=f"QAT ({precision}, {device})", enabled=verbose) as bar:
-        step = 0
-        while step < steps:
-            for idx in torch.randperm(n, generator=g).split(recipe.batch_size):
-                if step >= steps:
-                    break
-                with autocast(device, precision):
-                    logits = prepared(enc["input_ids"][idx].to(device), enc["attention_mask"][idx].to(device))
-                loss = torch.nn.functional.cross_entropy(logits.float(), y_all[idx].to(device))
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                losses.append(loss.item())
-                step += 1
-                bar.update(1, loss=f"{loss.item():.3f}")
+    # dropout draws from the global generator: seed it (in a fork, leaving the caller's state alone)
+    # so that the same recipe on the same data trains the same model
+    with torch.random.fork_rng(devices=[] if device == "cpu" else None):
+        torch.manual_seed(recipe.seed)
+        with progress(total=steps, desc=f"QAT ({precision}, {device})", enabled=verbose) as bar:
+            step = 0
+            while step < steps:
+                for idx in torch.randperm(n, generator=g).split(recipe.batch_size):
+                    if step >= steps:
+                        break
+                    with autocast(device, precision):
+                        logits = prepared(enc["input_ids"][idx].to(device), enc["attention_mask"][idx].to(device))
+                    loss = torch.nn.functional.cross_entropy(logits.float(), y_all[idx].to(device))
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    losses.append(loss.item())
+                    step += 1
+                    bar.update(1, loss=f"{loss.item():.3f}")
     final = prepared
     if device != "cpu":
         final = prepared_on("cpu")
