@@ -31,6 +31,12 @@ def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32) -> l
                                f"accuracy drops {drop:.2f} points (95% CI {-100 * acc['ci_high']:.2f} to "
                                f"{-100 * acc['ci_low']:.2f})",
                                "keep the most sensitive layers in float (recipe exclude), or try a gentler recipe"))
+        qat = c.extra.get("qat") if c.extra else None
+        if qat and qat["qat_accuracy"] < qat["ptq_accuracy"]:
+            out.append(warning("warning", "qat-worse-than-ptq", c.name,
+                               f"QAT ({100 * qat['qat_accuracy']:.2f}%) is less accurate than post-training quantization "
+                               f"with the same formats ({100 * qat['ptq_accuracy']:.2f}%)",
+                               "use the post-training candidate, or retrain with a lower lr / fewer steps"))
         lin_float = list(c.float_layers)
         if lin_float:
             out.append(warning("info", "float-layers", c.name,

@@ -136,7 +136,7 @@ def auto(model, data: Dataset, calibration: Dataset | None, budget: Budget, trai
                 layers = tuple(r["layer"] for r in ranked[:k])
                 ok = attempt(dataclasses.replace(recipe, exclude=tuple(recipe.exclude) + layers),
                              f"{recipe.name} missed: keep its {k} most sensitive layer(s) in float "
-                             f"({', '.join(x.rsplit('.', 3)[-3] + '.' + x.rsplit('.', 1)[-1] for x in layers)})")
+                             f"({', '.join('.'.join(x.split('.')[-4:]) for x in layers)})")
                 if ok:
                     break
         if recipe.method in PTQ_INT8 + ("qat",):

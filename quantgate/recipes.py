@@ -194,6 +194,7 @@ class QAT(Recipe):
     lr: float = 2e-5
     precision: str = "auto"        # auto: fp16 + gradient scaler on CUDA, bf16 on a CPU with native bf16, else fp32
     device: str = "auto"           # where QAT trains: auto (CUDA when present), cpu, cuda
+    freeze_ranges: bool = True     # calibrate ranges on 256 training examples, then keep them fixed while training
     seed: int = 0
 
     def __post_init__(self):
@@ -206,6 +207,7 @@ class QAT(Recipe):
         require(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
         _one_of("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _one_of("device", self.device, ("auto", "cpu", "cuda"))
+        require(isinstance(self.freeze_ranges, bool), f"freeze_ranges must be true or false, got {self.freeze_ranges!r}")
 
     def _name(self) -> str:
         return f"qat-w{self.weight_bits}a8"

@@ -66,9 +66,10 @@ def test_monitor_needs_inputs_and_a_profile(prof, model, tmp_path):
 @needs_fortunes
 def test_monitor_command_on_a_saved_static_artifact(finetuned_dir, bbc, tmp_path, capsys):
     art = tmp_path / "static"
-    assert main(["quantize", "--model", str(finetuned_dir), "--recipe", "static", "--out", str(art)]) == 0
+    assert main(["quantize", "--model", str(finetuned_dir), "--recipe", "static", "--out", str(art),
+                 "--calibration-samples", "128"]) == 0
     held_out = tmp_path / "held_out.jsonl"
-    held_out.write_text("".join(json.dumps({"text": t}) + "\n" for t in bbc["test"].texts[150:300]))
+    held_out.write_text("".join(json.dumps({"text": t}) + "\n" for t in bbc["test"].texts[150:250]))
     assert main(["monitor", str(art), "--inputs", str(held_out), "--json", str(tmp_path / "ok.json")]) == 0
     assert "no drift" in capsys.readouterr().out
     assert main(["monitor", str(art), "--inputs", str(FORTUNES), "--json", str(tmp_path / "drift.json")]) == 1

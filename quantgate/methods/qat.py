@@ -83,6 +83,15 @@ def apply(model, recipe: QAT, calibration=None, train: Dataset | None = None, ve
         return pt2e.prepare(module, {k: v.to(dev) for k, v in example.items()}, quantizer, list(kept), qat=True)
 
     prepared = prepared_on(device)
+    if recipe.freeze_ranges:
+        # calibrate the quantization ranges first (as post-training quantization would), then fix
+        # them: training then adapts the weights to a stable grid instead of chasing moving ranges
+        from torchao.quantization.pt2e import disable_observer
+        move_exported_model_to_eval(prepared)
+        with torch.no_grad():
+            for ids, am in batches({k: v[:256] for k, v in enc.items()}, recipe.batch_size):
+                prepared(ids.to(device), am.to(device))
+        prepared.apply(disable_observer)
     move_exported_model_to_train(prepared)
     params = [p for p in prepared.parameters() if p.requires_grad and p.is_floating_point()]
     require(params, "the exported model has no trainable parameters for QAT")

@@ -189,6 +189,8 @@ def calibration_section(cc: dict) -> str:
 
 def qat_line(r: dict) -> str:
     share = "n/a" if r["recovered_share"] is None else f"{100 * r['recovered_share']:.0f}%"
+    if r["recovered_share"] is not None and r["recovered_share"] < 0:
+        share = f"none ({share})"
     return (f"QAT recovered {share} of the post-training loss: fp32 {100 * r['baseline_accuracy']:.2f}%, "
             f"PTQ with the same formats {100 * r['ptq_accuracy']:.2f}%, QAT {100 * r['qat_accuracy']:.2f}%"
             + (f" ({r['note']})" if r.get("note") else ""))
