@@ -223,8 +223,10 @@ def plan_section(plan: dict, d: dict) -> str:
              "<th style='text-align:left'>why</th></tr>")
     for v in plan["candidates"]:
         verdict = "chosen" if v["name"] == chosen else ("passes" if v["passed"] else "fails")
+        unsure = (f"<br><span class=muted>uncertain: {escape(v['uncertain'][0])}</span>"
+                  if v["passed"] and v["uncertain"] else "")
         h.append(f"<tr data-verdict={verdict}><td>{escape(v['name'])}</td><td>{verdict}</td>"
-                 f"<td style='text-align:left'>{escape(v['why'])}</td></tr>")
+                 f"<td style='text-align:left'>{escape(v['why'])}{unsure}</td></tr>")
     h.append("</table>")
     if plan.get("saved"):
         h.append("<p>Saved: " + ", ".join(f"<code>{escape(s['version'])}</code> ({escape(s['name'])})"
@@ -237,6 +239,7 @@ def plan_section(plan: dict, d: dict) -> str:
         pts.append((v["name"], c["weight_bytes"] / 2**20, c["perf"]["batch_sizes"][bs]["p50_ms"]))
         colors.append("#2a7" if v["name"] == chosen else ("#4a90d9" if v["passed"] else "#d9534f"))
     h.append(svg.scatter(pts, "weight memory, MB", f"p50 latency at batch {bs}, ms",
-                         "latency against memory (green: chosen, blue: passes, red: misses the budget; dashed: Pareto front of passing)",
-                         colors=colors, line=plan["front"]))
+                         "latency against memory", colors=colors, line=plan["front"]))
+    h.append("<p class=muted>green: chosen; blue: passes the budget; red: misses it; grey: fp32; "
+             "dashed: the Pareto front of the passing candidates.</p>")
     return "".join(h)

@@ -53,6 +53,8 @@ def plan_table(plan: dict) -> str:
     for v in plan["candidates"]:
         mark = "CHOSEN" if v["name"] == plan["chosen"] else ("pass" if v["passed"] else "FAIL")
         out.append(f"  {mark:6s} {v['name']:28s} {v['why']}")
+        if v["passed"] and v["uncertain"]:
+            out.append(f"         {'':28s} uncertain: {v['uncertain'][0]}")
     if not plan["baseline"]["meets_targets"]:
         out.append("  fp32 itself misses: " + "; ".join(plan["baseline"]["missed"]))
     out.append("")
