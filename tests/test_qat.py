@@ -67,3 +67,17 @@ def test_qat_on_cuda_without_a_gpu_is_a_clear_error(model, bbc):
         pytest.skip("a GPU is present")
     with pytest.raises(QuantgateError, match="no CUDA GPU is visible"):
         quantize(model, QAT(device="cuda", steps=1), train=bbc["train"])
+
+
+def test_qat_less_accurate_than_ptq_is_a_warning(comparison):
+    import copy
+
+    from quantgate.diagnose import diagnose
+    from quantgate.report.html import qat_line
+    comp = copy.deepcopy(comparison)
+    c = comp.candidates[0]
+    c.extra["qat"] = {"ptq_accuracy": 0.9712, "qat_accuracy": 0.9604, "baseline_accuracy": 0.9802,
+                      "recovered_share": (0.9604 - 0.9712) / (0.9802 - 0.9712), "note": None}
+    w = [x for x in diagnose(comp) if x["code"] == "qat-worse-than-ptq"]
+    assert len(w) == 1 and w[0]["candidate"] == c.name and "96.04%" in w[0]["message"] and "97.12%" in w[0]["message"]
+    assert qat_line(c.extra["qat"]).startswith("QAT recovered none (-120%) of the post-training loss")
