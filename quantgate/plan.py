@@ -119,15 +119,22 @@ def auto(model, data: Dataset, calibration: Dataset | None, budget: Budget, trai
     calibrated = [r for r in path if r.needs_calibration]
     if calibrated and calibration is not None:
         c.check_calibration(max(r.num_samples for r in calibrated))
-    int8_ok = False
+    int8_ok = False                 # a post-training int8 path (or QAT) met the accuracy budget
+    qat_tried = any(isinstance(r, QAT) for r in path)   # a path that names QAT tries it in its place
+
+    def maybe_qat() -> None:
+        nonlocal int8_ok, qat_tried
+        if not int8_ok and not qat_tried and train is not None:
+            qat_tried = True
+            int8_ok = attempt(QAT(), "post-training int8 paths missed and training data is given")
+
     for recipe in path:
         if recipe.needs_calibration and (calibration is None or len(calibration) == 0):
             steps.append({"recipe": recipe.name, "why_tried": "next in order", "accuracy_ok": False,
                           "result": "skipped: needs calibration data"})
             continue
-        if isinstance(recipe, WeightOnly) and not int8_ok and train is not None and not any(
-                isinstance(r, QAT) for r in path):
-            int8_ok = _try_qat(attempt, steps)
+        if isinstance(recipe, WeightOnly):
+            maybe_qat()             # QAT comes after the int8 paths, before low-bit weight-only
         ok = attempt(recipe, "next in order")
         if not ok and keep_float and recipe.method != "qat":
             ranked = layer_sensitivity(model, recipe, calibration if calibration is not None else data,
@@ -141,8 +148,7 @@ def auto(model, data: Dataset, calibration: Dataset | None, budget: Budget, trai
                     break
         if recipe.method in PTQ_INT8 + ("qat",):
             int8_ok = int8_ok or ok
-    if not int8_ok and train is not None and not any(st["recipe"].startswith("qat") for st in steps):
-        _try_qat(attempt, steps)
+    maybe_qat()
     comp = c.finish()
     plan = choose(comp.to_dict(), budget)
     plan["steps"] = steps
@@ -160,10 +166,6 @@ def auto(model, data: Dataset, calibration: Dataset | None, budget: Budget, trai
         plan["saved"] = saved
     comp.plan = plan
     return comp, plan
-
-
-def _try_qat(attempt, steps) -> bool:
-    return attempt(QAT(), "post-training int8 paths missed and training data is given")
 
 
 def _summary(c: dict) -> dict:
