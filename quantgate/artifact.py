@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -66,15 +63,9 @@ def write(q: Quantized, model: Model, folder: Path, evidence: dict | None = None
 
 
 def save(q: Quantized, model: Model, out: str | Path, evidence: dict | None = None, overwrite: bool = False) -> Path:
+    from .report.files import atomic_dir
     out = Path(out)
     require(overwrite or not out.exists(), f"{out} already exists: choose another --out, or remove it first")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out, replace=overwrite) as tmp:
         write(q, model, tmp, evidence)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

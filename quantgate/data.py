@@ -85,30 +85,32 @@ def load_bbc() -> Dataset:
     return add_length_slice(ds)
 
 
-def load_table(path: str | Path, text_col: str = "text", label_col: str = "label",
-               slice_cols: list[str] | tuple[str, ...] = (), id_col: str | None = None) -> Dataset:
-    """Read a JSONL, CSV or Parquet file with a text and a label column."""
+TABLE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".pq")
+
+
+def read_frame(p: Path):
+    """A JSONL, JSON, CSV/TSV or Parquet file as a DataFrame; parse errors as one line."""
     import pandas as pd
 
-    p = Path(path)
     require(p.is_file(), f"data file not found: {p}")
     require(p.stat().st_size > 0, f"data file {p} is empty")
     suffix = p.suffix.lower()
+    require(suffix in TABLE_SUFFIXES, f"unsupported data file type {suffix!r} for {p}: use .jsonl, .csv, .tsv or .parquet")
     try:
-        if suffix in (".jsonl", ".ndjson"):
-            df = pd.read_json(p, lines=True)
-        elif suffix == ".json":
-            df = pd.read_json(p)
-        elif suffix in (".csv", ".tsv"):
-            df = pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",")
-        elif suffix in (".parquet", ".pq"):
-            df = pd.read_parquet(p)
-        else:
-            raise QuantgateError(f"unsupported data file type {suffix!r} for {p}: use .jsonl, .csv, .tsv or .parquet")
-    except QuantgateError:
-        raise
+        if suffix in (".jsonl", ".ndjson", ".json"):
+            return pd.read_json(p, lines=suffix != ".json")
+        if suffix in (".csv", ".tsv"):
+            return pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",")
+        return pd.read_parquet(p)
     except Exception as e:  # pandas' parse errors are long; keep the first line
         raise QuantgateError(f"cannot read {p}: {str(e).splitlines()[0]}") from None
+
+
+def load_table(path: str | Path, text_col: str = "text", label_col: str = "label",
+               slice_cols: list[str] | tuple[str, ...] = (), id_col: str | None = None) -> Dataset:
+    """Read a JSONL, CSV or Parquet file with a text and a label column."""
+    p = Path(path)
+    df = read_frame(p)
     require(len(df) > 0, f"data file {p} has no rows")
     cols = list(df.columns)
     for role, c in [("--text-col", text_col), ("--label-col", label_col)] + [("--slice-col", s) for s in slice_cols] \
@@ -128,11 +130,8 @@ def load_texts(path: str | Path, text_col: str = "text") -> list[str]:
     holding only '%'), or plain text with one input per line."""
     p = Path(path)
     require(p.is_file(), f"inputs file not found: {p}")
-    if p.suffix.lower() in (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".pq"):
-        import pandas as pd
-        df = pd.read_json(p, lines=p.suffix.lower() != ".json") if "json" in p.suffix.lower() else (
-            pd.read_parquet(p) if p.suffix.lower() in (".parquet", ".pq") else
-            pd.read_csv(p, sep="\t" if p.suffix.lower() == ".tsv" else ","))
+    if p.suffix.lower() in TABLE_SUFFIXES:
+        df = read_frame(p)
         require(text_col in df.columns, f"{p} has no column {text_col!r}; its columns are: {', '.join(map(str, df.columns))}")
         texts = [str(t) for t in df[text_col].dropna()]
     else:

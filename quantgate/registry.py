@@ -32,7 +32,6 @@ import signal
 import sqlite3
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from .errors import QuantgateError, require
@@ -183,15 +182,11 @@ class Registry:
     def export(self, version: str, dest: str | Path) -> Path:
         """Copy a version's folder (weights, recipe, manifest) to dest, which must not exist."""
         src = Path(self.get(version)["path"])
+        from .report.files import atomic_dir
         dest = Path(dest)
         require(not dest.exists(), f"{dest} already exists: export to a new path")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-        try:
+        with atomic_dir(dest) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
-            os.replace(tmp, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return dest
 
     def check(self) -> dict:

@@ -89,7 +89,8 @@ def layer_sensitivity(model, recipe: Recipe, texts: Dataset | list[str], n: int 
                 e = _fake_linear(lin, x, wq[name], abits, ranges.get(name)) - y
                 num, den = num + float(e.pow(2).sum()), den + float(y.pow(2).sum())
             rows[name] = {"layer": name, "rel_error": (num / max(den, 1e-24)) ** 0.5, "kl": None}
-    del inputs, outputs
+    inputs.clear()                            # free the captured activations before stage 2
+    outputs.clear()
 
     # stage 2: metric impact of the worst layers, one at a time
     top = sorted(rows, key=lambda k: -rows[k]["rel_error"])[:refine]
