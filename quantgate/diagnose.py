@@ -10,7 +10,7 @@ def warning(severity: str, code: str, candidate: str | None, message: str, remed
     return {"severity": severity, "code": code, "candidate": candidate, "message": message, "remedy": remedy}
 
 
-def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32) -> list[dict]:
+def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32, max_ppl_rise: float = 0.1) -> list[dict]:
     out = []
     base_bs = comp.baseline["perf"]["batch_sizes"]
     for c in comp.candidates:
@@ -24,8 +24,15 @@ def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32) -> l
             if "always dequantize" in note:
                 out.append(warning("warning", "fallback", c.name, note,
                                    "pick a group size the packed kernel supports (32, 64, 128, 256 dividing the layer width)"))
-        acc = c.metrics["accuracy"]
-        drop = -100 * acc["delta"]
+        ppl = c.metrics.get("perplexity")
+        if ppl and ppl["ratio"] > 1 + max_ppl_rise:
+            out.append(warning("warning", "perplexity-rise", c.name,
+                               f"perplexity rises {100 * (ppl['ratio'] - 1):.1f}% ({ppl['baseline']:.2f} -> "
+                               f"{ppl['candidate']:.2f}); {c.n_changed} greedy continuation(s) changed",
+                               "use more bits or a smaller group size, GPTQ instead of round-to-nearest, "
+                               "or act-order"))
+        acc = c.metrics.get("accuracy")
+        drop = -100 * acc["delta"] if acc else 0.0
         if drop > max_drop_points:
             out.append(warning("warning", "accuracy-drop", c.name,
                                f"accuracy drops {drop:.2f} points (95% CI {-100 * acc['ci_high']:.2f} to "
@@ -45,7 +52,7 @@ def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32) -> l
                                (" ..." if len(lin_float) > 4 else ""),
                                "expected for tiny heads; otherwise check the recipe's exclude list"))
         cal = c.calibration
-        if cal and cal["count"] < min_calibration:
+        if cal and cal.get("count", min_calibration) < min_calibration:
             out.append(warning("warning", "calibration-small", c.name,
                                f"calibrated on only {cal['count']} samples",
                                f"use at least {min_calibration} (a few hundred recommended), covering every slice"))

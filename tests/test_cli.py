@@ -49,7 +49,7 @@ def run(capsys, *args):
 
 @pytest.mark.parametrize("args,message", [
     (["compare", "--model", "/nonexistent/model"], "model directory not found: /nonexistent/model"),
-    (["quantize", "--model", "{model}", "--recipe", "int5-g32", "--out", "{tmp}/a"], "bits must be one of 4, 8, got 5"),
+    (["quantize", "--model", "{model}", "--recipe", "int5-g32", "--out", "{tmp}/a"], "bits must be one of 2, 3, 4, 8, got 5"),
     (["quantize", "--model", "{model}", "--recipe", "int4-g0", "--out", "{tmp}/a"], "group_size must be a positive integer"),
     (["compare", "--model", "{model}", "--data", "{csv}", "--text-col", "body", "--label-col", "sentiment"],
      "has no column 'body' (named by --text-col); its columns are: review, sentiment, channel"),

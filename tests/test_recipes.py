@@ -16,7 +16,7 @@ def test_round_trip_json_yaml_and_file(r, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"bits": 5}, "bits must be one of 4, 8, got 5"),
+    ({"bits": 5}, "bits must be one of 2, 3, 4, 8, got 5"),
     ({"bits": 4, "group_size": 0}, "group_size must be a positive integer or null"),
     ({"bits": 4, "group_size": 20}, "group_size must be a multiple of 8"),
 ])
@@ -28,13 +28,13 @@ def test_invalid_weight_only_recipe(kwargs, message):
 def test_invalid_values_from_a_file_are_one_clear_line(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("method: weight-only\nbits: 5\n")
-    with pytest.raises(QuantgateError, match="bits must be one of 4, 8, got 5"):
+    with pytest.raises(QuantgateError, match="bits must be one of 2, 3, 4, 8, got 5"):
         Recipe.load(p)
     p.write_text("method: weight-only\nbitz: 4\n")
     with pytest.raises(QuantgateError, match=r"unknown field\(s\) \['bitz'\]"):
         Recipe.load(p)
     p.write_text("method: magic\n")
-    with pytest.raises(QuantgateError, match="recipe method must be one of dynamic-int8, qat, static-int8, weight-only"):
+    with pytest.raises(QuantgateError, match="recipe method must be one of dynamic-int8, gptq, nf4, qat, qlora, static-int8, weight-only"):
         Recipe.load(p)
     with pytest.raises(QuantgateError, match="calibrator must be one of"):
         StaticInt8(calibrator="vibes")
@@ -51,5 +51,13 @@ def test_parse_short_specs():
         QAT(weight_bits=3)
     with pytest.raises(QuantgateError, match="unknown recipe 'fp6'"):
         Recipe.parse("fp6")
-    with pytest.raises(QuantgateError, match="bits must be one of 4, 8, got 3"):
-        Recipe.parse("int3-g64")
+    assert Recipe.parse("int3-g64-asym") == WeightOnly(bits=3, group_size=64, symmetric=False)
+    with pytest.raises(QuantgateError, match="bits must be one of 2, 3, 4, 8, got 6"):
+        Recipe.parse("int6-g64")
+    # language-model recipes: the name round-trips through parse
+    for spec in ("gptq-int4-g128", "gptq-int3-g64-noact", "gptq-int2-g128-asym", "nf4-b64-dq", "qlora-r8"):
+        r = Recipe.parse(spec.replace("nf4-b64-dq", "nf4").replace("qlora-r8", "qlora"))
+        assert r.name == spec and Recipe.from_dict(r.to_dict()) == r
+    assert Recipe.parse("gptq").act_order and Recipe.parse("gptq").damp == 0.05
+    with pytest.raises(QuantgateError, match="cannot parse 'x9' in 'gptq-int4-x9'"):
+        Recipe.parse("gptq-int4-x9")

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from quantgate.formats import choose_qparams, fake_quantize
-from quantgate.methods.weight_only import DEQUANT, PACKED_MAX_ROWS, WeightOnlyLinear, kernel_calls
+from quantgate.methods.weight_only import DEQUANT, PACKED_MAX_ROWS, WeightOnlyLinear, fp16_scales, kernel_calls
 
 torch.manual_seed(0)
 
 
 def _ref_weight(lin, bits, g, sym):
     w = lin.weight.detach()
-    return fake_quantize(w, choose_qparams(w, bits, sym, "group" if g else "channel", g))
+    return fake_quantize(w, fp16_scales(choose_qparams(w, bits, sym, "group" if g else "channel", g)))
 
 
 @pytest.mark.parametrize("bits,g,sym,packed", [
@@ -20,6 +20,8 @@ def _ref_weight(lin, bits, g, sym):
     (4, 32, True, "aten._weight_int4pack_mm_for_cpu (bf16 activations)"),
     (4, 128, False, "aten._weight_int4pack_mm_for_cpu (bf16 activations)"),
     (4, 48, True, None),   # not a packed-kernel group size
+    (3, 64, False, "aten._weight_int4pack_mm_for_cpu (bf16 activations)"),  # 3-bit codes run the int4 kernel
+    (2, 128, True, "aten._weight_int4pack_mm_for_cpu (bf16 activations)"),
 ])
 def test_both_paths_match_the_format(bits, g, sym, packed):
     lin = torch.nn.Linear(384, 64)
@@ -37,19 +39,27 @@ def test_both_paths_match_the_format(bits, g, sym, packed):
     assert calls[DEQUANT] == (1 if packed else 2) and calls.get(packed, 0) == (1 if packed else 0)
 
 
-def test_group_size_that_does_not_divide_the_width_works():
-    lin = torch.nn.Linear(100, 16)   # 100 = 64 + 36: a shorter last group
-    q = WeightOnlyLinear(lin, 4, 64, False)
-    x = torch.randn(PACKED_MAX_ROWS + 1, 100)
-    assert q.packed_kernel is None
-    assert torch.allclose(q(x), torch.nn.functional.linear(x, _ref_weight(lin, 4, 64, False), lin.bias), atol=1e-5)
-    assert q.qweight.dtype == torch.uint8 and q.qweight.shape == (16, 50)  # two int4 codes per byte
+@pytest.mark.parametrize("bits", [4, 3])
+def test_group_size_that_does_not_divide_the_width_works(bits):
+    lin = torch.nn.Linear(576, 16)   # 576 = 4 x 128 + 64: a shorter last group (SmolLM2's width)
+    q = WeightOnlyLinear(lin, bits, 128, False)
+    assert q.packed_kernel and q.scales.shape == (16, 5)
+    ref_w = _ref_weight(lin, bits, 128, False)
+    x = torch.randn(PACKED_MAX_ROWS + 1, 576)     # dequantize path: exact
+    assert torch.allclose(q(x), torch.nn.functional.linear(x, ref_w, lin.bias), atol=1e-5)
+    x = torch.randn(3, 576)                       # packed kernel on a zero-padded width
+    ref = torch.nn.functional.linear(x, ref_w, lin.bias)
+    assert (q(x) - ref).norm() / ref.norm() < 1e-2
+    assert q.qweight.dtype == torch.uint8 and q.qweight.shape == (16, 576 * bits // 8)   # dense packing
 
 
 def test_storage_bits_per_weight():
     lin = torch.nn.Linear(512, 256)
     nbytes = lambda m: sum(b.numel() * b.element_size() for b in m.buffers())
     b8, b4 = nbytes(WeightOnlyLinear(lin, 8, None, True)), nbytes(WeightOnlyLinear(lin, 4, 64, True))
-    # int8 codes + an fp32 scale and a zero point per row; int4 codes + fp32 scale and uint8 zero per group of 64
-    assert b8 * 8 / (512 * 256) == pytest.approx(8 + 40 / 512)
-    assert b4 * 8 / (512 * 256) == pytest.approx(4 + 40 / 64)
+    b3 = nbytes(WeightOnlyLinear(lin, 3, 64, False))
+    # symmetric: codes + one fp16 scale per row or group, no zero points (they are 2^(bits-1))
+    assert b8 * 8 / (512 * 256) == pytest.approx(8 + 16 / 512)
+    assert b4 * 8 / (512 * 256) == pytest.approx(4 + 16 / 64)
+    # asymmetric: plus a zero point per group, packed at the code width
+    assert b3 * 8 / (512 * 256) == pytest.approx(3 + (16 + 3) / 64)

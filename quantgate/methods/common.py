@@ -27,6 +27,8 @@ class Quantized:
     weight_bytes: int = 0
     float_ops: dict[str, str] = field(default_factory=dict)  # other operators left in float, by kind
     activation_profile: dict | None = None      # calibrated ranges and histograms, for the drift monitor
+    adapters: dict | None = None                # LoRA adapters' configuration (QLoRA, unmerged)
+    extra: dict = field(default_factory=dict)   # method-specific facts: QLoRA's losses, GPTQ's layer errors
 
     @property
     def name(self) -> str:
@@ -36,12 +38,15 @@ class Quantized:
 def select_linears(module: torch.nn.Module, recipe: Recipe) -> tuple[dict[str, torch.nn.Linear], dict[str, str]]:
     """Linear layers to quantize, and the ones kept in float with the reason."""
     targets, kept = {}, {}
+    embeddings = {m.weight.data_ptr() for m in module.modules() if isinstance(m, torch.nn.Embedding)}
     for name, m in module.named_modules():
         if not isinstance(m, torch.nn.Linear):
             continue
         pattern = next((p for p in recipe.exclude if fnmatch.fnmatchcase(name, p)), None)
         if pattern:
             kept[name] = f"excluded by the recipe (pattern {pattern!r})"
+        elif m.weight.data_ptr() in embeddings:
+            kept[name] = "output head tied to the input embedding: kept in float, as GPTQ tools do"
         elif m.out_features < recipe.min_out_features:
             kept[name] = f"too small (out_features={m.out_features} < min_out_features={recipe.min_out_features})"
         else:
@@ -72,8 +77,15 @@ def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     if graphs:
         from .pt2e import graph_constants
         return {f"{n}.{k}" if n else k: t for n, g in graphs for k, t in graph_constants(g).items()}
-    out = {k: v for k, v in module.state_dict(keep_vars=True).items()
-           if isinstance(v, torch.Tensor) and not v.is_quantized}
+    out, seen = {}, set()
+    for k, v in module.state_dict(keep_vars=True).items():
+        if not isinstance(v, torch.Tensor) or v.is_quantized:
+            continue
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype)
+        if v.device.type != "meta" and key in seen:    # a tied weight (an LM head sharing the embedding): once
+            continue
+        seen.add(key)
+        out[k] = v
     for name, m in module.named_modules():
         if type(m).__name__ == "LinearPackedParams":       # torch.ao dynamic int8
             w, b = m._weight_bias()

@@ -1,14 +1,24 @@
-"""Weight-only int8 / int4: weights stored low-bit with per-channel or per-group
-scales, activations in float.
+"""Weight-only quantization, int8 to int2: weights stored low-bit with
+per-channel or per-group scales, activations in float.
 
-Storage is one canonical format (int8 codes, or two int4 codes per byte; fp32
-scales; integer zero points). Which kernel runs depends on the rows per call,
-because the packed CPU kernels are fast only for a few rows (decode-like calls)
-and only with bf16 activations (measured in bench/classify_speed.py):
+Storage is one canonical format for every method that produces integer codes
+(round-to-nearest here, GPTQ in gptq.py): unsigned codes densely packed
+(formats/packing.py), fp16 scales, and for asymmetric formats integer zero
+points packed at the same width. A symmetric format stores no zero points (they
+are 2^(bits-1)). A group size that does not divide the input features gives a
+shorter last group.
 
-- up to PACKED_MAX_ROWS rows: aten._weight_int8pack_mm / aten._weight_int4pack_mm_for_cpu
-  on bf16 activations (int4 needs a group size of 32/64/128/256 dividing the width)
-- more rows (an encoder's batch x sequence): dequantize, then an fp32 matmul
+Which kernel runs depends on the rows per call, because the packed CPU kernels
+are fast only for a few rows (decode-like calls) and only with bf16
+activations (measured in bench/classify_speed.py and bench/gptq_vs_reference.py):
+
+- up to PACKED_MAX_ROWS rows: aten._weight_int8pack_mm (int8, per channel,
+  symmetric) or aten._weight_int4pack_mm_for_cpu for any format of 4 bits or
+  fewer (3- and 2-bit codes are valid 4-bit codes; the kernel's per-group zero
+  absorbs the zero point) with a group size of 32/64/128/256; a width the
+  group does not divide is zero-padded for the kernel (576 = 4.5 x 128)
+- more rows (a prefill, an encoder's batch x sequence): dequantize, then an
+  fp32 matmul
 
 Each layer counts the calls that took each path, so a report says what ran.
 """
@@ -21,37 +31,77 @@ from collections import Counter
 
 import torch
 
-from ..formats.affine import choose_qparams, quantize
-from ..formats.packing import pack_int4, unpack_int4
+from ..formats.affine import QParams, choose_qparams, quantize
+from ..formats.packing import pack_bits, packed_width, unpack_bits
 from ..recipes import WeightOnly
 from .common import Quantized, float_operators, select_linears
 
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)
 PACKED_MAX_ROWS = 16
 DEQUANT = "dequantize + fp32 matmul"
+INT8_KERNEL = "aten._weight_int8pack_mm (bf16 activations)"
+INT4_KERNEL = "aten._weight_int4pack_mm_for_cpu (bf16 activations)"
+
+
+def fp16_scales(qp: QParams) -> QParams:
+    """The stored scales are fp16: quantize with exactly the scale that is stored."""
+    qp.scale = qp.scale.to(torch.float16).float()
+    return qp
+
+
+def rtn_qparams(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool) -> QParams:
+    """Round-to-nearest: min-max scales per channel or group, stored in fp16."""
+    return fp16_scales(choose_qparams(w.detach().float(), bits, symmetric, "group" if group_size else "channel",
+                                      group_size))
 
 
 class WeightOnlyLinear(torch.nn.Module):
-    def __init__(self, linear: torch.nn.Linear, bits: int, group_size: int | None, symmetric: bool):
+    """A Linear layer whose weight is stored as packed integer codes.
+
+    `WeightOnlyLinear(linear, bits, group_size, symmetric)` rounds to nearest;
+    pass `qp` (and `codes`) to store codes another method chose (GPTQ)."""
+
+    def __init__(self, linear: torch.nn.Linear, bits: int, group_size: int | None, symmetric: bool,
+                 qp: QParams | None = None, codes: torch.Tensor | None = None):
         super().__init__()
+        n, k = linear.out_features, linear.in_features
+        self._setup(k, n, bits, group_size, symmetric, linear.bias is not None)
         w = linear.weight.detach().float()
-        self.out_features, self.in_features = w.shape
-        self.bits, self.group_size = bits, group_size
-        qp = choose_qparams(w, bits, symmetric, "group" if group_size else "channel", group_size)
-        u = (quantize(w, qp) - qp.qmin).to(torch.uint8)           # unsigned codes 0 .. 2^bits - 1
-        self.register_buffer("qweight", pack_int4(u) if bits == 4 else u)
-        self.register_buffer("scales", qp.scale.float().contiguous())             # [N, 1] or [N, G]
-        self.register_buffer("zero_points", (qp.zero_point - qp.qmin).to(torch.uint8).contiguous())
-        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().float(), requires_grad=False)
-        k = self.in_features
+        qp = qp or rtn_qparams(w, bits, group_size, symmetric)
+        q = quantize(w, qp) if codes is None else codes.to(torch.int32)
+        self.qweight = pack_bits((q - qp.qmin).to(torch.uint8), bits)
+        self.scales = qp.scale.to(torch.float16).reshape(n, -1).contiguous()
+        if not symmetric:
+            self.zero_points = pack_bits((qp.zero_point - qp.qmin).to(torch.uint8).reshape(n, -1), bits)
+        if linear.bias is not None:
+            self.bias = torch.nn.Parameter(linear.bias.detach().float().clone(), requires_grad=False)
+
+    def _setup(self, k: int, n: int, bits: int, group_size: int | None, symmetric: bool, has_bias: bool):
+        self.in_features, self.out_features = k, n
+        self.bits, self.group_size, self.symmetric = bits, group_size, symmetric
+        groups = math.ceil(k / group_size) if group_size else 1
+        self.register_buffer("qweight", torch.zeros(n, packed_width(k, bits), dtype=torch.uint8))
+        self.register_buffer("scales", torch.zeros(n, groups, dtype=torch.float16))
+        if not symmetric:
+            self.register_buffer("zero_points", torch.zeros(n, packed_width(groups, bits), dtype=torch.uint8))
+        self.bias = torch.nn.Parameter(torch.zeros(n), requires_grad=False) if has_bias else None
         if bits == 8 and group_size is None and symmetric:
-            self.packed_kernel = "aten._weight_int8pack_mm (bf16 activations)"
-        elif bits == 4 and group_size in INT4_KERNEL_GROUPS and k % group_size == 0:
-            self.packed_kernel = "aten._weight_int4pack_mm_for_cpu (bf16 activations)"
+            self.packed_kernel = INT8_KERNEL
+        elif bits <= 4 and group_size in INT4_KERNEL_GROUPS:
+            self.packed_kernel = INT4_KERNEL
         else:
             self.packed_kernel = None
         self._packed = None
         self.calls = Counter()
+
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, bits: int, group_size: int | None, symmetric: bool,
+              bias: bool) -> "WeightOnlyLinear":
+        """A layer of the right shapes whose buffers a saved state dict fills."""
+        m = cls.__new__(cls)
+        torch.nn.Module.__init__(m)
+        m._setup(in_features, out_features, bits, group_size, symmetric, bias)
+        return m
 
     @property
     def kernel(self) -> str:
@@ -59,34 +109,53 @@ class WeightOnlyLinear(torch.nn.Module):
             return f"{self.packed_kernel} for <= {PACKED_MAX_ROWS} rows, else {DEQUANT}"
         return DEQUANT
 
+    @property
+    def n_groups(self) -> int:
+        return self.scales.shape[1]
+
     def codes(self) -> torch.Tensor:
         """Unsigned integer codes, [N, K]."""
-        return unpack_int4(self.qweight, self.in_features) if self.bits == 4 else self.qweight
+        return unpack_bits(self.qweight, self.bits, self.in_features)
+
+    def zeros(self) -> torch.Tensor:
+        """Unsigned zero points, [N, groups]."""
+        if self.symmetric:
+            return torch.full(self.scales.shape, 2 ** (self.bits - 1), dtype=torch.uint8)
+        return unpack_bits(self.zero_points, self.bits, self.n_groups)
 
     def dequantized_weight(self) -> torch.Tensor:
         n, k = self.out_features, self.in_features
+        scales, zeros = self.scales.float(), self.zeros().float()
         if self.group_size is None:
-            return (self.codes().float() - self.zero_points.float()) * self.scales
-        g = self.group_size
-        groups = math.ceil(k / g)
+            return (self.codes().float() - zeros) * scales
+        g, groups = self.group_size, self.n_groups
         c = self.codes().float()
         if groups * g != k:
             c = torch.nn.functional.pad(c, (0, groups * g - k))
-        c = c.view(n, groups, g)
-        w = (c - self.zero_points.float()[..., None]) * self.scales[..., None]
+        w = (c.view(n, groups, g) - zeros[..., None]) * scales[..., None]
         return w.view(n, groups * g)[:, :k]
 
     def _packed_args(self):
         """The packed kernel's layout, built on first use (decode-like calls only)."""
         if self._packed is None:
             if self.bits == 8:
-                codes = self.codes().to(torch.int16) - self.zero_points.to(torch.int16)  # symmetric: signed codes
+                codes = self.codes().to(torch.int16) - 128                # symmetric: signed codes
                 self._packed = (codes.to(torch.int8).contiguous(), self.scales.reshape(-1).bfloat16())
             else:
-                # tinygemm computes (u - 8) * scale + zero per group; ours is (u - zp) * scale
-                zero = (8 - self.zero_points.float()) * self.scales
-                sz = torch.stack([self.scales, zero], dim=-1).transpose(0, 1).contiguous().bfloat16()
+                # tinygemm computes (u - 8) * scale + zero per group; ours is (u - zp) * scale.
+                # Below 4 bits, u - zp + 8 is itself a 4-bit code and the zero is exactly 0;
+                # at 4 bits the zero carries (8 - zp) * scale, rounded to bf16.
+                scales, zp = self.scales.float(), self.zeros().to(torch.int32)
                 u = self.codes().to(torch.int32)
+                if self.bits < 4:
+                    u = u - zp.repeat_interleave(self.group_size, dim=1)[:, :self.in_features] + 8
+                    zero = torch.zeros_like(scales)
+                else:
+                    zero = (8 - zp.float()) * scales
+                sz = torch.stack([scales, zero], dim=-1).transpose(0, 1).contiguous().bfloat16()
+                k_pad = self.n_groups * self.group_size
+                if k_pad != self.in_features:   # a shorter last group: zero-pad the width for the kernel
+                    u = torch.nn.functional.pad(u, (0, k_pad - self.in_features), value=8)
                 self._packed = (torch.ops.aten._convert_weight_to_int4pack_for_cpu(u, 1), sz)
         return self._packed
 
@@ -95,11 +164,14 @@ class WeightOnlyLinear(torch.nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if self.packed_kernel and x2.shape[0] <= PACKED_MAX_ROWS:
             w, s = self._packed_args()
-            xb = x2.to(torch.bfloat16).contiguous()
+            xb = x2.to(torch.bfloat16)
             if self.bits == 8:
-                y = torch.ops.aten._weight_int8pack_mm(xb, w, s)
+                y = torch.ops.aten._weight_int8pack_mm(xb.contiguous(), w, s)
             else:
-                y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, w, self.group_size, s)
+                k_pad = self.n_groups * self.group_size
+                if k_pad != self.in_features:
+                    xb = torch.nn.functional.pad(xb, (0, k_pad - self.in_features))
+                y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb.contiguous(), w, self.group_size, s)
             self.calls[self.packed_kernel] += 1
             y = y.float()
         else:
@@ -110,36 +182,49 @@ class WeightOnlyLinear(torch.nn.Module):
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}->{self.out_features}, int{self.bits}, group={self.group_size}, kernel={self.kernel}"
+        return (f"{self.in_features}->{self.out_features}, int{self.bits}, group={self.group_size}, "
+                f"{'symmetric' if self.symmetric else 'asymmetric'}, kernel={self.kernel}")
 
 
 def kernel_calls(module: torch.nn.Module) -> dict[str, int]:
     """How many layer calls took each path since quantization."""
     total = Counter()
     for m in module.modules():
-        if isinstance(m, WeightOnlyLinear):
+        if hasattr(m, "calls") and isinstance(m.calls, Counter):
             total.update(m.calls)
     return dict(total)
 
 
-def _set(root: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
+def set_module(root: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, new)
+
+
+def kernel_summary(layers) -> str:
+    kernels = Counter(m.kernel for m in layers)
+    return ", ".join(f"{k} x{n}" for k, n in kernels.most_common())
 
 
 def apply(model, recipe: WeightOnly, calibration=None) -> Quantized:
     qm = copy.deepcopy(model.module)
     targets, kept = select_linears(qm, recipe)
-    kernels = Counter()
+    new_layers = []
     for name, lin in targets.items():
         new = WeightOnlyLinear(lin, recipe.bits, recipe.group_size, recipe.symmetric)
-        kernels[new.kernel] += 1
-        _set(qm, name, new)
-    notes = [f"calls with more than {PACKED_MAX_ROWS} rows (batch x sequence) dequantize the weights and run an fp32 "
-             "matmul: on CPU, weight-only quantization saves memory, not time, for encoder batches"]
-    if kernels.get(DEQUANT):
-        notes.append(f"{kernels[DEQUANT]} layer(s) have no packed kernel for int{recipe.bits}, group "
-                     f"{recipe.group_size} at their width: they always dequantize before an fp32 matmul")
-    kernel = ", ".join(f"{k} x{n}" for k, n in kernels.most_common())
+        new_layers.append(new)
+        set_module(qm, name, new)
+    return finish(model, qm, recipe, targets, kept, new_layers)
+
+
+def finish(model, qm, recipe, targets, kept, new_layers, calibration=None) -> Quantized:
+    """The Quantized record every weight-only method returns."""
+    notes = [f"calls with more than {PACKED_MAX_ROWS} rows (a prefill, an encoder's batch x sequence) dequantize "
+             "the weights and run an fp32 matmul: on CPU, weight-only quantization saves memory, and time only "
+             "for decode-like calls"]
+    slow = sum(1 for m in new_layers if not m.packed_kernel)
+    if slow:
+        notes.append(f"{slow} layer(s) have no packed kernel for int{recipe.bits}, group {recipe.group_size}: "
+                     "they always dequantize before an fp32 matmul")
     float_ops = float_operators(model.module, "weight-only quantization (activations stay float)")
-    return Quantized(qm.eval(), recipe, list(targets), kept, kernel, notes=notes, float_ops=float_ops)
+    return Quantized(qm.eval(), recipe, list(targets), kept, kernel_summary(new_layers), calibration=calibration,
+                     notes=notes, float_ops=float_ops)

@@ -53,18 +53,14 @@ def _delta_cell(m: dict) -> str:
             f'<span class="muted">[{_pts(m["ci_low"])}, {_pts(m["ci_high"])}]</span></td>')
 
 
-def render(d: dict) -> str:
-    base, cands = d["baseline"], d["candidates"]
-    bss = list(base["perf"]["batch_sizes"])
+def _head(d: dict, what: str) -> list[str]:
     h = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>quantgate report</title>"
-         f"<style>{CSS}</style></head><body data-candidates=\"{len(cands)}\">",
+         f"<style>{CSS}</style></head><body data-candidates=\"{len(d['candidates'])}\">",
          f"<h1>quantgate report</h1><p class=muted>model <code>{escape(d['model']['path'])}</code> "
          f"(sha {escape(d['model']['sha'])}) on <code>{escape(d['data']['source'])}</code>, "
-         f"{d['data']['n']} examples; {escape(d['created'])}</p>"]
-
+         f"{escape(what)}; {escape(d['created'])}</p>"]
     if d.get("plan"):
         h.append(plan_section(d["plan"], d))
-
     # Failures and warnings first.
     h.append("<h2>Warnings</h2>")
     if not d["warnings"]:
@@ -73,6 +69,40 @@ def render(d: dict) -> str:
         who = f"<b>{escape(w['candidate'])}</b>: " if w["candidate"] else ""
         h.append(f'<div class="warn {w["severity"]}"><b>{w["severity"].upper()}</b> {who}{escape(w["message"])}'
                  f'<br><span class=muted>remedy: {escape(w["remedy"])}</span></div>')
+    return h
+
+
+def _tail(d: dict) -> list[str]:
+    """What stayed in float, which kernels ran, and provenance."""
+    cands = d["candidates"]
+    h = ["<h2>Kernels, and what stayed in float</h2>"]
+    for c in cands:
+        items = list(c["float_layers"].items()) + list(c["float_ops"].items())
+        h.append(f"<p><b>{escape(c['name'])}</b> runs on: {escape(c['kernel'])}</p>")
+        calls = c.get("extra", {}).get("kernel_calls")
+        if calls:
+            h.append("<p class=kernel-calls>calls during this evaluation: "
+                     + ", ".join(f"{escape(k)} x{n:,}" for k, n in sorted(calls.items(), key=lambda kv: -kv[1])) + "</p>")
+        if c.get("extra", {}).get("qat"):
+            h.append(f"<p class=qat>{escape(qat_line(c['extra']['qat']))}</p>")
+        h.append(f"<details><summary>{escape(c['name'])}: {len(c['quantized_layers'])} linear layers quantized, "
+                 f"{len(c['float_layers'])} linear layers in float</summary><table><tr><th>layer or operator</th><th>why</th></tr>"
+                 + "".join(f"<tr><td>{escape(k)}</td><td style='text-align:left'>{escape(v)}</td></tr>" for k, v in items)
+                 + "</table>" + "".join(f"<p class=muted>{escape(n)}</p>" for n in c["notes"]) + "</details>")
+    h.append("<h2>Recipes and environment</h2><pre>" + escape(json.dumps(
+        {"recipes": {c["name"]: c["recipe"] for c in cands},
+         "calibration": {c["name"]: c["calibration"] for c in cands if c["calibration"]},
+         "environment": d["environment"], "settings": d["settings"]}, indent=2)) + "</pre>")
+    h.append(f"<script>{SCRIPT}</script></body></html>")
+    return h
+
+
+def render(d: dict) -> str:
+    if d["model"].get("task") == "causal-lm":
+        return render_lm(d)
+    base, cands = d["baseline"], d["candidates"]
+    bss = list(base["perf"]["batch_sizes"])
+    h = _head(d, f"{d['data']['n']} examples")
 
     # Summary table.
     h.append("<h2>Summary</h2><div style='overflow-x:auto'><table id=summary><thead><tr><th>candidate</th><th>accuracy %</th>"
@@ -142,22 +172,69 @@ def render(d: dict) -> str:
                      f"<td>{escape(e['candidate'])} ({e['candidate_prob']:.2f})</td><td class=text>{escape(e['text'][:240])}</td></tr>")
     h.append("</tbody></table>")
 
-    # What stayed in float, and provenance.
-    h.append("<h2>Kernels, and what stayed in float</h2>")
+    h += _tail(d)
+    return "".join(h)
+
+
+def render_lm(d: dict) -> str:
+    """The causal-LM comparison: perplexity, agreement with the baseline, the
+    generation diff, decode latency and tokens/s, size."""
+    base, cands, data = d["baseline"], d["candidates"], d["data"]
+    bss = list(base["perf"]["batch_sizes"])
+    h = _head(d, f"{data['n']} windows of {data['context']} tokens (stride {data['stride']}, no carried context), "
+                 f"{data['prompts']} prompts x {data['new_tokens']} greedy tokens")
+    h.append("<h2>Summary</h2><div style='overflow-x:auto'><table id=summary><thead><tr><th>candidate</th>"
+             "<th>perplexity</th><th>Δ perplexity [95% CI]</th><th>KL vs fp32, nats/token</th><th>same top token %</th>"
+             "<th>changed generations</th>"
+             + "".join(f"<th>decode ms/token p50 / p95 / p99 @{b}</th><th>tokens/s @{b}</th><th>TTFT ms @{b}</th>" for b in bss)
+             + "<th>weights MB</th><th>peak RSS MB</th><th>quantize s</th></tr></thead><tbody>")
+
+    def perf_cells(p):
+        return "".join(f"<td>{p['batch_sizes'][b]['p50_ms']:.1f} / {p['batch_sizes'][b]['p95_ms']:.1f} / "
+                       f"{p['batch_sizes'][b]['p99_ms']:.1f}</td><td>{p['batch_sizes'][b]['tokens_per_s']:.1f}</td>"
+                       f"<td>{p['batch_sizes'][b]['ttft_ms']:.0f}</td>" for b in bss)
+    h.append(f"<tr><td>fp32 (baseline)</td><td>{base['perplexity']:.2f}</td><td></td><td></td><td></td><td></td>"
+             f"{perf_cells(base['perf'])}<td>{base['weight_bytes'] / 2**20:.1f}</td>"
+             f"<td>{base['perf']['peak_rss_mb']:.0f}</td><td></td></tr>")
     for c in cands:
-        items = list(c["float_layers"].items()) + list(c["float_ops"].items())
-        h.append(f"<p><b>{escape(c['name'])}</b> runs on: {escape(c['kernel'])}</p>")
-        if c.get("extra", {}).get("qat"):
-            h.append(f"<p class=qat>{escape(qat_line(c['extra']['qat']))}</p>")
-        h.append(f"<details><summary>{escape(c['name'])}: {len(c['quantized_layers'])} linear layers quantized, "
-                 f"{len(c['float_layers'])} linear layers in float</summary><table><tr><th>layer or operator</th><th>why</th></tr>"
-                 + "".join(f"<tr><td>{escape(k)}</td><td style='text-align:left'>{escape(v)}</td></tr>" for k, v in items)
-                 + "</table>" + "".join(f"<p class=muted>{escape(n)}</p>" for n in c["notes"]) + "</details>")
-    h.append("<h2>Recipes and environment</h2><pre>" + escape(json.dumps(
-        {"recipes": {c["name"]: c["recipe"] for c in cands},
-         "calibration": {c["name"]: c["calibration"] for c in cands if c["calibration"]},
-         "environment": d["environment"], "settings": d["settings"]}, indent=2)) + "</pre>")
-    h.append(f"<script>{SCRIPT}</script></body></html>")
+        p = c["metrics"]["perplexity"]
+        h.append(f"<tr class=candidate><td>{escape(c['name'])}</td><td>{p['candidate']:.2f}</td>"
+                 f"<td class=\"{'neg' if p['delta'] > 0 else 'pos'}\">{p['delta']:+.2f} <span class=muted>"
+                 f"[{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]</span></td><td>{c['mean_kl']:.4f}</td>"
+                 f"<td>{100 * c['agreement']:.1f}</td><td>{c['n_changed']}/{data['prompts']}</td>{perf_cells(c['perf'])}"
+                 f"<td>{c['weight_bytes'] / 2**20:.1f}</td><td>{c['perf']['peak_rss_mb']:.0f}</td>"
+                 f"<td>{c['quantize_seconds']:.1f}</td></tr>")
+    h.append("</tbody></table></div><p class=muted>Perplexity interval: paired bootstrap over windows. Decode: per "
+             "token with a KV cache after a prompt of "
+             f"{base['perf']['batch_sizes'][bss[0]]['prompt_tokens']} tokens; tokens/s = batch / median latency; "
+             "TTFT: prefill and first token (median). Peak RSS: the process while the model generated.</p>")
+    if cands:
+        h.append("<h2>Size against perplexity</h2>")
+        pts = [("fp32", base["weight_bytes"] / 2**20, base["perplexity"])] + \
+              [(c["name"], c["weight_bytes"] / 2**20, c["metrics"]["perplexity"]["candidate"]) for c in cands]
+        h.append(svg.scatter(pts, "weight bytes, MB", "perplexity (lower is better)", "weights against perplexity"))
+        h.append("<h2>Decode latency</h2>")
+        for b in bss:
+            models = [("fp32", base["perf"]["batch_sizes"][b])] + [(c["name"], c["perf"]["batch_sizes"][b]) for c in cands]
+            h.append(svg.latency_chart(models, b, f"batch {b}", unit="token"))
+        training = [(c["name"], c["extra"]["training"]) for c in cands if c.get("extra", {}).get("training")]
+        for name, t in training:
+            steps = list(range(1, len(t["losses"]) + 1))
+            h.append(f"<h2>Training loss: {escape(name)}</h2>")
+            h.append(svg.line_chart([(name, steps, t["losses"])], "step", "loss", f"{name}: loss per step"))
+    # The generation diff.
+    h.append("<h2>Changed generations</h2><p>Show <select id=changed-filter><option value=''>all candidates</option>"
+             + "".join(f"<option>{escape(c['name'])}</option>" for c in cands)
+             + "</select> <span id=changed-count class=muted></span></p><table id=changed><thead><tr><th>candidate</th>"
+             "<th>prompt</th><th>first different token</th><th>baseline</th><th>candidate</th></tr></thead><tbody>")
+    for c in cands:
+        for e in c["changed"]:
+            h.append(f"<tr data-candidate=\"{escape(c['name'])}\"><td>{escape(c['name'])}</td>"
+                     f"<td class=text>{escape(e['prompt'])}</td><td>#{e['first_diff']}: {escape(repr(e['baseline_token']))} "
+                     f"→ {escape(repr(e['candidate_token']))}</td><td class=text>{escape(e['baseline'])}</td>"
+                     f"<td class=text>{escape(e['candidate'])}</td></tr>")
+    h.append("</tbody></table>")
+    h += _tail(d)
     return "".join(h)
 
 

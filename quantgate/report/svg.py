@@ -83,7 +83,7 @@ def interval_chart(rows: list[str], series: list[tuple[str, list[tuple[float, fl
     return "".join(out)
 
 
-def latency_chart(models: list[tuple[str, dict]], batch_size: str, title: str) -> str:
+def latency_chart(models: list[tuple[str, dict]], batch_size: str, title: str, unit: str = "call") -> str:
     """One row per model: a bar from p50 to p99 with ticks at p50, p95 and p99 (log-free, ms)."""
     left, right, top, row_h = 190, 170, 30, 26
     width, height = 820, top + row_h * len(models) + 40
@@ -104,7 +104,7 @@ def latency_chart(models: list[tuple[str, dict]], batch_size: str, title: str) -
         for key, w in (("p50_ms", 3), ("p95_ms", 1.5), ("p99_ms", 1.5)):
             out.append(f'<line x1="{sx(m[key]):.1f}" x2="{sx(m[key]):.1f}" y1="{y - 8}" y2="{y + 8}" stroke="{c}" stroke-width="{w}"/>')
     out.append(f'<text x="{(left + width - right) / 2}" y="{height - 5}" font-size="11" text-anchor="middle">'
-               f'latency per call at batch {escape(batch_size)}, ms (bar: p50 to p99; ticks at p50, p95, p99)</text>')
+               f'latency per {escape(unit)} at batch {escape(batch_size)}, ms (bar: p50 to p99; ticks at p50, p95, p99)</text>')
     out.append("</svg>")
     return "".join(out)
 

@@ -1,0 +1,247 @@
+"""quantgate's GPTQ against GPTQModel (the reference) and round-to-nearest, on
+SmolLM2-135M-Instruct, the same calibration windows, bits and group size.
+
+    bash bench/setup_reference.sh          # once: GPTQModel 7.6 in .venv-reference
+    .venv/bin/python bench/gptq_vs_reference.py [--bits 4,3] [--groups 128,64] [--samples 128] [--seq-len 512]
+
+Prints, per (bits, group): perplexity on held-out BBC text (512-token windows),
+the share of RTN's perplexity gap to fp32 each method closes, quantization wall
+time and peak memory (each quantizer runs in its own process; peak RSS of that
+process). GPTQModel's packed checkpoint is dequantized here (its own CPU kernel
+refuses 576-wide layers at group 128) and evaluated with the same code as ours.
+Then batch-1 and batch-8 greedy decode speed of fp32 eager against the int4
+model (and dynamic int8 from torch.ao), side by side in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from quantgate.data import bbc_splits  # noqa: E402
+from quantgate.models import default_lm_dir, load_causal_lm  # noqa: E402
+from quantgate.tasks.causal_lm import calibration_windows, eval_windows  # noqa: E402
+
+
+def perplexity(module, windows) -> float:
+    nll = []
+    with torch.inference_mode():
+        for i in range(windows.shape[0]):
+            ids = windows[i:i + 1]
+            logits = module(input_ids=ids).logits[0, :-1].float()
+            nll.append(torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item())
+    return math.exp(float(np.mean(nll)))
+
+
+def _quantgate_job(a) -> None:
+    """Child process: quantgate GPTQ, then perplexity; JSON on the last line."""
+    from quantgate.quantize import quantize
+    from quantgate.recipes import GPTQ
+    lm = load_causal_lm()
+    cal = bbc_splits()["train"]
+    r = GPTQ(bits=a.bits_one, group_size=a.group_one, act_order=not a.no_act_order, damp=a.damp, num_samples=a.samples,
+             seq_len=a.seq_len)
+    q = quantize(lm, r, cal)
+    ppl = perplexity(q.module, torch.load(a.eval_file))
+    print(json.dumps({"seconds": q.seconds, "ppl": ppl}))
+
+
+def run_measured(cmd: list[str], env: dict, cwd: Path | None = None) -> tuple[int, str, float]:
+    """Run a command; return its exit code, output and peak RSS in MB of it and
+    its children, sampled every 50 ms (ru_maxrss would report this parent's
+    peak: Linux carries it across fork and exec)."""
+    import psutil
+    with tempfile.TemporaryFile("w+") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
+        proc, peak = psutil.Process(p.pid), 0
+        while p.poll() is None:
+            try:
+                rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+                peak = max(peak, rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+        out.seek(0)
+        return p.returncode, out.read(), peak / 2**20
+
+
+def _last_json(out: str) -> dict:
+    for line in reversed(out.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"no result in output:\n{out[-3000:]}")
+
+
+def dequantize_gptq_checkpoint(folder: Path, base) -> dict[str, torch.Tensor]:
+    """fp32 weights from a GPTQ-format checkpoint (qweight/qzeros int32 little-endian
+    bit streams along K and N, fp16 scales, g_idx; format 'gptq' stores zero - 1)."""
+    from safetensors.torch import load_file
+    cfg = json.loads((folder / "quantize_config.json").read_text())
+    bits = cfg["bits"]
+    v1 = cfg.get("checkpoint_format", cfg.get("format", "gptq")) == "gptq"
+    state = {}
+    for f in folder.glob("*.safetensors"):
+        state.update(load_file(str(f)))
+
+    def stream(words: torch.Tensor, count: int) -> torch.Tensor:
+        """[rows, W] int32 words along the last axis -> [rows, count] values."""
+        b = np.unpackbits(words.contiguous().numpy().view(np.uint8), axis=-1, bitorder="little")
+        b = b[:, : count * bits].reshape(words.shape[0], count, bits)
+        return torch.from_numpy((b.astype(np.int64) << np.arange(bits)).sum(-1))
+
+    out = {}
+    for key in [k for k in state if k.endswith(".qweight")]:
+        name = key[: -len(".qweight")]
+        qw, qz, sc = state[key], state[name + ".qzeros"], state[name + ".scales"].float()
+        n = sc.shape[1]
+        k = qw.shape[0] * 32 // bits
+        g_idx = state.get(name + ".g_idx")
+        q = stream(qw.T, k)                                 # [N, K]
+        z = stream(qz, n) + (1 if v1 else 0)               # [G, N]
+        gi = g_idx.long() if g_idx is not None else torch.arange(k) // cfg["group_size"]
+        w = sc[gi].T * (q - z[gi].T)
+        out[name + ".weight"] = w.float()
+        ref = base.get_submodule(name).weight.detach()
+        rel = ((w - ref).norm() / ref.norm()).item()
+        assert rel < 0.5, f"{name}: dequantized GPTQModel weight is {rel:.2f} off the original: wrong unpacking?"
+    return out
+
+
+def rtn_ppl(lm, bits, group, windows) -> float:
+    from quantgate.quantize import quantize
+    from quantgate.recipes import WeightOnly
+    return perplexity(quantize(lm, WeightOnly(bits=bits, group_size=group)).module, windows)
+
+
+def decode_bench(lm, steps: int = 32) -> list[dict]:
+    """fp32 eager vs int4 (RTN g128; GPTQ stores the same format) vs torch.ao dynamic int8, interleaved."""
+    from quantgate.quantize import quantize
+    from quantgate.recipes import DynamicInt8, WeightOnly
+    from quantgate.tasks.causal_lm import decode_speed
+    models = {"fp32": lm.module,
+              "int4-g128 (quantgate)": quantize(lm, WeightOnly(bits=4, group_size=128)).module,
+              "dynamic int8 (torch.ao)": quantize(lm, DynamicInt8(backend="torch.ao")).module}
+    res = decode_speed(models, lm.tokenizer, "The BBC reported today that the government", (1, 8), steps, rounds=3)
+    rows = []
+    for name, r in res.items():
+        for bs, s in r["batch_sizes"].items():
+            rows.append({"model": name, "batch": int(bs), "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"],
+                         "tokens_per_s": s["tokens_per_s"], "ttft_ms": s["ttft_ms"],
+                         "x_fp32": s["tokens_per_s"] / res["fp32"]["batch_sizes"][bs]["tokens_per_s"]})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bits", default="4,3")
+    ap.add_argument("--groups", default="128,64")
+    ap.add_argument("--samples", type=int, default=128)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--windows", type=int, default=40, help="held-out 512-token windows for perplexity")
+    ap.add_argument("--no-act-order", action="store_true",
+                    help="both in plain column order (default: both group-aware act-order, GPTQModel's default)")
+    ap.add_argument("--damp", type=float, default=0.05, help="Hessian dampening for both (GPTQModel's default 0.05)")
+    ap.add_argument("--reference-venv", default=str(ROOT / ".venv-reference"))
+    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--skip-decode", action="store_true")
+    ap.add_argument("--json", help="write the results here too")
+    ap.add_argument("--job", help=argparse.SUPPRESS)
+    ap.add_argument("--bits-one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--group-one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--eval-file", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.job == "quantgate":
+        _quantgate_job(a)
+        return 0
+
+    torch.manual_seed(0)
+    lm = load_causal_lm()
+    sp = bbc_splits()
+    tmp = Path(tempfile.mkdtemp(prefix="gptq-bench-"))
+    cal = calibration_windows(lm.tokenizer, sp["train"].texts, a.samples, a.seq_len)
+    (tmp / "calib.json").write_text(json.dumps(cal.tolist()))
+    ev = eval_windows(lm.tokenizer, sp["test"].texts, 512, a.windows)
+    torch.save(ev, tmp / "eval.pt")
+    fp32 = perplexity(lm.module, ev)
+    print(f"SmolLM2-135M-Instruct, {a.samples} x {a.seq_len} calibration tokens (BBC train), perplexity on "
+          f"{ev.shape[0]} held-out BBC windows of 512 tokens; fp32 {fp32:.2f}; threads {torch.get_num_threads()}",
+          flush=True)
+    py_ref = Path(a.reference_venv) / "bin" / "python"
+    results = []
+    for bits in map(int, a.bits.split(",")):
+        for group in map(int, a.groups.split(",")):
+            row = {"bits": bits, "group": group, "fp32": fp32, "rtn": rtn_ppl(lm, bits, group, ev)}
+            cmd = [sys.executable, __file__, "--job", "quantgate", "--bits-one", str(bits), "--group-one", str(group),
+                   "--samples", str(a.samples), "--seq-len", str(a.seq_len), "--eval-file", str(tmp / "eval.pt")]
+            if a.no_act_order:
+                cmd.append("--no-act-order")
+            cmd += ["--damp", str(a.damp)]
+            env = os.environ | {"QUANTGATE_PROGRESS": "0"}
+            t = time.perf_counter()
+            rc, out_text, peak = run_measured(cmd, env)
+            row["quantgate"] = _last_json(out_text) | {"process_s": time.perf_counter() - t, "peak_rss_mb": peak}
+            if not a.skip_reference:
+                out = tmp / f"ref-{bits}-{group}"
+                t = time.perf_counter()
+                rc, out_text, peak = run_measured(
+                    [str(py_ref), str(ROOT / "bench" / "_gptqmodel_job.py"), str(default_lm_dir()),
+                     str(tmp / "calib.json"), str(bits), str(group), "0" if a.no_act_order else "1", str(a.damp), str(out)],
+                    env, cwd=tmp)     # GPTQModel writes a logs/ folder where it runs
+                if rc:
+                    row["gptqmodel"] = {"error": out_text[-2000:]}
+                else:
+                    ref = _last_json(out_text) | {"peak_rss_mb": peak}
+                    w = dequantize_gptq_checkpoint(out, lm.module)
+                    import copy
+                    m = copy.deepcopy(lm.module)
+                    missing = [k for k in w if k not in dict(m.named_parameters())]
+                    assert not missing, missing[:3]
+                    m.load_state_dict(w, strict=False)
+                    ref["ppl"] = perplexity(m, ev)
+                    ref["layers"] = len(w)
+                    row["gptqmodel"] = ref | {"process_s": time.perf_counter() - t}
+            results.append(row)
+            _print_row(row)
+    decode = [] if a.skip_decode else decode_bench(lm)
+    for d in decode:
+        print(f"decode {d['model']:26s} batch {d['batch']}: {d['tokens_per_s']:7.1f} tokens/s ({d['x_fp32']:.2f}x fp32), "
+              f"p50 {d['p50_ms']:.1f} ms/token, p99 {d['p99_ms']:.1f}, TTFT {d['ttft_ms']:.0f} ms")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"results": results, "decode": decode}, indent=2))
+    return 0
+
+
+def _print_row(row: dict) -> None:
+    gap = row["rtn"] - row["fp32"]
+    share = lambda p: (row["rtn"] - p) / gap if gap > 0 else float("nan")
+    print(f"\nint{row['bits']} group {row['group']}: RTN {row['rtn']:.2f}")
+    for who in ("quantgate", "gptqmodel"):
+        r = row.get(who)
+        if not r:
+            continue
+        if "error" in r:
+            print(f"  {who:10s} failed: {r['error'][-400:]}")
+            continue
+        print(f"  {who:10s} ppl {r['ppl']:.2f} (closes {100 * share(r['ppl']):.0f}% of RTN's gap), "
+              f"quantize {r['seconds']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    if row.get("gptqmodel") and "ppl" in row["gptqmodel"]:
+        print(f"  quantgate / GPTQModel: perplexity {row['quantgate']['ppl'] / row['gptqmodel']['ppl']:.3f}x, "
+              f"time {row['quantgate']['seconds'] / row['gptqmodel']['seconds']:.2f}x, "
+              f"peak memory {row['quantgate']['peak_rss_mb'] / row['gptqmodel']['peak_rss_mb']:.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

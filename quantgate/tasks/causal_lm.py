@@ -1,0 +1,194 @@
+"""Causal language models: text to token windows, and what a comparison
+measures on them.
+
+- perplexity over held-out text in fixed windows (context length and stride
+  stated; each window scored on its own, no carried-over context)
+- per window, against the baseline: KL(baseline || candidate) of the
+  next-token distribution and the share of positions with the same top token
+- a greedy generation diff over prompts: which prompts changed, the first
+  differing token, both outputs
+- decode latency per token (p50/p95/p99) and tokens/s at each batch size, and
+  time to first token, with a KV cache, all models interleaved
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import require
+from ..progress import progress
+
+
+def token_stream(tokenizer, texts: list[str]) -> torch.Tensor:
+    """All texts as one token stream, separated by the end-of-text token."""
+    sep = tokenizer.eos_token_id
+    ids: list[int] = []
+    for t in texts:
+        ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
+        if sep is not None:
+            ids.append(sep)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def calibration_windows(tokenizer, texts: list[str] | None, num_samples: int, seq_len: int,
+                        where: str = "calibration data") -> torch.Tensor:
+    """[num_samples, seq_len] consecutive windows of the calibration text."""
+    require(texts is not None and len(texts) > 0 and any(t.strip() for t in texts),
+            f"{where} is empty: GPTQ chooses its roundings on calibration text; give --calibration FILE")
+    stream = token_stream(tokenizer, texts)
+    need = num_samples * seq_len
+    require(len(stream) >= need,
+            f"{where} is too short: {len(texts)} texts give {len(stream):,} tokens, but {num_samples} samples x "
+            f"{seq_len} tokens need {need:,}; give more text, or lower num_samples or seq_len "
+            f"(at most {len(stream) // seq_len} samples of {seq_len} tokens fit)")
+    return stream[:need].view(num_samples, seq_len)
+
+
+def eval_windows(tokenizer, texts: list[str], context: int, max_windows: int | None = None) -> torch.Tensor:
+    """Non-overlapping windows of `context` tokens of held-out text (the last partial window is dropped)."""
+    require(texts, "evaluation text is empty")
+    stream = token_stream(tokenizer, texts)
+    n = len(stream) // context
+    require(n >= 1, f"evaluation text has {len(stream)} tokens, fewer than one window of {context}")
+    if max_windows:
+        n = min(n, max_windows)
+    return stream[: n * context].view(n, context)
+
+
+@torch.inference_mode()
+def window_logprobs(module, windows: torch.Tensor, i: int) -> torch.Tensor:
+    """Log-probabilities of the next token at every position of window i, [L-1, vocab], fp32."""
+    logits = module(input_ids=windows[i:i + 1]).logits[0, :-1].float()
+    return torch.log_softmax(logits, dim=-1)
+
+
+@dataclass
+class WindowScores:
+    nll: np.ndarray          # [windows] mean negative log-likelihood per token
+    kl: np.ndarray           # [windows] mean KL(baseline || model) per position; 0 for the baseline
+    same_top: np.ndarray     # [windows] share of positions with the baseline's top token
+
+
+def score_windows(modules: dict[str, torch.nn.Module], windows: torch.Tensor, verbose: bool = True,
+                  baseline: str = "fp32") -> dict[str, WindowScores]:
+    """Every model on every window, one window at a time: only one window's
+    distributions are ever held, however many windows there are."""
+    n = windows.shape[0]
+    acc = {k: ([], [], []) for k in modules}
+    with progress(total=n, desc="perplexity windows", enabled=verbose) as bar:
+        for i in range(n):
+            target = windows[i, 1:]
+            base = window_logprobs(modules[baseline], windows, i)
+            base_top = base.argmax(-1)
+            p_base = base.exp()
+            for name, m in modules.items():
+                lp = base if name == baseline else window_logprobs(m, windows, i)
+                nll = -lp.gather(-1, target[:, None]).mean().item()
+                kl = 0.0 if name == baseline else (p_base * (base - lp)).sum(-1).mean().item()
+                same = (lp.argmax(-1) == base_top).float().mean().item()
+                for lst, v in zip(acc[name], (nll, kl, same)):
+                    lst.append(v)
+            bar.update(1)
+    return {k: WindowScores(*(np.array(v) for v in vals)) for k, vals in acc.items()}
+
+
+def perplexity_delta(base_nll: np.ndarray, cand_nll: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Perplexity of each and the ratio's paired 95% bootstrap interval over windows."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(base_nll), size=(n_boot, len(base_nll)))
+    ratio = np.exp(cand_nll[idx].mean(1) - base_nll[idx].mean(1))
+    b, c = math.exp(base_nll.mean()), math.exp(cand_nll.mean())
+    return {"baseline": b, "candidate": c, "delta": c - b, "ratio": c / b,
+            "ci_low": float(b * np.percentile(ratio, 2.5) - b), "ci_high": float(b * np.percentile(ratio, 97.5) - b)}
+
+
+# -- generation ---------------------------------------------------------------
+
+def prompts_from(texts: list[str], n: int, words: int = 24) -> list[str]:
+    """The opening words of n held-out texts: prompts the model continues."""
+    out = []
+    for t in texts:
+        w = t.split()
+        if len(w) >= words:
+            out.append(" ".join(w[:words]))
+        if len(out) == n:
+            break
+    return out
+
+
+@torch.inference_mode()
+def greedy(module, tokenizer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+    """Greedy continuations (new token ids), one prompt at a time: no padding to differ by."""
+    outs = []
+    for p in prompts:
+        ids = tokenizer(p, return_tensors="pt")["input_ids"]
+        gen = module.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                              do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        outs.append(gen[0, ids.shape[1]:].tolist())
+    return outs
+
+
+def generation_diff(tokenizer, prompts: list[str], base: list[list[int]], cand: list[list[int]]) -> list[dict]:
+    """Every prompt whose greedy continuation changed: the first differing token and both outputs."""
+    rows = []
+    for i, (p, b, c) in enumerate(zip(prompts, base, cand)):
+        if b == c:
+            continue
+        k = next((j for j, (x, y) in enumerate(zip(b, c)) if x != y), min(len(b), len(c)))
+        rows.append({"id": str(i), "prompt": p, "first_diff": k,
+                     "baseline_token": tokenizer.decode(b[k:k + 1]), "candidate_token": tokenizer.decode(c[k:k + 1]),
+                     "baseline": tokenizer.decode(b), "candidate": tokenizer.decode(c)})
+    return rows
+
+
+# -- decode speed -------------------------------------------------------------
+
+@torch.inference_mode()
+def _decode(module, ids: torch.Tensor, steps: int) -> tuple[float, list[float]]:
+    """Time to first token (prefill + its sampling) and per-token decode latencies, ms."""
+    t0 = time.perf_counter()
+    out = module(input_ids=ids, use_cache=True)
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    ttft = (time.perf_counter() - t0) * 1e3
+    cache, lat = out.past_key_values, []
+    for _ in range(steps):
+        t = time.perf_counter()
+        out = module(input_ids=nxt, past_key_values=cache, use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        lat.append((time.perf_counter() - t) * 1e3)
+        cache = out.past_key_values
+    return ttft, lat
+
+
+def decode_speed(modules: dict[str, torch.nn.Module], tokenizer, prompt: str, batch_sizes=(1, 8),
+                 steps: int = 32, rounds: int = 3) -> dict[str, dict]:
+    """Per model and batch size: decode latency per token p50/p95/p99, tokens/s
+    (batch / median latency), and time to first token (median), measured
+    round-robin so load from elsewhere hits every model alike."""
+    from ..evaluate.perf import percentiles
+    ids1 = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    out = {k: {"batch_sizes": {}} for k in modules}
+    for bs in batch_sizes:
+        ids = ids1.expand(bs, -1).contiguous()
+        for m in modules.values():
+            _decode(m, ids, 2)                                   # warm-up
+        lat = {k: [] for k in modules}
+        ttft = {k: [] for k in modules}
+        for _ in range(rounds):
+            for k, m in modules.items():
+                t, per = _decode(m, ids, steps)
+                ttft[k].append(t)
+                lat[k].extend(per)
+        for k in modules:
+            s = percentiles(lat[k])
+            s["tokens_per_s"] = bs / (s["p50_ms"] / 1e3)
+            s["throughput_per_s"] = s["tokens_per_s"]
+            s["ttft_ms"] = float(np.median(ttft[k]))
+            s["prompt_tokens"] = int(ids.shape[1])
+            out[k]["batch_sizes"][str(bs)] = s
+    return out

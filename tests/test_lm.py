@@ -1,0 +1,232 @@
+"""Causal LMs on the bundled SmolLM2-135M-Instruct: GPTQ, round-to-nearest,
+NF4, QLoRA, the packed storage, the LM comparison and its errors. Kept small:
+one GPTQ run on a little calibration text, short windows and prompts."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from quantgate.errors import QuantgateError
+from quantgate.recipes import GPTQ, NF4, QLoRA, Recipe, WeightOnly
+
+
+@pytest.fixture(scope="session")
+def lm():
+    from quantgate.models import load_causal_lm
+    return load_causal_lm()
+
+
+@pytest.fixture(scope="session")
+def held_out(lm, bbc):
+    from quantgate.tasks.causal_lm import eval_windows
+    return eval_windows(lm.tokenizer, bbc["test"].texts, 256, max_windows=4)
+
+
+def ppl(module, windows):
+    from quantgate.tasks.causal_lm import score_windows
+    return math.exp(score_windows({"fp32": module}, windows, verbose=False)["fp32"].nll.mean())
+
+
+# Blocks 10-29 stay in float in the GPTQ test (and its RTN reference), to keep the suite fast:
+# every block still runs in the sequential pass, only the first ten are quantized.
+FIRST_TEN = ("model.layers.1?.*", "model.layers.2?.*")
+
+
+@pytest.fixture(scope="session")
+def gptq3(lm, bbc):
+    from quantgate.quantize import quantize
+    return quantize(lm, GPTQ(bits=3, group_size=128, num_samples=16, seq_len=256, exclude=FIRST_TEN), bbc["train"])
+
+
+def test_default_lm_is_converted_from_the_packaged_gguf(lm):
+    cfg = lm.module.config
+    assert type(lm.module).__name__ == "LlamaForCausalLM" and cfg.hidden_size == 576
+    assert getattr(cfg, "quantization_config", None) is None          # a plain fp32 directory
+    assert lm.module.lm_head.weight.data_ptr() == lm.module.model.embed_tokens.weight.data_ptr()
+    ids = lm.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    out = lm.module.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+    assert "Paris" in lm.tokenizer.decode(out[0, ids.shape[1]:])
+
+
+def test_gptq_at_3_bits_beats_round_to_nearest_on_held_out_text(lm, gptq3, held_out):
+    from quantgate.quantize import quantize
+    rtn = quantize(lm, WeightOnly(bits=3, group_size=128, exclude=FIRST_TEN))
+    p_fp, p_rtn, p_gptq = ppl(lm.module, held_out), ppl(rtn.module, held_out), ppl(gptq3.module, held_out)
+    assert p_fp < p_gptq < p_rtn
+    assert (p_rtn - p_gptq) / (p_rtn - p_fp) > 0.3        # closes a good part of RTN's gap
+    # 576-wide layers at group size 128: a shorter last group, and the int4 kernel still runs (zero-padded)
+    q = gptq3.module.model.layers[0].self_attn.q_proj
+    assert q.scales.shape == (576, 5) and q.packed_kernel
+    assert gptq3.float_layers["lm_head"].startswith("output head tied")
+    assert len(gptq3.quantized_layers) == 70 and gptq3.name == "gptq-int3-g128+float2"
+    assert gptq3.calibration["count"] == 16 and gptq3.calibration["tokens"] == 16 * 256
+
+
+def test_gptq_column_update_reduces_layer_output_error():
+    """GPTQ's roundings keep W X; act-order helps further. (A property of the algorithm, on real-like data.)"""
+    from quantgate.formats.affine import dequantize, quantize
+    from quantgate.methods.gptq import gptq_weight, hessian
+    from quantgate.methods.weight_only import rtn_qparams
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(128, 320, generator=g) * 0.05
+    x = (torch.randn(2048, 32, generator=g) @ torch.randn(32, 320, generator=g)
+         + 0.3 * torch.randn(2048, 320, generator=g)) * torch.rand(320, generator=g) * 3
+    err = lambda wq: ((x @ (w - wq).T).norm() / (x @ w.T).norm()).item()
+    qp = rtn_qparams(w, 4, 64, True)
+    e_rtn = err(dequantize(quantize(w, qp), qp))
+    q, qp = gptq_weight(w, hessian(x), 4, 64, act_order=False)
+    e_plain = err(dequantize(q, qp))
+    q, qp = gptq_weight(w, hessian(x), 4, 64, act_order=True)
+    e_act = err(dequantize(q, qp))
+    assert e_act < e_plain < 0.5 * e_rtn
+    assert q.min() >= -8 and q.max() <= 7 and qp.scale.shape == (128, 5)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_saved_artifact_reloads_bit_identical_and_generates(lm, tmp_path, bits):
+    from quantgate.artifact import load_lm, save
+    from quantgate.quantize import quantize
+    q = quantize(lm, WeightOnly(bits=bits, group_size=64, symmetric=False))
+    save(q, lm, tmp_path / "a")
+    back = load_lm(tmp_path / "a")
+    ids = lm.tokenizer("Shares in the bank rose after", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        assert torch.equal(q.module(input_ids=ids).logits, back.module(input_ids=ids).logits)
+        one = ids[:, :1]                      # one row: the packed-kernel path
+        assert torch.equal(q.module(input_ids=one).logits, back.module(input_ids=one).logits)
+    g1 = q.module.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+    g2 = back.module.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+    assert torch.equal(g1, g2)
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert m["base_model"]["sha"] == lm.sha and len(m["layers"]) == 210
+
+
+def test_int4_group64_file_stays_under_4_3_bits_per_weight(lm, tmp_path):
+    from safetensors import safe_open
+
+    from quantgate.artifact import save
+    from quantgate.quantize import quantize
+    q = quantize(lm, WeightOnly(bits=4, group_size=64))
+    save(q, lm, tmp_path / "a")
+    layers = json.loads((tmp_path / "a" / "manifest.json").read_text())["layers"]
+    n_weights = sum(s["in"] * s["out"] for s in layers.values())
+    nbytes = 0
+    with safe_open(str(tmp_path / "a" / "weights.safetensors"), "pt") as f:
+        for k in f.keys():
+            if k.rpartition(".")[0] in layers:
+                t = f.get_tensor(k)
+                nbytes += t.numel() * t.element_size()
+    assert 8 * nbytes / n_weights == pytest.approx(4.25) and 8 * nbytes / n_weights <= 4.3
+
+
+def test_nf4_double_quant_storage_and_round_trip(lm, tmp_path, held_out):
+    from quantgate.artifact import load_lm, save
+    from quantgate.methods.nf4 import NF4Linear
+    from quantgate.quantize import quantize
+    q = quantize(lm, NF4())
+    layer = q.module.model.layers[0].mlp.down_proj
+    assert isinstance(layer, NF4Linear)
+    bits = 8 * sum(b.numel() * b.element_size() for b in layer.buffers()) / (layer.in_features * layer.out_features)
+    assert bits == pytest.approx(4 + 8 / 64 + 32 / (64 * 256), abs=0.01)   # vs 4.5 without double quantization
+    w = lm.module.model.layers[0].mlp.down_proj.weight
+    assert ((layer.weight - w).norm() / w.norm()) < 0.12
+    assert ppl(q.module, held_out[:2]) < 1.3 * ppl(lm.module, held_out[:2])
+    save(q, lm, tmp_path / "n")
+    back = load_lm(tmp_path / "n")
+    ids = held_out[:1, :32]
+    with torch.inference_mode():
+        assert torch.equal(q.module(input_ids=ids).logits, back.module(input_ids=ids).logits)
+
+
+def test_qlora_trains_adapters_on_a_frozen_nf4_base(lm, bbc, tmp_path):
+    from quantgate.artifact import load_lm, save
+    from quantgate.methods.nf4 import NF4Linear
+    from quantgate.quantize import quantize
+    from quantgate.tasks.causal_lm import calibration_windows
+    r = QLoRA(rank=4, alpha=8, steps=8, batch_size=2, seq_len=64, lr=1e-3, targets=("q_proj", "v_proj"))
+    base_q = lm.module.model.layers[3].self_attn.q_proj.weight.detach().clone()
+    q = quantize(lm, r, train=bbc["train"])
+    losses = q.extra["training"]["losses"]
+    assert len(losses) == 8 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert torch.equal(lm.module.model.layers[3].self_attn.q_proj.weight, base_q)      # the user's model untouched
+    layer = q.module.model.layers[3].self_attn.q_proj
+    assert isinstance(layer.base_layer, NF4Linear) and not any(p.requires_grad for p in layer.base_layer.parameters())
+    # loss on the training windows went down against the untrained NF4 base
+    win = calibration_windows(lm.tokenizer, bbc["train"].texts, 16, 64)
+    with torch.inference_mode():
+        after = q.module(input_ids=win[:4], labels=win[:4]).loss.item()
+        nf4 = quantize(lm, NF4()).module
+        before = nf4(input_ids=win[:4], labels=win[:4]).loss.item()
+    assert after < before
+    save(q, lm, tmp_path / "qlora")
+    assert (tmp_path / "qlora" / "adapters.safetensors").is_file()
+    back = load_lm(tmp_path / "qlora")
+    with torch.inference_mode():
+        assert torch.equal(q.module(input_ids=win[:1]).logits, back.module(input_ids=win[:1]).logits)
+    # merged: the adapters folded into float weights give the same outputs
+    from quantgate.methods.qlora import merge
+    import copy
+    merged = merge(copy.deepcopy(q.module))
+    with torch.inference_mode():
+        a, b = q.module(input_ids=win[:1]).logits, merged(input_ids=win[:1]).logits
+    assert (a - b).abs().max() < 1e-3
+
+
+def test_lm_comparison_reports_what_changed(lm, bbc, tmp_path):
+    from quantgate.compare import LMSettings, compare_lm
+    from quantgate.methods.weight_only import DEQUANT, INT4_KERNEL
+    from quantgate.report import table, write_reports
+    s = LMSettings(context=128, max_windows=3, n_prompts=3, new_tokens=12, batch_sizes=(1, 2), decode_steps=4,
+                   decode_rounds=1, n_boot=200, verbose=False)
+    comp = compare_lm(lm, bbc["test"].texts, [WeightOnly(bits=3, group_size=64)], settings=s, source="bbc test")
+    c = comp.candidates[0]
+    p = c.metrics["perplexity"]
+    assert p["candidate"] > p["baseline"] > 1 and p["ci_low"] <= p["delta"] <= p["ci_high"]
+    assert c.mean_kl > 0 and 0 < c.agreement < 1
+    assert c.n_changed == len(c.changed) >= 1          # 3-bit changes some greedy continuation
+    e = c.changed[0]
+    assert e["baseline"] != e["candidate"] and e["first_diff"] >= 0 and e["prompt"]
+    calls = c.extra["kernel_calls"]
+    assert calls[INT4_KERNEL] > 0 and calls[DEQUANT] > 0   # decode steps packed, prefill dequantized
+    b1 = c.perf["batch_sizes"]["1"]
+    assert b1["p50_ms"] <= b1["p95_ms"] <= b1["p99_ms"] and b1["ttft_ms"] > 0 and b1["tokens_per_s"] > 0
+    assert c.weight_bytes < 0.6 * comp.baseline["weight_bytes"]
+    d = comp.to_dict()
+    assert "perplexity on 3 windows of 128 tokens" in table(d)
+    paths = write_reports(comp, tmp_path / "r")
+    html = paths["html"].read_text()
+    assert "Changed generations" in html and "weights against perplexity" in html and INT4_KERNEL in html
+
+
+def test_lm_errors_are_clear(lm, bbc):
+    from quantgate.data import Dataset
+    from quantgate.methods.gptq import check_memory
+    from quantgate.quantize import quantize
+    from quantgate.tasks.causal_lm import calibration_windows
+    with pytest.raises(QuantgateError, match="bits must be one of 2, 3, 4, 8, got 5"):
+        Recipe.parse("gptq-int5-g128")
+    with pytest.raises(QuantgateError, match="calibration data is empty"):
+        quantize(lm, GPTQ(), Dataset([], [], []))
+    short = bbc["train"].head(3)
+    with pytest.raises(QuantgateError, match=r"too short: 3 texts give [\d,]+ tokens, but 128 samples x 512 tokens need 65,536"):
+        quantize(lm, GPTQ(), short)
+    w = calibration_windows(lm.tokenizer, bbc["train"].texts, 128, 512)
+    with pytest.raises(QuantgateError, match=r"GPTQ would need about \d+\.\d\d GB of memory at its peak but 1\.00 GB is available"):
+        check_memory(lm.module, w, available=2**30)
+    with pytest.raises(QuantgateError, match="is for causal language models"):
+        from quantgate.models import Model
+        quantize(Model(torch.nn.Linear(2, 2), None, ["a"]), NF4())
+
+
+def test_lm_cli_quantize_and_generate(tmp_path, capsys, lm):
+    from quantgate.cli import main
+    assert main(["lm", "quantize", "--recipes", "gptq-int5-g128", "--out", str(tmp_path / "x")]) == 2
+    assert "bits must be one of 2, 3, 4, 8, got 5" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert main(["lm", "quantize", "--recipes", "int8", "--out", str(tmp_path / "a")]) == 0
+    assert main(["lm", "generate", "--model", str(tmp_path / "a"), "--prompt", "The capital of France is",
+                 "--new-tokens", "4"]) == 0
+    out = capsys.readouterr()
+    assert "Paris" in out.out and "aten._weight_int8pack_mm" in out.err
