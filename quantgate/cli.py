@@ -395,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
         g = p.add_argument_group("budget")
         g.add_argument("--max-drop", type=float, default=1.0, help="largest overall metric drop, in points (default 1.0)")
         g.add_argument("--max-slice-drop", type=float, help="largest drop on any slice value, in points")
-        g.add_argument("--metric", default="accuracy", choices=("accuracy", "macro_f1"))
+        g.add_argument("--metric", default="accuracy", choices=("accuracy", "macro_f1", "perplexity"),
+                       help="perplexity for a language-model comparison: --max-drop is then its largest rise in %%")
         g.add_argument("--max-latency-ms", type=float, help="largest p95 latency per call at each batch size")
         g.add_argument("--max-memory-mb", type=float, help="largest weight memory, in MB")
         g.add_argument("--strict", action="store_true", help="a drop whose interval crosses the budget fails")

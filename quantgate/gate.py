@@ -28,7 +28,7 @@ VERDICTS = ("pass", "uncertain", "fail")
 class Budget:
     max_drop: float = 1.0                  # points of the overall metric
     max_slice_drop: float | None = None    # points, for every slice value
-    metric: str = "accuracy"               # accuracy or macro_f1
+    metric: str = "accuracy"               # accuracy or macro_f1; perplexity (language models: max_drop is the % rise)
     max_latency_ms: float | None = None    # p95 per call, at each of batch_sizes
     batch_sizes: tuple[int, ...] = ()      # where the latency target applies (default: every measured size)
     max_memory_mb: float | None = None     # weight memory
@@ -36,7 +36,8 @@ class Budget:
 
     def __post_init__(self):
         object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
-        require(self.metric in ("accuracy", "macro_f1"), f"metric must be accuracy or macro_f1, got {self.metric!r}")
+        require(self.metric in ("accuracy", "macro_f1", "perplexity"),
+                f"metric must be accuracy, macro_f1 or perplexity, got {self.metric!r}")
         for name in ("max_drop", "max_slice_drop", "max_latency_ms", "max_memory_mb"):
             v = getattr(self, name)
             require(v is None or (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)),
@@ -48,32 +49,40 @@ class Budget:
         return asdict(self)
 
 
-def drop_verdict(what: str, metric: dict, limit: float, n: int) -> dict:
+def drop_verdict(what: str, metric: dict, limit: float, n: int, noun: str = "drop", unit: str = "points",
+                 items: str = "evaluation examples") -> dict:
     """Judge a metric change {delta, ci_low, ci_high} (fractions) against a drop limit in points."""
     drop = -100 * metric["delta"]
     lo, hi = -100 * metric["ci_high"], -100 * metric["ci_low"]     # interval of the drop
     row = {"constraint": what, "value": round(drop, 3), "interval": [round(lo, 3), round(hi, 3)], "limit": limit,
-           "unit": "points", "n": n, "n_needed": None}
+           "unit": unit, "n": n, "n_needed": None}
     if hi <= limit:
-        row["verdict"], row["detail"] = "pass", f"drop {drop:.2f} points, at most {hi:.2f} at 95%, within {limit:g}"
+        row["verdict"], row["detail"] = "pass", f"{noun} {drop:.2f} {unit}, at most {hi:.2f} at 95%, within {limit:g}"
     elif lo > limit:
-        row["verdict"], row["detail"] = "fail", f"drop {drop:.2f} points, at least {lo:.2f} at 95%, over {limit:g}"
+        row["verdict"], row["detail"] = "fail", f"{noun} {drop:.2f} {unit}, at least {lo:.2f} at 95%, over {limit:g}"
     else:
         row["verdict"] = "uncertain"
         row["leans"] = "pass" if drop <= limit else "fail"
         half, margin = (hi - lo) / 2, abs(drop - limit)
         if margin > 0 and half > 0:
             row["n_needed"] = int(math.ceil(n * (half / margin) ** 2))
-        settle = (f"about {row['n_needed']} evaluation examples (now {n}) would settle it" if row["n_needed"]
+        settle = (f"about {row['n_needed']} {items} (now {n}) would settle it" if row["n_needed"]
                   else "the estimate sits on the budget: more examples alone will not settle it")
-        row["detail"] = (f"drop {drop:.2f} points, 95% interval {lo:.2f} to {hi:.2f} crosses {limit:g}; "
+        row["detail"] = (f"{noun} {drop:.2f} {unit}, 95% interval {lo:.2f} to {hi:.2f} crosses {limit:g}; "
                          f"leans {row['leans']}; {settle}")
     return row
 
 
 def check(cand: dict, baseline: dict, budget: Budget, n: int) -> dict:
     """Every constraint of the budget for one candidate of a comparison (as dicts)."""
-    rows = [drop_verdict(f"overall {budget.metric}", cand["metrics"][budget.metric], budget.max_drop, n)]
+    if budget.metric == "perplexity":
+        # a rise of perplexity, relative to the baseline, judged as a drop in "points" of percent
+        m = cand["metrics"]["perplexity"]
+        b = m["baseline"]
+        rel = {"delta": -m["delta"] / b, "ci_low": -m["ci_high"] / b, "ci_high": -m["ci_low"] / b}
+        rows = [drop_verdict("perplexity rise", rel, budget.max_drop, n, noun="rise", unit="%", items="windows")]
+    else:
+        rows = [drop_verdict(f"overall {budget.metric}", cand["metrics"][budget.metric], budget.max_drop, n)]
     if budget.max_slice_drop is not None:
         for col, values in cand["slices"].items():
             for r in values:
@@ -126,6 +135,10 @@ def gate(comparison: dict, budget: Budget, names: list[str] | None = None) -> Ga
     if unknown:
         raise QuantgateError(f"no candidate {unknown[0]!r} in this comparison; it has: {', '.join(cands) or 'none'}")
     n = comparison["data"]["n"]
+    is_lm = comparison.get("model", {}).get("task") == "causal-lm"
+    require(is_lm == (budget.metric == "perplexity"),
+            "a language-model comparison is gated on perplexity: pass --metric perplexity (--max-drop is then the "
+            "largest perplexity rise in %)" if is_lm else "perplexity applies to language-model comparisons only")
     return GateResult(budget.to_dict(), [check(cands[x], comparison["baseline"], budget, n) for x in names])
 
 

@@ -230,3 +230,31 @@ def test_lm_cli_quantize_and_generate(tmp_path, capsys, lm):
                  "--new-tokens", "4"]) == 0
     out = capsys.readouterr()
     assert "Paris" in out.out and "aten._weight_int8pack_mm" in out.err
+
+
+def test_lm_artifacts_are_versioned_in_the_registry(lm, gptq3, tmp_path):
+    from quantgate.artifact import load_lm
+    from quantgate.registry import Registry
+    reg = Registry(tmp_path / "reg")
+    row = reg.register(gptq3, lm, base="smollm2")
+    assert row["version"] == "smollm2-gptq-int3-g128-float2-v1" and not row["existing"]
+    assert row["calibration"]["hash"] == gptq3.calibration["hash"] and row["base_sha"] == lm.sha
+    assert reg.register(gptq3, lm, base="smollm2")["existing"]          # same content: same version
+    back = load_lm(row["path"])
+    ids = lm.tokenizer("Shares rose", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        assert torch.equal(back.module(input_ids=ids).logits, gptq3.module(input_ids=ids).logits)
+
+
+def test_gate_judges_a_language_model_on_its_perplexity_rise():
+    from quantgate.gate import Budget, gate
+    comp = {"model": {"task": "causal-lm"}, "data": {"n": 40}, "baseline": {"weight_bytes": 1},
+            "candidates": [{"name": "gptq", "metrics": {"perplexity": {"baseline": 25.0, "candidate": 26.0, "delta": 1.0,
+                                                                       "ci_low": 0.5, "ci_high": 1.5}},
+                            "slices": {}, "perf": {"batch_sizes": {}}, "weight_bytes": 1}]}
+    ok = gate(comp, Budget(max_drop=10, metric="perplexity")).results[0]
+    assert ok["passed"] and ok["constraints"][0]["detail"] == "rise 4.00 %, at most 6.00 at 95%, within 10"
+    bad = gate(comp, Budget(max_drop=1, metric="perplexity")).results[0]
+    assert not bad["passed"] and "rise 4.00 %, at least 2.00 at 95%, over 1" in bad["constraints"][0]["detail"]
+    with pytest.raises(QuantgateError, match="gated on perplexity: pass --metric perplexity"):
+        gate(comp, Budget(max_drop=1))
