@@ -93,3 +93,14 @@ def test_int4_packing_round_trips_with_odd_width():
     p = pack_int4(u)
     assert p.shape == (5, 17) and p.dtype == torch.uint8
     assert torch.equal(unpack_int4(p, 33), u)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_dense_packing_round_trips_every_width(bits):
+    from quantgate.formats.packing import pack_bits, packed_width, unpack_bits
+    for k in (1, 7, 33, 576):
+        u = torch.randint(0, 2**bits, (5, k), dtype=torch.uint8)
+        p = pack_bits(u, bits)
+        assert p.dtype == torch.uint8 and p.shape == (5, packed_width(k, bits))
+        assert torch.equal(unpack_bits(p, bits, k), u)
+    assert packed_width(576, bits) * 8 == 576 * bits        # dense: no padding bits at SmolLM2's width

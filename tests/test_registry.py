@@ -27,7 +27,7 @@ SAVER = textwrap.dedent("""
     from quantgate.registry import Registry
     model_dir, root, symmetric, barrier = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
     reg = Registry(root)
-    q = quantize(load_classifier(model_dir), WeightOnly(bits=8, symmetric=symmetric))
+    q = quantize(load_classifier(model_dir), WeightOnly(bits=8, min_out_features=16 if symmetric else 400))
     Path(barrier, f"ready-{int(symmetric)}").touch()
     while len(list(Path(barrier).glob("ready-*"))) < int(sys.argv[5]):   # start the saves together
         time.sleep(0.01)
@@ -48,12 +48,12 @@ def test_same_inputs_same_hash_and_no_duplicate_version(model, tmp_path):
     b = reg.register(quantize(model, WeightOnly(bits=8)), model, base="minilm-bbc")   # re-quantized from scratch
     assert a["version"] == "minilm-bbc-woq-int8-v1" and not a["existing"]
     assert b["version"] == a["version"] and b["existing"] and b["content_hash"] == a["content_hash"]
-    c = reg.register(quantize(model, WeightOnly(bits=8, symmetric=False)), model, base="minilm-bbc")
+    c = reg.register(quantize(model, WeightOnly(bits=8, min_out_features=400)), model, base="minilm-bbc")
     assert c["version"] == "minilm-bbc-woq-int8-v2" and c["content_hash"] != a["content_hash"]
     assert reg.check() == {"versions": 2, "problems": [], "leftovers": []}
     # the manifest carries the lineage
     m = reg.get(c["version"])["manifest"]
-    assert m["base_model"]["sha"] == model.sha and m["recipe"]["symmetric"] is False
+    assert m["base_model"]["sha"] == model.sha and m["recipe"]["min_out_features"] == 400
     assert {"torch", "torchao", "transformers", "processor"} <= set(m["environment"])
     with pytest.raises(QuantgateError, match="no version 'nope' in the registry"):
         reg.get("nope")
@@ -84,7 +84,7 @@ def test_a_save_killed_midway_leaves_the_registry_consistent(finetuned_dir, mode
     assert state["versions"] == 1 and state["problems"] == []                            # no half-registered v2
     assert [r["version"] for r in reg.list()] == ["minilm-bbc-woq-int8-v1"]
     # the next save cleans up what the dead one left and takes v2
-    row = reg.register(quantize(model, WeightOnly(bits=8, symmetric=False)), model, base="minilm-bbc")
+    row = reg.register(quantize(model, WeightOnly(bits=8, min_out_features=400)), model, base="minilm-bbc")
     assert row["version"] == "minilm-bbc-woq-int8-v2"
     leftovers = reg.check()["leftovers"]
     assert [x for x in leftovers if not x.startswith(".tmp-")] == []                     # no orphan version folder
