@@ -72,6 +72,14 @@ def _head(d: dict, what: str) -> list[str]:
     return h
 
 
+def _changed_table_head(title: str, cands: list[dict], columns: tuple[str, ...]) -> str:
+    """A heading, the candidate filter (SCRIPT drives it) and the changed-examples table's header."""
+    return (f"<h2>{escape(title)}</h2><p>Show <select id=changed-filter><option value=''>all candidates</option>"
+            + "".join(f"<option>{escape(c['name'])}</option>" for c in cands)
+            + "</select> <span id=changed-count class=muted></span></p><table id=changed><thead><tr><th>candidate</th>"
+            + "".join(f"<th>{escape(col)}</th>" for col in columns) + "</tr></thead><tbody>")
+
+
 def _tail(d: dict) -> list[str]:
     """What stayed in float, which kernels ran, and provenance."""
     cands = d["candidates"]
@@ -161,10 +169,8 @@ def render(d: dict) -> str:
         h.append(calibration_section(d["calibration_checks"]))
 
     # Changed examples.
-    h.append("<h2>Changed predictions</h2><p>Show <select id=changed-filter><option value=''>all candidates</option>"
-             + "".join(f"<option>{escape(c['name'])}</option>" for c in cands)
-             + "</select> <span id=changed-count class=muted></span></p><table id=changed><thead><tr><th>candidate</th>"
-             "<th>id</th><th>label</th><th>baseline (p)</th><th>candidate (p)</th><th>text</th></tr></thead><tbody>")
+    h.append(_changed_table_head("Changed predictions", cands,
+                                 ("id", "label", "baseline (p)", "candidate (p)", "text")))
     for c in cands:
         for e in c["changed"]:
             h.append(f"<tr data-candidate=\"{escape(c['name'])}\"><td>{escape(c['name'])}</td><td>{escape(e['id'])}</td>"
@@ -223,10 +229,8 @@ def render_lm(d: dict) -> str:
             h.append(f"<h2>Training loss: {escape(name)}</h2>")
             h.append(svg.line_chart([(name, steps, t["losses"])], "step", "loss", f"{name}: loss per step"))
     # The generation diff.
-    h.append("<h2>Changed generations</h2><p>Show <select id=changed-filter><option value=''>all candidates</option>"
-             + "".join(f"<option>{escape(c['name'])}</option>" for c in cands)
-             + "</select> <span id=changed-count class=muted></span></p><table id=changed><thead><tr><th>candidate</th>"
-             "<th>prompt</th><th>first different token</th><th>baseline</th><th>candidate</th></tr></thead><tbody>")
+    h.append(_changed_table_head("Changed generations", cands,
+                                 ("prompt", "first different token", "baseline", "candidate")))
     for c in cands:
         for e in c["changed"]:
             h.append(f"<tr data-candidate=\"{escape(c['name'])}\"><td>{escape(c['name'])}</td>"
