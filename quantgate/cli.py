@@ -72,7 +72,6 @@ def cmd_finetune(a) -> int:
 
 
 def cmd_quantize(a) -> int:
-    from .artifact import save
     from .quantize import quantize
     from .recipes import Recipe
     require(a.out or a.registry, "say where the artifact goes: --out DIR, or --registry DIR for a new registry version")
@@ -84,16 +83,22 @@ def cmd_quantize(a) -> int:
         cal = cal.subset(list(range(a.calibration_offset, min(len(cal), end))), f"[{a.calibration_offset}:{end}]")
     train = _train_data(a) if recipe.method == "qat" else None
     q = quantize(model, recipe, cal if recipe.needs_calibration else None, train=train)
+    _save(a, q, model, _base_name(a))
+    return 0
+
+
+def _save(a, q, model, base: str) -> None:
+    """Say what was quantized, then write it to --out and/or a new --registry version."""
+    from .artifact import save
     print(f"{q.name}: {len(q.quantized_layers)} linear layers quantized ({q.kernel}), {len(q.float_layers)} kept in "
           f"float; weights {q.weight_bytes / 2**20:.1f} MB; {q.seconds:.1f}s")
     if a.out:
         print(f"saved to {save(q, model, a.out, overwrite=a.overwrite)}")
     if a.registry:
         from .registry import Registry
-        row = Registry(a.registry).register(q, model, base=_base_name(a))
+        row = Registry(a.registry).register(q, model, base=base)
         print(f"{'already registered as' if row['existing'] else 'registered'} {row['version']} "
               f"(content {row['content_hash']}) in {a.registry}")
-    return 0
 
 
 def _base_name(a) -> str:
@@ -329,20 +334,12 @@ def cmd_lm(a) -> int:
     evaluation, cal, train = _lm_texts(a)
     recipes = [_lm_recipe(a, r) for r in a.recipes.split(",") if r.strip()]
     if a.action == "quantize":
-        from .artifact import save
         from .quantize import quantize
         require(len(recipes) == 1, "lm quantize takes one recipe: --recipes gptq-int4-g128")
         require(a.out or a.registry, "say where the artifact goes: --out DIR, or --registry DIR")
         r = recipes[0]
         q = quantize(lm, r, cal if r.needs_calibration else None, train=train)
-        print(f"{q.name}: {len(q.quantized_layers)} linear layers quantized ({q.kernel}), {len(q.float_layers)} kept "
-              f"in float; weights {q.weight_bytes / 2**20:.1f} MB; {q.seconds:.1f}s")
-        if a.out:
-            print(f"saved to {save(q, lm, a.out, overwrite=a.overwrite)}")
-        if a.registry:
-            from .registry import Registry
-            row = Registry(a.registry).register(q, lm, base=a.name or "smollm2-135m")
-            print(f"{'already registered as' if row['existing'] else 'registered'} {row['version']} in {a.registry}")
+        _save(a, q, lm, a.name or "smollm2-135m")
         return 0
     from .compare import LMSettings, compare_lm
     s = LMSettings(context=a.context, max_windows=a.windows or None, n_prompts=a.prompts, new_tokens=a.new_tokens,
