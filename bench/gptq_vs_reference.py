@@ -3,14 +3,16 @@ SmolLM2-135M-Instruct, the same calibration windows, bits and group size.
 
     bash bench/setup_reference.sh          # once: GPTQModel 7.6 in .venv-reference
     .venv/bin/python bench/gptq_vs_reference.py [--bits 4,3] [--groups 128,64] [--samples 128] [--seq-len 512]
+    .venv/bin/python bench/gptq_vs_reference.py --decode-only
 
 Prints, per (bits, group): perplexity on held-out BBC text (512-token windows),
 the share of RTN's perplexity gap to fp32 each method closes, quantization wall
 time and peak memory (each quantizer runs in its own process; peak RSS of that
 process). GPTQModel's packed checkpoint is dequantized here (its own CPU kernel
 refuses 576-wide layers at group 128) and evaluated with the same code as ours.
-Then batch-1 and batch-8 greedy decode speed of fp32 eager against the int4
-model (and dynamic int8 from torch.ao), side by side in one process.
+Then batch-1 and batch-8 greedy decode speed, side by side in one process:
+fp32 in transformers' eager loop (the reference for every ratio) against fp32,
+int4 and torch.ao dynamic int8 in quantgate's decoder and in transformers' loop.
 """
 
 from __future__ import annotations
@@ -127,20 +129,28 @@ def rtn_ppl(lm, bits, group, windows) -> float:
 
 
 def decode_bench(lm, steps: int = 32) -> list[dict]:
-    """fp32 eager vs int4 (RTN g128; GPTQ stores the same format) vs torch.ao dynamic int8, interleaved."""
+    """fp32 in transformers' eager loop (what a user runs today: the reference
+    for the ratios) against quantgate's decoder on fp32, int4 (RTN g128; GPTQ
+    stores the same format) and torch.ao dynamic int8, interleaved; int4 in
+    transformers' loop too, to separate the kernels' gain from the loop's."""
     from quantgate.quantize import quantize
     from quantgate.recipes import DynamicInt8, WeightOnly
     from quantgate.tasks.causal_lm import decode_speed
-    models = {"fp32": lm.module,
-              "int4-g128 (quantgate)": quantize(lm, WeightOnly(bits=4, group_size=128)).module,
-              "dynamic int8 (torch.ao)": quantize(lm, DynamicInt8(backend="torch.ao")).module}
-    res = decode_speed(models, lm.tokenizer, "The BBC reported today that the government", (1, 8), steps, rounds=3)
+    int4 = quantize(lm, WeightOnly(bits=4, group_size=128)).module
+    dyn = quantize(lm, DynamicInt8(backend="torch.ao")).module
+    models = {"fp32, transformers": lm.module, "fp32, quantgate decoder": lm.module,
+              "int4-g128, transformers": int4, "int4-g128, quantgate decoder": int4,
+              "dynamic int8, transformers": dyn, "dynamic int8, quantgate decoder": dyn}
+    use = {k: "transformers" if k.endswith("transformers") else "quantgate" for k in models}
+    res = decode_speed(models, lm.tokenizer, "The BBC reported today that the government", (1, 8), steps, rounds=3,
+                       use=use)
+    ref = res["fp32, transformers"]["batch_sizes"]
     rows = []
     for name, r in res.items():
         for bs, s in r["batch_sizes"].items():
             rows.append({"model": name, "batch": int(bs), "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"],
                          "tokens_per_s": s["tokens_per_s"], "ttft_ms": s["ttft_ms"],
-                         "x_fp32": s["tokens_per_s"] / res["fp32"]["batch_sizes"][bs]["tokens_per_s"]})
+                         "x_fp32": s["tokens_per_s"] / ref[bs]["tokens_per_s"]})
     return rows
 
 
@@ -157,6 +167,7 @@ def main() -> int:
     ap.add_argument("--reference-venv", default=str(ROOT / ".venv-reference"))
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--skip-decode", action="store_true")
+    ap.add_argument("--decode-only", action="store_true", help="only the decode-speed comparison")
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--job", help=argparse.SUPPRESS)
     ap.add_argument("--bits-one", type=int, help=argparse.SUPPRESS)
@@ -169,6 +180,9 @@ def main() -> int:
 
     torch.manual_seed(0)
     lm = load_causal_lm()
+    if a.decode_only:
+        _print_decode(decode_bench(lm))
+        return 0
     sp = bbc_splits()
     tmp = Path(tempfile.mkdtemp(prefix="gptq-bench-"))
     cal = calibration_windows(lm.tokenizer, sp["train"].texts, a.samples, a.seq_len)
@@ -216,12 +230,17 @@ def main() -> int:
             results.append(row)
             _print_row(row)
     decode = [] if a.skip_decode else decode_bench(lm)
-    for d in decode:
-        print(f"decode {d['model']:26s} batch {d['batch']}: {d['tokens_per_s']:7.1f} tokens/s ({d['x_fp32']:.2f}x fp32), "
-              f"p50 {d['p50_ms']:.1f} ms/token, p99 {d['p99_ms']:.1f}, TTFT {d['ttft_ms']:.0f} ms")
+    _print_decode(decode)
     if a.json:
         Path(a.json).write_text(json.dumps({"results": results, "decode": decode}, indent=2))
     return 0
+
+
+def _print_decode(decode: list[dict]) -> None:
+    for d in decode:
+        print(f"decode {d['model']:32s} batch {d['batch']}: {d['tokens_per_s']:7.1f} tokens/s "
+              f"({d['x_fp32']:.2f}x fp32 in transformers), "
+              f"p50 {d['p50_ms']:.1f} ms/token, p99 {d['p99_ms']:.1f}, TTFT {d['ttft_ms']:.0f} ms")
 
 
 def _print_row(row: dict) -> None:

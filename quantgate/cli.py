@@ -322,13 +322,12 @@ def cmd_lm(a) -> int:
         from .artifact import load_lm
         from .methods.weight_only import kernel_calls
         lm = load_lm(a.model) if a.model and (Path(a.model) / "manifest.json").is_file() else load_causal_lm(a.model)
-        ids = lm.tokenizer(a.prompt, return_tensors="pt")["input_ids"]
-        out = lm.module.generate(input_ids=ids, attention_mask=ids.new_ones(ids.shape), max_new_tokens=a.new_tokens,
-                                 do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
-        print(lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        from .tasks.causal_lm import greedy, runtime
+        out = greedy(lm.module, lm.tokenizer, [a.prompt], a.new_tokens, a.runtime)[0]
+        print(lm.tokenizer.decode(out, skip_special_tokens=True))
         calls = kernel_calls(lm.module)
-        if calls:
-            print("kernels: " + ", ".join(f"{k} x{n}" for k, n in calls.items()), file=sys.stderr)
+        print(f"runtime: {runtime(lm.module, a.runtime)}"
+              + ("; kernels: " + ", ".join(f"{k} x{n}" for k, n in calls.items()) if calls else ""), file=sys.stderr)
         return 0
     lm = load_causal_lm(a.model)
     evaluation, cal, train = _lm_texts(a)
@@ -343,7 +342,7 @@ def cmd_lm(a) -> int:
         return 0
     from .compare import LMSettings, compare_lm
     s = LMSettings(context=a.context, max_windows=a.windows or None, n_prompts=a.prompts, new_tokens=a.new_tokens,
-                   batch_sizes=_batch_sizes(a.batch_sizes))
+                   batch_sizes=_batch_sizes(a.batch_sizes), runtime=a.runtime)
     a.fail_on_slower = False
     comp = compare_lm(lm, evaluation, recipes, cal, s, train=train, source=a.data or "BBC News test split (held out)")
     return _finish(comp, a)
@@ -457,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per prompt (default 32)")
     lm.add_argument("--batch-sizes", default="1,8", help="decode batch sizes (default 1,8)")
     lm.add_argument("--prompt", default="The BBC reported today that", help="generate: the prompt")
+    lm.add_argument("--runtime", default="auto", choices=("auto", "quantgate", "transformers"),
+                    help="decode loop for generate and the decode timings: quantgate's decoder (Llama, Mistral, Qwen2), "
+                         "transformers' generate, or auto (the first where the architecture allows)")
     lm.add_argument("--out", help="quantize: artifact directory; compare: report directory")
     lm.add_argument("--overwrite", action="store_true")
     lm.add_argument("--registry", help="quantize: also save as a new version in this registry folder")

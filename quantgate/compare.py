@@ -246,6 +246,7 @@ class LMSettings:
     batch_sizes: tuple[int, ...] = (1, 8)
     decode_steps: int = 32
     decode_rounds: int = 3
+    runtime: str = "auto"          # decode loop: auto (quantgate's decoder where it runs), quantgate, transformers
     n_boot: int = 2000
     seed: int = 0
     verbose: bool = True
@@ -255,6 +256,8 @@ class LMSettings:
         require(self.batch_sizes and all(isinstance(b, int) and b > 0 for b in self.batch_sizes),
                 f"batch sizes must be positive integers, got {self.batch_sizes}")
         require(isinstance(self.context, int) and self.context >= 16, f"context must be an integer >= 16, got {self.context!r}")
+        require(self.runtime in ("auto", "quantgate", "transformers"),
+                f"runtime must be one of auto, quantgate, transformers, got {self.runtime!r}")
 
 
 def compare_lm(lm, eval_texts: list[str], recipes: list[Recipe], calibration: Dataset | None = None,
@@ -292,13 +295,13 @@ def compare_lm(lm, eval_texts: list[str], recipes: list[Recipe], calibration: Da
     gens, mems = {}, {}
     for name, m in modules.items():
         with perf.RssSampler() as mem:
-            gens[name] = T.greedy(m, tok, prompts, s.new_tokens)
+            gens[name] = T.greedy(m, tok, prompts, s.new_tokens, s.runtime)
         mems[name] = mem.summary()
     if s.verbose:
         print(f"measuring decode speed at batch sizes {', '.join(map(str, s.batch_sizes))}, all models interleaved ...",
               file=sys.stderr)
     speed = T.decode_speed(modules, tok, prompts[0] if prompts else eval_texts[0][:200], s.batch_sizes,
-                           s.decode_steps, s.decode_rounds)
+                           s.decode_steps, s.decode_rounds, s.runtime)
     base_nll = scores["fp32"].nll
     h = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16]
     comp = Comparison(

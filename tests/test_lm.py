@@ -270,3 +270,43 @@ def test_lm_cli_compare_writes_the_report(tmp_path, capsys, lm):
     d = json.loads((tmp_path / "r" / "comparison.json").read_text())
     assert d["model"]["task"] == "causal-lm" and d["data"]["source"].startswith("BBC News test split")
     assert (tmp_path / "r" / "report.html").read_text().count("<svg") >= 2
+
+
+def test_decoder_runs_the_same_model_as_transformers(lm):
+    """quantgate's decode loop (preallocated cache, fused q|k|v and gate|up
+    kernel calls) is the same model: fp32 greedy tokens equal transformers';
+    int4 logits differ from transformers' cached steps no more than
+    transformers' own cached and uncached paths differ from each other (bf16
+    activations into the kernel; a greedy path may branch where two tokens tie
+    that closely, as it does between transformers' two paths)."""
+    from quantgate.decoder import Decoder
+    from quantgate.methods.weight_only import INT4_KERNEL
+    from quantgate.quantize import quantize
+    from quantgate.tasks.causal_lm import greedy, runtime
+    tok = lm.tokenizer
+    prompts = ["The BBC reported today that the government", "Shares in the company rose"]
+    assert greedy(lm.module, tok, prompts, 10, "quantgate") == greedy(lm.module, tok, prompts, 10, "transformers")
+    q = quantize(lm, WeightOnly(bits=4, group_size=64)).module
+    ids = tok(prompts[1], return_tensors="pt")["input_ids"]
+    cont = torch.tensor([greedy(q, tok, prompts[1:], 8, "transformers")[0]])
+    attn = q.model.layers[0].self_attn
+    for m in (attn.q_proj, attn.k_proj, attn.v_proj):
+        m.calls.clear()
+    dec = Decoder(q)
+    ours = [dec.prefill(ids, 20)] + [dec.step(cont[:, i:i + 1]) for i in range(7)]
+    # the prefill (5 rows) and each step made one fused call, counted on each projection
+    assert [m.calls[INT4_KERNEL] for m in (attn.q_proj, attn.k_proj, attn.v_proj)] == [8, 8, 8]
+    with torch.inference_mode():
+        out = q(input_ids=ids, use_cache=True)
+        theirs = [out.logits[:, -1]]
+        for i in range(7):
+            out = q(input_ids=cont[:, i:i + 1], past_key_values=out.past_key_values, use_cache=True)
+            theirs.append(out.logits[:, -1])
+        full = q(input_ids=torch.cat([ids, cont[:, :7]], 1)).logits[:, ids.shape[1] - 1:]
+    ours_vs_cached = max(float((a - b).abs().max()) for a, b in zip(ours, theirs))
+    # transformers' own uncached and cached paths differ by this much (bf16 activations into the int4 kernel)
+    full_vs_cached = max(float((full[:, i] - b).abs().max()) for i, b in enumerate(theirs))
+    assert ours_vs_cached < 0.5 and ours_vs_cached < 2 * full_vs_cached, (ours_vs_cached, full_vs_cached)
+    assert runtime(torch.nn.Linear(2, 2)) == "transformers generate"
+    with pytest.raises(QuantgateError, match="the quantgate decoder cannot run this model: model type None is not one of"):
+        runtime(torch.nn.Linear(2, 2), "quantgate")

@@ -163,17 +163,8 @@ class WeightOnlyLinear(torch.nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         if self.packed_kernel and x2.shape[0] <= PACKED_MAX_ROWS:
-            w, s = self._packed_args()
-            xb = x2.to(torch.bfloat16)
-            if self.bits == 8:
-                y = torch.ops.aten._weight_int8pack_mm(xb.contiguous(), w, s)
-            else:
-                k_pad = self.n_groups * self.group_size
-                if k_pad != self.in_features:
-                    xb = torch.nn.functional.pad(xb, (0, k_pad - self.in_features))
-                y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb.contiguous(), w, self.group_size, s)
+            y = packed_matmul(x2, self.packed_kernel, *self._packed_args(), self.group_size, self.in_features)
             self.calls[self.packed_kernel] += 1
-            y = y.float()
         else:
             y = torch.nn.functional.linear(x2.float(), self.dequantized_weight())
             self.calls[DEQUANT] += 1
@@ -184,6 +175,19 @@ class WeightOnlyLinear(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_features}->{self.out_features}, int{self.bits}, group={self.group_size}, "
                 f"{'symmetric' if self.symmetric else 'asymmetric'}, kernel={self.kernel}")
+
+
+def packed_matmul(x2: torch.Tensor, kernel: str, w: torch.Tensor, s: torch.Tensor, group_size: int | None,
+                  in_features: int) -> torch.Tensor:
+    """[rows, K] float activations times a packed weight (`_packed_args` layout,
+    or several of them concatenated along N): bf16 in, fp32 out."""
+    xb = x2.to(torch.bfloat16)
+    if kernel == INT8_KERNEL:
+        return torch.ops.aten._weight_int8pack_mm(xb.contiguous(), w, s).float()
+    k_pad = s.shape[0] * group_size
+    if k_pad != in_features:                  # a shorter last group: the kernel sees zero-padded widths
+        xb = torch.nn.functional.pad(xb, (0, k_pad - in_features))
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(xb.contiguous(), w, group_size, s).float()
 
 
 def kernel_calls(module: torch.nn.Module) -> dict[str, int]:

@@ -211,7 +211,7 @@ def render_lm(d: dict) -> str:
                  f"<td>{c['weight_bytes'] / 2**20:.1f}</td><td>{c['perf']['peak_rss_mb']:.0f}</td>"
                  f"<td>{c['quantize_seconds']:.1f}</td></tr>")
     h.append("</tbody></table></div><p class=muted>Perplexity interval: paired bootstrap over windows. Decode: per "
-             "token with a KV cache after a prompt of "
+             f"token with a KV cache ({escape(base['perf'].get('runtime', 'transformers generate'))}) after a prompt of "
              f"{base['perf']['batch_sizes'][bss[0]]['prompt_tokens']} tokens; tokens/s = batch / median latency; "
              "TTFT: prefill and first token (median). Peak RSS: the process while the model generated.</p>")
     if cands:

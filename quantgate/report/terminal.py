@@ -43,7 +43,8 @@ def lm_table(d: dict) -> str:
                     + [f"{cp[b]['p50_ms']:.1f}/{cp[b]['p99_ms']:.1f}" for b in bss]
                     + [f"{cp[b]['tokens_per_s']:.1f} ({cp[b]['tokens_per_s'] / bp[b]['tokens_per_s']:.2f}x)" for b in bss]
                     + [_mb(c["weight_bytes"]), f"{c['quantize_seconds']:.1f}"])
-    out = [f"perplexity on {data['n']} windows of {data['context']} tokens; decode with a KV cache"] + _grid(head, rows)
+    out = [f"perplexity on {data['n']} windows of {data['context']} tokens; decode with a KV cache, "
+           f"runtime: {base['perf'].get('runtime', 'transformers generate')}"] + _grid(head, rows)
     return "\n".join(out + _warnings(d))
 
 

@@ -8,7 +8,9 @@ measures on them.
 - a greedy generation diff over prompts: which prompts changed, the first
   differing token, both outputs
 - decode latency per token (p50/p95/p99) and tokens/s at each batch size, and
-  time to first token, with a KV cache, all models interleaved
+  time to first token, with a KV cache, all models interleaved; generation and
+  decode run quantgate's decoder (decoder.py) where the architecture allows,
+  else transformers' generate, and say which
 """
 
 from __future__ import annotations
@@ -122,11 +124,29 @@ def prompts_from(texts: list[str], n: int, words: int = 24) -> list[str]:
 
 
 @torch.inference_mode()
-def greedy(module, tokenizer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+def runtime(module, requested: str = "auto") -> str:
+    """Which decode loop runs this model: quantgate's decoder where the
+    architecture allows ("auto"), else transformers' own."""
+    from ..decoder import HF_RUNTIME, RUNTIME, unsupported
+    require(requested in ("auto", "quantgate", "transformers"),
+            f"runtime must be one of auto, quantgate, transformers, got {requested!r}")
+    if requested == "transformers":
+        return HF_RUNTIME
+    why = unsupported(module)
+    require(not (why and requested == "quantgate"), f"the quantgate decoder cannot run this model: {why}")
+    return HF_RUNTIME if why else RUNTIME
+
+
+def greedy(module, tokenizer, prompts: list[str], max_new_tokens: int, use: str = "auto") -> list[list[int]]:
     """Greedy continuations (new token ids), one prompt at a time: no padding to differ by."""
+    from ..decoder import RUNTIME, Decoder, eos_ids
+    dec = Decoder(module) if runtime(module, use) == RUNTIME else None
     outs = []
     for p in prompts:
         ids = tokenizer(p, return_tensors="pt")["input_ids"]
+        if dec is not None:
+            outs.append(dec.generate(ids, max_new_tokens, eos_ids(module))[0].tolist())
+            continue
         gen = module.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                               do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
         outs.append(gen[0, ids.shape[1]:].tolist())
@@ -149,8 +169,19 @@ def generation_diff(tokenizer, prompts: list[str], base: list[list[int]], cand: 
 # -- decode speed -------------------------------------------------------------
 
 @torch.inference_mode()
-def _decode(module, ids: torch.Tensor, steps: int) -> tuple[float, list[float]]:
+def _decode(module, ids: torch.Tensor, steps: int, use: str = "auto") -> tuple[float, list[float]]:
     """Time to first token (prefill + its sampling) and per-token decode latencies, ms."""
+    from ..decoder import RUNTIME, Decoder
+    if runtime(module, use) == RUNTIME:
+        dec = Decoder(module)
+        t0 = time.perf_counter()
+        nxt = dec.prefill(ids, ids.shape[1] + steps + 1).argmax(-1, keepdim=True)
+        ttft, lat = (time.perf_counter() - t0) * 1e3, []
+        for _ in range(steps):
+            t = time.perf_counter()
+            nxt = dec.step(nxt).argmax(-1, keepdim=True)
+            lat.append((time.perf_counter() - t) * 1e3)
+        return ttft, lat
     t0 = time.perf_counter()
     out = module(input_ids=ids, use_cache=True)
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)
@@ -166,22 +197,24 @@ def _decode(module, ids: torch.Tensor, steps: int) -> tuple[float, list[float]]:
 
 
 def decode_speed(modules: dict[str, torch.nn.Module], tokenizer, prompt: str, batch_sizes=(1, 8),
-                 steps: int = 32, rounds: int = 3) -> dict[str, dict]:
+                 steps: int = 32, rounds: int = 3, use: str | dict[str, str] = "auto") -> dict[str, dict]:
     """Per model and batch size: decode latency per token p50/p95/p99, tokens/s
     (batch / median latency), and time to first token (median), measured
-    round-robin so load from elsewhere hits every model alike."""
+    round-robin so load from elsewhere hits every model alike. `use` picks the
+    decode loop (one for all, or per model name); each result says which ran."""
     from ..evaluate.perf import percentiles
+    uses = use if isinstance(use, dict) else {k: use for k in modules}
     ids1 = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    out = {k: {"batch_sizes": {}} for k in modules}
+    out = {k: {"batch_sizes": {}, "runtime": runtime(m, uses.get(k, "auto"))} for k, m in modules.items()}
     for bs in batch_sizes:
         ids = ids1.expand(bs, -1).contiguous()
-        for m in modules.values():
-            _decode(m, ids, 2)                                   # warm-up
+        for k, m in modules.items():
+            _decode(m, ids, 2, uses.get(k, "auto"))               # warm-up
         lat = {k: [] for k in modules}
         ttft = {k: [] for k in modules}
         for _ in range(rounds):
             for k, m in modules.items():
-                t, per = _decode(m, ids, steps)
+                t, per = _decode(m, ids, steps, uses.get(k, "auto"))
                 ttft[k].append(t)
                 lat[k].extend(per)
         for k in modules:
