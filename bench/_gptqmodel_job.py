@@ -25,7 +25,10 @@ def main():
     model.quantize(data, batch_size=1)
     seconds = time.perf_counter() - t0
     model.save(out)
-    print(json.dumps({"seconds": seconds, "quantize_config": {k: str(v) for k, v in qc.to_dict().items()}}))
+    print(json.dumps({"seconds": seconds, "quantize_config": {k: str(v) for k, v in qc.to_dict().items()}}), flush=True)
+    # GPTQModel's worker threads kept the process busy after the checkpoint was written
+    # (seen here); the result is on disk and printed: leave at once.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -91,9 +91,16 @@ class Comparison:
 
 
 def environment() -> dict:
+    import importlib.metadata as md
     import transformers
-    import torchao
-    return {"torch": torch.__version__, "torchao": torchao.__version__, "transformers": transformers.__version__,
+
+    def version(name):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+    return {"torch": torch.__version__, "torchao": version("torchao"), "peft": version("peft"),
+            "transformers": transformers.__version__,
             "python": platform.python_version(), "machine": platform.machine(), "processor": _cpu_name(),
             "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
 

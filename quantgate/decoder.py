@@ -10,7 +10,9 @@ runs the same modules, numerically the same way, with:
 - the projections that read the same input (q|k|v and gate|up) fused into one
   packed kernel call when they share a packed weight-only format (one call
   instead of three or two; the kernels compute each output column alone, so
-  the result is the same as separate calls);
+  the result is the same as separate calls), and their bf16 outputs used as
+  they are (widening bf16 to fp32 is exact, so the arithmetic is unchanged);
+- rotary embedding applied to the query and key heads together;
 - rotary tables computed once by the model's own rotary module;
 - `F.rms_norm`, and attention as two small matmuls for one query (the
   flash-attention kernel's set-up costs more than the work at decode sizes).
@@ -50,35 +52,39 @@ def unsupported(module) -> str | None:
 
 
 class _Projections:
-    """Projections of one input: one packed kernel call where all share a
-    packed format, else one call per module."""
+    """Projections of one input, concatenated along the output features: one
+    packed kernel call where all share a packed format (its bf16 output is
+    used as is: widening it to fp32, in an add or a product with an fp32
+    tensor, is exact), else one call per module."""
 
     def __init__(self, mods: list[torch.nn.Module]):
         self.mods = mods
-        self.sizes = [m.out_features for m in mods]
         self.kernel = None
-        kinds = {(m.packed_kernel, m.group_size, m.in_features) if isinstance(m, WeightOnlyLinear) else None
-                 for m in mods}
+        kinds = {(m.packed_kernel, m.group_size, m.in_features)
+                 if isinstance(m, WeightOnlyLinear) and m.qweight.device.type == "cpu" else None for m in mods}
         kind = kinds.pop() if len(kinds) == 1 else None
-        if kind and kind[0] in (INT4_KERNEL, INT8_KERNEL) and len(mods) > 1:
+        if kind and kind[0] in (INT4_KERNEL, INT8_KERNEL):
             self.kernel, self.group_size, self.in_features = kind
             ws, ss = zip(*(m._packed_args() for m in mods))
-            self.w = torch.cat(ws)
-            self.s = torch.cat(ss, dim=1 if self.kernel == INT4_KERNEL else 0)
+            self.w = torch.cat(ws) if len(ws) > 1 else ws[0]
+            self.s = torch.cat(ss, dim=1 if self.kernel == INT4_KERNEL else 0) if len(ss) > 1 else ss[0]
             biases = [m.bias for m in mods]
             self.bias = None if all(b is None for b in biases) else torch.cat(
-                [b if b is not None else torch.zeros(n) for b, n in zip(biases, self.sizes)])
+                [b if b is not None else torch.zeros(m.out_features, device=m.qweight.device)
+                 for b, m in zip(biases, mods)])
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        if self.kernel and b * t <= PACKED_MAX_ROWS:
+        if self.kernel and b * t <= PACKED_MAX_ROWS and x.device.type == "cpu":
             y = packed_matmul(x.reshape(b * t, -1), self.kernel, self.w, self.s, self.group_size, self.in_features)
             if self.bias is not None:
                 y = y + self.bias
             for m in self.mods:
                 m.calls[self.kernel] += 1
-            return list(y.view(b, t, -1).split(self.sizes, dim=-1))
-        return [m(x) for m in self.mods]
+            return y.view(b, t, -1)
+        if len(self.mods) == 1:
+            return self.mods[0](x)
+        return torch.cat([m(x) for m in self.mods], dim=-1)
 
 
 class _Block:
@@ -87,9 +93,10 @@ class _Block:
         self.ln1, self.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
         self.ln2, self.eps2 = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
         self.qkv = _Projections([a.q_proj, a.k_proj, a.v_proj])
-        self.o = a.o_proj
+        self.o = _Projections([a.o_proj])
         self.gate_up = _Projections([mlp.gate_proj, mlp.up_proj])
-        self.down = mlp.down_proj
+        self.inter = mlp.gate_proj.out_features
+        self.down = _Projections([mlp.down_proj])
         self.scale = a.scaling
 
 
@@ -113,10 +120,10 @@ class Decoder:
         self.cache: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.pos = 0
 
-    def _tables(self, n: int) -> None:
-        if self.cos is None or self.cos.shape[0] < n:
-            pos = torch.arange(n)[None]
-            cos, sin = self.rotary(torch.zeros(1, dtype=torch.float32), pos)
+    def _tables(self, n: int, device: torch.device) -> None:
+        if self.cos is None or self.cos.shape[0] < n or self.cos.device != device:
+            pos = torch.arange(n, device=device)[None]
+            cos, sin = self.rotary(torch.zeros(1, dtype=torch.float32, device=device), pos)
             self.cos, self.sin = cos[0].float(), sin[0].float()
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -130,14 +137,16 @@ class Decoder:
         cos, sin = self.cos[p0:p1], self.sin[p0:p1]
         x = self.embed(ids).float()
         d = x.shape[-1]
+        nh, nkv, hd = self.heads, self.kv_heads, self.head_dim
         for blk, (kc, vc) in zip(self.blocks, self.cache):
             h = F.rms_norm(x, (d,), blk.ln1, blk.eps1)
-            q, k, v = blk.qkv(h)
-            q = self._rope(q.view(b, t, self.heads, self.head_dim).transpose(1, 2), cos, sin)
-            kc[:, :, p0:p1] = self._rope(k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
-            vc[:, :, p0:p1] = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            y = blk.qkv(h)                                       # [b, t, (nh + 2 nkv) hd]: q | k | v
+            qk = self._rope(y[..., :(nh + nkv) * hd].view(b, t, nh + nkv, hd).transpose(1, 2), cos, sin)
+            q = qk[:, :nh]
+            kc[:, :, p0:p1] = qk[:, nh:]
+            vc[:, :, p0:p1] = y[..., (nh + nkv) * hd:].view(b, t, nkv, hd).transpose(1, 2)
             if t == 1:      # one query: three small ops beat the flash-attention kernel's set-up
-                qg = q.view(b, self.kv_heads, -1, self.head_dim)          # query heads grouped by kv head
+                qg = q.reshape(b, nkv, -1, hd)                            # query heads grouped by kv head
                 w = torch.softmax((qg @ kc[:, :, :p1].transpose(2, 3)) * blk.scale, dim=-1)
                 att = (w @ vc[:, :, :p1]).view(b, t, -1)
             else:
@@ -145,20 +154,22 @@ class Decoder:
                                                      enable_gqa=True).transpose(1, 2).reshape(b, t, -1)
             x = x + blk.o(att)
             h = F.rms_norm(x, (d,), blk.ln2, blk.eps2)
-            g, u = blk.gate_up(h)
-            x = x + blk.down(F.silu(g) * u)
+            gu = blk.gate_up(h)
+            x = x + blk.down(F.silu(gu[..., :blk.inter].float()) * gu[..., blk.inter:])
         self.pos = p1
         return self.head(F.rms_norm(x[:, -1], (d,), self.norm, self.norm_eps)).float()
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, max_len: int) -> torch.Tensor:
         """Start a generation of up to `max_len` tokens in all: logits after the prompt."""
+        ids = ids.to(self.embed.weight.device)
         b = ids.shape[0]
         if ids.shape[1] > max_len:
             raise ValueError(f"the prompt has {ids.shape[1]} tokens, more than max_len={max_len}")
-        self._tables(max_len)
+        self._tables(max_len, ids.device)
         shape = (b, self.kv_heads, max_len, self.head_dim)
-        self.cache = [(torch.zeros(shape), torch.zeros(shape)) for _ in self.blocks]
+        self.cache = [(torch.zeros(shape, device=ids.device), torch.zeros(shape, device=ids.device))
+                      for _ in self.blocks]
         self.pos = 0
         return self._forward(ids)
 
@@ -167,7 +178,7 @@ class Decoder:
         """Logits after one more token per sequence ([batch, 1])."""
         if self.pos >= self.cache[0][0].shape[2]:
             raise ValueError(f"the cache holds {self.pos} tokens, its max_len: start again with a larger one")
-        return self._forward(tokens)
+        return self._forward(tokens.to(self.embed.weight.device))
 
     @torch.inference_mode()
     def generate(self, ids: torch.Tensor, max_new_tokens: int, eos: set[int] | None = None) -> torch.Tensor:

@@ -122,33 +122,40 @@ class Recipe:
             return QAT()
         if s == "qat-w4a8":
             return QAT(weight_bits=4)
-        if s.startswith("gptq"):   # gptq[-int<bits>][-g<N>][-noact][-asym]
+        if s.startswith("gptq"):   # gptq[-int<bits>][-g<N>][-noact][-asym][-head<b>]
             parts = s.split("-")[1:]
             kw = {"act_order": "noact" not in parts, "symmetric": "asym" not in parts}
             for p in parts:
-                if p.startswith("int"):
+                if p.startswith("head"):
+                    require(p[4:].isdigit(), f"cannot parse head bits in {spec!r}: expected e.g. gptq-int4-g128-head8")
+                    kw["head_bits"] = int(p[4:])
+                elif p.startswith("int"):
                     require(p[3:].isdigit(), f"cannot parse bits in {spec!r}: expected e.g. gptq-int4-g128")
                     kw["bits"] = int(p[3:])
                 elif p.startswith("g"):
                     require(p[1:].isdigit(), f"cannot parse group size in {spec!r}: expected e.g. gptq-int4-g128")
                     kw["group_size"] = int(p[1:])
                 elif p not in ("act", "noact", "asym"):
-                    raise QuantgateError(f"cannot parse {p!r} in {spec!r}: expected gptq[-int<bits>][-g<N>][-noact][-asym]")
+                    raise QuantgateError(f"cannot parse {p!r} in {spec!r}: "
+                                         "expected gptq[-int<bits>][-g<N>][-noact][-asym][-head<b>]")
             return GPTQ(**kw)
         if s in ("nf4", "nf4-dq"):
             return NF4()
         if s == "qlora":
             return QLoRA()
         if s.startswith("int") or s.startswith("woq-int"):
-            body = s.removeprefix("woq-").removeprefix("int")
+            body, _, head = s.removeprefix("woq-").removeprefix("int").partition("-head")
+            require(head == "" or head.isdigit(), f"cannot parse head bits in {spec!r}: expected e.g. int4-g64-head8")
             asym = body.endswith("-asym")
             bits, _, g = body.removesuffix("-asym").partition("-g")
             require(bits.isdigit(), f"cannot parse recipe {spec!r}: expected e.g. int8, int4-g64")
             require(g == "" or g.isdigit(), f"cannot parse group size in {spec!r}: expected e.g. int4-g64")
-            return WeightOnly(bits=int(bits), group_size=int(g) if g else None, symmetric=not asym)
+            return WeightOnly(bits=int(bits), group_size=int(g) if g else None, symmetric=not asym,
+                              head_bits=int(head) if head else None)
         raise QuantgateError(
             f"unknown recipe {spec!r}; use one of: dynamic, static, static-<calibrator>[-pertensor][-symact] (e.g. static-percentile), "
-            "int<bits>[-g<N>][-asym] (e.g. int4-g64), gptq[-int<bits>][-g<N>][-noact][-asym] (e.g. gptq-int3-g128), "
+            "int<bits>[-g<N>][-asym][-head<b>] (e.g. int4-g64), gptq[-int<bits>][-g<N>][-noact][-asym][-head<b>] "
+            "(e.g. gptq-int3-g128), "
             "nf4, qlora, qat, qat-w4a8, or a .yaml/.json recipe file")
 
 
@@ -244,16 +251,25 @@ class WeightOnly(Recipe):
     bits: int = 8
     group_size: int | None = None  # None: one scale per output channel
     symmetric: bool = field(default=True)
+    head_bits: int | None = None   # an output head tied to the embedding: None keeps it float; 8 or 4 stores an untied copy
 
     def __post_init__(self):
         super().__post_init__()
         _one_of("bits", self.bits, WEIGHT_ONLY_BITS)
         _check_group(self.group_size)
         require(isinstance(self.symmetric, bool), f"symmetric must be true or false, got {self.symmetric!r}")
+        _one_of("head_bits", self.head_bits, HEAD_BITS)
 
     def _name(self) -> str:
         g = f"-g{self.group_size}" if self.group_size else ""
-        return f"woq-int{self.bits}{g}{'' if self.symmetric else '-asym'}"
+        return f"woq-int{self.bits}{g}{'' if self.symmetric else '-asym'}{_head(self)}"
+
+
+HEAD_BITS = (None, 4, 8)
+
+
+def _head(r) -> str:
+    return f"-head{r.head_bits}" if r.head_bits else ""
 
 
 def _check_group(group_size) -> None:
@@ -286,11 +302,15 @@ class GPTQ(Recipe):
     block_size: int = 128          # columns updated together (lazy batch updates)
     num_samples: int = 128         # calibration windows ...
     seq_len: int = 512             # ... of this many tokens
+    device: str = "auto"           # where the work runs: auto (CUDA when present, one block at a time), cpu, cuda
+    head_bits: int | None = None   # a tied output head: None keeps it float; 8 or 4 rounds an untied copy to nearest
     seed: int = 0
 
     def __post_init__(self):
         super().__post_init__()
         _one_of("bits", self.bits, WEIGHT_ONLY_BITS)
+        _one_of("device", self.device, ("auto", "cpu", "cuda"))
+        _one_of("head_bits", self.head_bits, HEAD_BITS)
         _check_group(self.group_size)
         require(isinstance(self.symmetric, bool), f"symmetric must be true or false, got {self.symmetric!r}")
         require(isinstance(self.act_order, bool), f"act_order must be true or false, got {self.act_order!r}")
@@ -302,7 +322,7 @@ class GPTQ(Recipe):
 
     def _name(self) -> str:
         g = f"-g{self.group_size}" if self.group_size else ""
-        return f"gptq-int{self.bits}{g}{'' if self.act_order else '-noact'}{'' if self.symmetric else '-asym'}"
+        return f"gptq-int{self.bits}{g}{'' if self.act_order else '-noact'}{'' if self.symmetric else '-asym'}{_head(self)}"
 
 
 @dataclass(frozen=True)

@@ -37,14 +37,15 @@ def nf4_quantize(w: torch.Tensor, block_size: int = 64) -> tuple[torch.Tensor, t
     b = _blocks(w, block_size)
     absmax = b.abs().amax(dim=-1).clamp(min=torch.finfo(torch.float32).tiny)
     x = b / absmax[..., None]
-    mids = (NF4_VALUES[1:] + NF4_VALUES[:-1]) / 2     # nearest value by its midpoints
+    v = NF4_VALUES.to(w.device)
+    mids = (v[1:] + v[:-1]) / 2                     # nearest value by its midpoints
     codes = torch.bucketize(x, mids).to(torch.uint8)
     return codes.view(w.shape[0], -1)[:, : w.shape[1]], absmax
 
 
 def nf4_dequantize(codes: torch.Tensor, absmax: torch.Tensor, block_size: int, k: int) -> torch.Tensor:
     n = codes.shape[0]
-    vals = NF4_VALUES[codes.long()]
+    vals = NF4_VALUES.to(codes.device)[codes.long()]
     b = _blocks(vals, block_size)
     return (b * absmax[..., None]).view(n, -1)[:, :k]
 

@@ -35,10 +35,10 @@ def pack_bits(u: torch.Tensor, bits: int) -> torch.Tensor:
     k = u.shape[-1]
     pad = math.ceil(k / n) * n - k
     v = torch.nn.functional.pad(u.to(torch.int64), (0, pad)).reshape(*u.shape[:-1], -1, n)
-    shifts = torch.arange(n, dtype=torch.int64) * bits
+    shifts = torch.arange(n, dtype=torch.int64, device=u.device) * bits
     word = (v << shifts).sum(dim=-1)                                        # n * bits <= 24 bits
     nbytes = n * bits // 8
-    out = (word[..., None] >> (torch.arange(nbytes, dtype=torch.int64) * 8)) & 0xFF
+    out = (word[..., None] >> (torch.arange(nbytes, dtype=torch.int64, device=u.device) * 8)) & 0xFF
     return out.reshape(*u.shape[:-1], -1).to(torch.uint8).contiguous()
 
 
@@ -52,8 +52,8 @@ def unpack_bits(p: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     n = _per_chunk(bits)
     nbytes = n * bits // 8
     b = p.to(torch.int32).reshape(*p.shape[:-1], -1, nbytes)
-    word = (b << (torch.arange(nbytes, dtype=torch.int32) * 8)).sum(dim=-1)
-    v = (word[..., None] >> (torch.arange(n, dtype=torch.int32) * bits)) & (2**bits - 1)
+    word = (b << (torch.arange(nbytes, dtype=torch.int32, device=p.device) * 8)).sum(dim=-1)
+    v = (word[..., None] >> (torch.arange(n, dtype=torch.int32, device=p.device) * bits)) & (2**bits - 1)
     return v.reshape(*p.shape[:-1], -1)[..., :k].to(torch.uint8)
 
 

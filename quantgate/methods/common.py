@@ -35,6 +35,16 @@ class Quantized:
         return self.recipe.name
 
 
+def compute_device(requested: str, what: str) -> str:
+    """Where a method computes: auto (CUDA when present), cpu or cuda."""
+    from ..errors import require
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    require(requested == "cpu" or torch.cuda.is_available(),
+            f"{what} device 'cuda' was asked for but no CUDA GPU is visible; use device: cpu (or auto)")
+    return requested
+
+
 def select_linears(module: torch.nn.Module, recipe: Recipe) -> tuple[dict[str, torch.nn.Linear], dict[str, str]]:
     """Linear layers to quantize, and the ones kept in float with the reason."""
     targets, kept = {}, {}

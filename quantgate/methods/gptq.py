@@ -37,8 +37,8 @@ from ..errors import QuantgateError, require
 from ..formats.affine import QParams, choose_qparams
 from ..progress import progress
 from ..recipes import GPTQ
-from .common import Quantized, select_linears
-from .weight_only import WeightOnlyLinear, finish, fp16_scales, set_module
+from .common import Quantized, compute_device, select_linears
+from .weight_only import WeightOnlyLinear, finish, fp16_scales, quantize_head, set_module
 
 
 def _group_qparams(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,8 +60,9 @@ def gptq_weight(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | N
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     w[:, dead] = 0
-    scales = torch.zeros(n, n_groups)
-    zeros = torch.zeros(n, n_groups)
+    dev = w.device
+    scales = torch.zeros(n, n_groups, device=dev)
+    zeros = torch.zeros(n, n_groups, device=dev)
     d = torch.diag(h)
     groups = list(range(n_groups))
     if act_order and group_size:
@@ -73,19 +74,19 @@ def gptq_weight(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | N
     elif act_order:
         perm = torch.argsort(d, descending=True)
     else:
-        perm = torch.arange(k)
+        perm = torch.arange(k, device=dev)
     starts, pos = {}, 0        # position in the processing order -> (group, its width)
     for j in groups:
         starts[pos] = (j, min(g, k - j * g))
         pos += starts[pos][1]
     w, h = w[:, perm], h[perm][:, perm]
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(k)
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(k, device=dev)
     try:
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     except torch.linalg.LinAlgError:
         raise QuantgateError(f"GPTQ: the Hessian of a {n}x{k} layer is not positive definite even with damp={damp}; "
                              "raise damp (e.g. 0.1) or give more calibration data") from None
-    q = torch.zeros(n, k, dtype=torch.int32)
+    q = torch.zeros(n, k, dtype=torch.int32, device=dev)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)      # the column loop is many small ops: threads cost more than they give (4x here)
     try:
@@ -125,6 +126,8 @@ def hessian(x: torch.Tensor) -> torch.Tensor:
     """2 X^T X / n for inputs x [..., K]. BLAS's symmetric rank-k update computes
     half the product: 1.2-1.7x faster than a full matmul here (measured)."""
     x2 = x.reshape(-1, x.shape[-1]).float().contiguous()
+    if x2.device.type != "cpu":
+        return (x2.T @ x2) * (2.0 / x2.shape[0])
     try:
         from scipy.linalg import blas
         upper = torch.from_numpy(blas.ssyrk(2.0 / x2.shape[0], x2.numpy().T, trans=0))
@@ -181,6 +184,27 @@ def check_memory(model_module: torch.nn.Module, windows: torch.Tensor, available
     return est
 
 
+def check_gpu_memory(model_module: torch.nn.Module, windows: torch.Tensor) -> None:
+    """On a GPU only the hidden states, one block's work and one block live there."""
+    parts = {k: v for k, v in estimate_peak_bytes(model_module, windows)["parts"].items() if not k.startswith("model")}
+    need = sum(parts.values()) + 2 * max(sum(p.numel() for p in b.parameters()) for b in decoder_blocks(model_module)[1]) * 4
+    free = torch.cuda.mem_get_info()[0]
+    gb = lambda b: f"{b / 2**30:.2f} GB"
+    require(need <= free, f"GPTQ on the GPU would need about {gb(need)} of GPU memory but {gb(free)} is free; "
+                          f"lower num_samples ({windows.shape[0]}) or seq_len ({windows.shape[1]}), or use device: cpu")
+
+
+def _to(x, dev):
+    """Tensors in nested tuples, lists and dicts, moved to `dev`."""
+    if isinstance(x, torch.Tensor):
+        return x.to(dev)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to(v, dev) for v in x)
+    if isinstance(x, dict):
+        return {k: _to(v, dev) for k, v in x.items()}
+    return x
+
+
 class _Capture(Exception):
     pass
 
@@ -218,7 +242,11 @@ def apply(model, recipe: GPTQ, calibration=None) -> Quantized:
     t0 = time.perf_counter()
     args, kwargs = _block_inputs(qm, blocks, windows)
     hidden = args[0] if args else kwargs.pop("hidden_states")
-    args = args[1:]
+    # on a GPU: the hidden states and one block at a time live there; the model stays on the CPU
+    dev = torch.device(compute_device(recipe.device, "GPTQ"))
+    if dev.type == "cuda":
+        check_gpu_memory(src, windows)
+    hidden, args, kwargs = _to(hidden, dev), _to(args[1:], dev), _to(kwargs, dev)
     new_layers, errors = [], {}
     with progress(total=len(blocks), desc=f"GPTQ {recipe.name}", enabled=getattr(model, "verbose", True)) as bar:
         for bi, block in enumerate(blocks):
@@ -232,9 +260,11 @@ def apply(model, recipe: GPTQ, calibration=None) -> Quantized:
                     _h["x"], _h["h"] = x, hessian(x)
                 q, qp = gptq_weight(lin.weight, _h["h"], recipe.bits, recipe.group_size, recipe.symmetric,
                                     recipe.act_order, recipe.damp, recipe.block_size)
-                new = WeightOnlyLinear(lin, recipe.bits, recipe.group_size, recipe.symmetric, qp=qp, codes=q)
+                qp.scale, qp.zero_point = qp.scale.cpu(), qp.zero_point.cpu()
+                new = WeightOnlyLinear(lin, recipe.bits, recipe.group_size, recipe.symmetric, qp=qp,
+                                       codes=q.cpu()).to("cpu")
                 with torch.no_grad():
-                    dq = new.dequantized_weight()
+                    dq = new.dequantized_weight().to(lin.weight.device)
                     x2 = x.reshape(-1, x.shape[-1]).float()[:4096]
                     errors[_names[id(lin)]] = float(((x2 @ (lin.weight.T - dq.T)).norm() / (x2 @ lin.weight.T).norm()))
                     lin.weight.copy_(dq)            # the rest of this block runs on the quantized weight
@@ -243,12 +273,14 @@ def apply(model, recipe: GPTQ, calibration=None) -> Quantized:
             for m in block.modules():
                 if id(m) in names:
                     hooks.append(m.register_forward_pre_hook(pre_hook))
+            block.to(dev)
             try:
                 with torch.inference_mode():
                     out = block(hidden, *args, **kwargs)
             finally:
                 for hk in hooks:
                     hk.remove()
+                block.to("cpu")
             hidden = out[0] if isinstance(out, (tuple, list)) else out
             hessians.clear()
             bar.update(1, block=bi)
@@ -261,6 +293,7 @@ def apply(model, recipe: GPTQ, calibration=None) -> Quantized:
         set_module(qm, name, new)
         layers.append(new)
     missing = sorted(set(targets) - {n for n, _ in new_layers} - set(outside))
+    quantize_head(qm, recipe, targets, kept, layers)
     require(not missing, f"GPTQ: layer(s) {missing[:5]} were never called on the calibration data; "
                          "exclude them in the recipe")
     from ..calibration import tokenizer_identity

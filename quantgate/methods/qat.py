@@ -24,7 +24,7 @@ from ..models import label_ids
 from ..progress import progress
 from ..recipes import QAT
 from . import pt2e
-from .common import Quantized, float_operators, select_linears
+from .common import Quantized, compute_device, float_operators, select_linears
 
 
 def ptq_same_config(model, recipe: QAT, calibration: Dataset, skip: list[str]) -> "pt2e.Compiled":
@@ -40,11 +40,7 @@ def ptq_same_config(model, recipe: QAT, calibration: Dataset, skip: list[str]) -
 
 
 def train_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    require(requested == "cpu" or torch.cuda.is_available(),
-            "QAT device 'cuda' was asked for but no CUDA GPU is visible; use device: cpu (or auto)")
-    return requested
+    return compute_device(requested, "QAT")
 
 
 def transfer(trained: torch.fx.GraphModule, target: torch.fx.GraphModule) -> None:

@@ -17,8 +17,8 @@ activations (measured in bench/classify_speed.py and bench/gptq_vs_reference.py)
   fewer (3- and 2-bit codes are valid 4-bit codes; the kernel's per-group zero
   absorbs the zero point) with a group size of 32/64/128/256; a width the
   group does not divide is zero-padded for the kernel (576 = 4.5 x 128)
-- more rows (a prefill, an encoder's batch x sequence): dequantize, then an
-  fp32 matmul
+- more rows (a prefill, an encoder's batch x sequence), or a model moved to a
+  GPU (these kernels are CPU kernels): dequantize, then an fp32 matmul
 
 Each layer counts the calls that took each path, so a report says what ran.
 """
@@ -120,7 +120,7 @@ class WeightOnlyLinear(torch.nn.Module):
     def zeros(self) -> torch.Tensor:
         """Unsigned zero points, [N, groups]."""
         if self.symmetric:
-            return torch.full(self.scales.shape, 2 ** (self.bits - 1), dtype=torch.uint8)
+            return torch.full(self.scales.shape, 2 ** (self.bits - 1), dtype=torch.uint8, device=self.scales.device)
         return unpack_bits(self.zero_points, self.bits, self.n_groups)
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -162,8 +162,8 @@ class WeightOnlyLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        if self.packed_kernel and x2.shape[0] <= PACKED_MAX_ROWS:
-            y = packed_matmul(x2, self.packed_kernel, *self._packed_args(), self.group_size, self.in_features)
+        if self.packed_kernel and x2.shape[0] <= PACKED_MAX_ROWS and x2.device.type == "cpu":
+            y = packed_matmul(x2, self.packed_kernel, *self._packed_args(), self.group_size, self.in_features).float()
             self.calls[self.packed_kernel] += 1
         else:
             y = torch.nn.functional.linear(x2.float(), self.dequantized_weight())
@@ -180,14 +180,15 @@ class WeightOnlyLinear(torch.nn.Module):
 def packed_matmul(x2: torch.Tensor, kernel: str, w: torch.Tensor, s: torch.Tensor, group_size: int | None,
                   in_features: int) -> torch.Tensor:
     """[rows, K] float activations times a packed weight (`_packed_args` layout,
-    or several of them concatenated along N): bf16 in, fp32 out."""
+    or several of them concatenated along N): bf16 in, bf16 out (converting it
+    to fp32, or adding it to an fp32 tensor, is exact)."""
     xb = x2.to(torch.bfloat16)
     if kernel == INT8_KERNEL:
-        return torch.ops.aten._weight_int8pack_mm(xb.contiguous(), w, s).float()
+        return torch.ops.aten._weight_int8pack_mm(xb.contiguous(), w, s)
     k_pad = s.shape[0] * group_size
     if k_pad != in_features:                  # a shorter last group: the kernel sees zero-padded widths
         xb = torch.nn.functional.pad(xb, (0, k_pad - in_features))
-    return torch.ops.aten._weight_int4pack_mm_for_cpu(xb.contiguous(), w, group_size, s).float()
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(xb.contiguous(), w, group_size, s)
 
 
 def kernel_calls(module: torch.nn.Module) -> dict[str, int]:
@@ -217,7 +218,27 @@ def apply(model, recipe: WeightOnly, calibration=None) -> Quantized:
         new = WeightOnlyLinear(lin, recipe.bits, recipe.group_size, recipe.symmetric)
         new_layers.append(new)
         set_module(qm, name, new)
+    quantize_head(qm, recipe, targets, kept, new_layers)
     return finish(model, qm, recipe, targets, kept, new_layers)
+
+
+def quantize_head(qm, recipe, targets: dict, kept: dict, new_layers: list) -> None:
+    """With `recipe.head_bits`, an output head tied to the input embedding gets
+    its own copy rounded to nearest: int8 per channel or int4 in the recipe's
+    groups, symmetric (both have packed kernels). The embedding stays float for
+    lookups, so the file holds the head twice: once float, once low-bit. At
+    batch 1 the fp32 head is the largest single matmul of a small model."""
+    if not recipe.head_bits:
+        return
+    tied = [n for n, why in kept.items() if why.startswith("output head tied")]
+    for name in tied:
+        lin = qm.get_submodule(name)
+        group = None if recipe.head_bits == 8 else (recipe.group_size or 128)
+        new = WeightOnlyLinear(lin, recipe.head_bits, group, True)
+        set_module(qm, name, new)
+        new_layers.append(new)
+        targets[name] = lin
+        del kept[name]
 
 
 def finish(model, qm, recipe, targets, kept, new_layers, calibration=None) -> Quantized:

@@ -147,6 +147,7 @@ def greedy(module, tokenizer, prompts: list[str], max_new_tokens: int, use: str 
         if dec is not None:
             outs.append(dec.generate(ids, max_new_tokens, eos_ids(module))[0].tolist())
             continue
+        ids = ids.to(next(module.parameters()).device)
         gen = module.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                               do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
         outs.append(gen[0, ids.shape[1]:].tolist())

@@ -1,0 +1,91 @@
+"""The CUDA legs, where a GPU is present (skipped elsewhere; CI has none):
+GPTQ with one block at a time on the GPU is as good, layer by layer, as the CPU run;
+QLoRA trains in fp16 with a gradient scaler there; weight-only and NF4 layers
+and the decoder run on a GPU (dequantized: the packed kernels are CPU kernels).
+
+The model is SmolLM2's architecture and tokenizer with 4 randomly initialized
+layers: these properties don't depend on the weights, and the tests need only
+the config and tokenizer files (QUANTGATE_LM_CONFIG_DIR, else the default
+model's directory)."""
+
+import os
+
+import pytest
+import torch
+
+from quantgate.recipes import GPTQ, NF4, QLoRA, WeightOnly
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def small_lm():
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from quantgate.models import CausalLM, default_lm_dir
+    src = os.environ.get("QUANTGATE_LM_CONFIG_DIR") or default_lm_dir()
+    cfg = AutoConfig.from_pretrained(src, local_files_only=True)
+    cfg.num_hidden_layers = 4
+    torch.manual_seed(0)
+    module = AutoModelForCausalLM.from_config(cfg).float().eval()
+    tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    return CausalLM(module, tok, "random-4-layer", "0")
+
+
+def test_gptq_on_the_gpu_matches_the_cpu_run(small_lm, bbc):
+    from quantgate.quantize import quantize
+    kw = dict(bits=4, group_size=64, num_samples=8, seq_len=128)
+    cpu = quantize(small_lm, GPTQ(device="cpu", **kw), bbc["train"])
+    gpu = quantize(small_lm, GPTQ(device="cuda", **kw), bbc["train"])
+    assert all(p.device.type == "cpu" for p in gpu.module.parameters())        # the result lives on the CPU
+    assert gpu.calibration["hash"] == cpu.calibration["hash"]
+    assert sorted(gpu.quantized_layers) == sorted(cpu.quantized_layers) and len(cpu.quantized_layers) == 4 * 7
+    # the first layer sees the same input on both: the same codes but for float sums in another order;
+    # later layers see inputs that already differ by those few flips, so compare their quality instead
+    first = "model.layers.0.self_attn.q_proj"
+    a, b = cpu.module.get_submodule(first).codes(), gpu.module.get_submodule(first).codes()
+    assert float((a == b).float().mean()) > 0.99
+    for name, err in cpu.extra["layer_errors"].items():
+        assert abs(gpu.extra["layer_errors"][name] - err) <= 0.1 * err + 1e-6, (name, err, gpu.extra["layer_errors"][name])
+
+
+def test_qlora_trains_in_fp16_with_a_gradient_scaler_on_the_gpu(small_lm, bbc, tmp_path):
+    from quantgate.artifact import load_lm, save
+    from quantgate.quantize import quantize
+    r = QLoRA(rank=4, alpha=8, steps=12, batch_size=2, seq_len=64, lr=1e-3, targets=("q_proj", "v_proj"))
+    q = quantize(small_lm, r, train=bbc["train"])
+    t = q.extra["training"]
+    assert t["device"] == "cuda" and t["precision"] == "fp16"
+    losses = t["losses"]
+    assert all(map(torch.isfinite, torch.tensor(losses))) and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert all(p.device.type == "cpu" for p in q.module.parameters())
+    save(q, small_lm, tmp_path / "q")
+    back = load_lm(tmp_path / "q")
+    ids = small_lm.tokenizer("Shares rose", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        assert torch.equal(back.module(input_ids=ids).logits, q.module(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("recipe", [WeightOnly(bits=4, group_size=64), NF4()], ids=["int4-g64", "nf4"])
+def test_quantized_layers_and_the_decoder_run_on_the_gpu(small_lm, recipe):
+    import copy
+    from quantgate.decoder import Decoder
+    from quantgate.methods.weight_only import DEQUANT, kernel_calls
+    from quantgate.quantize import quantize
+    q = quantize(small_lm, recipe).module
+    ids = small_lm.tokenizer(["The BBC reported today that the government said " * 3], return_tensors="pt")["input_ids"]
+    assert ids.shape[1] > 16                     # the CPU run dequantizes too: same arithmetic on both
+    with torch.inference_mode():
+        ref = q(input_ids=ids).logits
+        g = copy.deepcopy(q).cuda()
+        for m in g.modules():
+            if hasattr(m, "calls"):
+                m.calls.clear()
+        out = g(input_ids=ids.cuda()).logits.cpu()
+        short = g(input_ids=ids[:, :4].cuda()).logits.cpu()      # 4 rows: would take a packed kernel on the CPU
+    assert (out - ref).abs().max() < 1e-3
+    if isinstance(recipe, WeightOnly):
+        assert set(kernel_calls(g)) == {DEQUANT}
+    with torch.inference_mode():
+        mine = Decoder(g).prefill(ids[:, :4], 8).cpu()
+    assert (mine - short[:, -1]).abs().max() < 1e-3
