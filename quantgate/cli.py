@@ -342,7 +342,8 @@ def cmd_lm(a) -> int:
         return 0
     from .compare import LMSettings, compare_lm
     s = LMSettings(context=a.context, max_windows=a.windows or None, n_prompts=a.prompts, new_tokens=a.new_tokens,
-                   batch_sizes=_batch_sizes(a.batch_sizes), runtime=a.runtime)
+                   batch_sizes=_batch_sizes(a.batch_sizes), runtime=a.runtime,
+                   decode_steps=a.decode_steps)
     a.fail_on_slower = False
     comp = compare_lm(lm, evaluation, recipes, cal, s, train=train, source=a.data or "BBC News test split (held out)")
     return _finish(comp, a)
@@ -455,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--prompts", type=int, default=8, help="prompts for the generation diff (default 8)")
     lm.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per prompt (default 32)")
     lm.add_argument("--batch-sizes", default="1,8", help="decode batch sizes (default 1,8)")
+    lm.add_argument("--decode-steps", type=int, default=32, help="decode steps timed per round (default 32, 3 rounds)")
     lm.add_argument("--prompt", default="The BBC reported today that", help="generate: the prompt")
     lm.add_argument("--runtime", default="auto", choices=("auto", "quantgate", "transformers"),
                     help="decode loop for generate and the decode timings: quantgate's decoder (Llama, Mistral, Qwen2), "

@@ -263,6 +263,8 @@ class LMSettings:
         require(self.batch_sizes and all(isinstance(b, int) and b > 0 for b in self.batch_sizes),
                 f"batch sizes must be positive integers, got {self.batch_sizes}")
         require(isinstance(self.context, int) and self.context >= 16, f"context must be an integer >= 16, got {self.context!r}")
+        require(isinstance(self.decode_steps, int) and self.decode_steps >= 1,
+                f"decode steps must be a positive integer, got {self.decode_steps!r}")
         require(self.runtime in ("auto", "quantgate", "transformers"),
                 f"runtime must be one of auto, quantgate, transformers, got {self.runtime!r}")
 

@@ -174,32 +174,6 @@ def test_qlora_trains_adapters_on_a_frozen_nf4_base(lm, bbc, tmp_path):
     assert (a - b).abs().max() < 1e-3
 
 
-def test_lm_comparison_reports_what_changed(lm, bbc, tmp_path):
-    from quantgate.compare import LMSettings, compare_lm
-    from quantgate.methods.weight_only import DEQUANT, INT4_KERNEL
-    from quantgate.report import table, write_reports
-    s = LMSettings(context=128, max_windows=3, n_prompts=3, new_tokens=12, batch_sizes=(1, 2), decode_steps=4,
-                   decode_rounds=1, n_boot=200, verbose=False)
-    comp = compare_lm(lm, bbc["test"].texts, [WeightOnly(bits=3, group_size=64)], settings=s, source="bbc test")
-    c = comp.candidates[0]
-    p = c.metrics["perplexity"]
-    assert p["candidate"] > p["baseline"] > 1 and p["ci_low"] <= p["delta"] <= p["ci_high"]
-    assert c.mean_kl > 0 and 0 < c.agreement < 1
-    assert c.n_changed == len(c.changed) >= 1          # 3-bit changes some greedy continuation
-    e = c.changed[0]
-    assert e["baseline"] != e["candidate"] and e["first_diff"] >= 0 and e["prompt"]
-    calls = c.extra["kernel_calls"]
-    assert calls[INT4_KERNEL] > 0 and calls[DEQUANT] > 0   # decode steps packed, prefill dequantized
-    b1 = c.perf["batch_sizes"]["1"]
-    assert b1["p50_ms"] <= b1["p95_ms"] <= b1["p99_ms"] and b1["ttft_ms"] > 0 and b1["tokens_per_s"] > 0
-    assert c.weight_bytes < 0.6 * comp.baseline["weight_bytes"]
-    d = comp.to_dict()
-    assert "perplexity on 3 windows of 128 tokens" in table(d)
-    paths = write_reports(comp, tmp_path / "r")
-    html = paths["html"].read_text()
-    assert "Changed generations" in html and "weights against perplexity" in html and INT4_KERNEL in html
-
-
 def test_lm_errors_are_clear(lm, bbc):
     from quantgate.data import Dataset
     from quantgate.methods.gptq import check_memory
@@ -260,16 +234,34 @@ def test_gate_judges_a_language_model_on_its_perplexity_rise():
         gate(comp, Budget(max_drop=1))
 
 
-def test_lm_cli_compare_writes_the_report(tmp_path, capsys, lm):
+def test_lm_comparison_reports_what_changed(tmp_path, capsys, lm):
+    """`quantgate lm compare` end to end: perplexity with its interval, KL,
+    agreement, the changed generations, decode percentiles, kernels, reports."""
     from quantgate.cli import main
-    rc = main(["lm", "compare", "--recipes", "int3-g64", "--context", "64", "--windows", "2", "--prompts", "2",
-               "--new-tokens", "4", "--batch-sizes", "1", "--out", str(tmp_path / "r")])
+    from quantgate.methods.weight_only import DEQUANT, INT4_KERNEL
+    rc = main(["lm", "compare", "--recipes", "int3-g64", "--context", "128", "--windows", "3", "--prompts", "3",
+               "--new-tokens", "12", "--batch-sizes", "1,2", "--decode-steps", "4", "--out", str(tmp_path / "r")])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "perplexity on 2 windows of 64 tokens" in out and "woq-int3-g64" in out
+    assert "perplexity on 3 windows of 128 tokens" in out and "woq-int3-g64" in out
+    assert "runtime: quantgate decoder" in out
     d = json.loads((tmp_path / "r" / "comparison.json").read_text())
     assert d["model"]["task"] == "causal-lm" and d["data"]["source"].startswith("BBC News test split")
-    assert (tmp_path / "r" / "report.html").read_text().count("<svg") >= 2
+    c = d["candidates"][0]
+    p = c["metrics"]["perplexity"]
+    assert p["candidate"] > p["baseline"] > 1 and p["ci_low"] <= p["delta"] <= p["ci_high"]
+    assert c["mean_kl"] > 0 and 0 < c["agreement"] < 1
+    assert c["n_changed"] == len(c["changed"]) >= 1          # 3-bit changes some greedy continuation
+    e = c["changed"][0]
+    assert e["baseline"] != e["candidate"] and e["first_diff"] >= 0 and e["prompt"]
+    calls = c["extra"]["kernel_calls"]
+    assert calls[INT4_KERNEL] > 0 and calls[DEQUANT] > 0   # decode steps packed, 128-token windows dequantized
+    b1 = c["perf"]["batch_sizes"]["1"]
+    assert b1["p50_ms"] <= b1["p95_ms"] <= b1["p99_ms"] and b1["ttft_ms"] > 0 and b1["tokens_per_s"] > 0
+    assert c["weight_bytes"] < 0.6 * d["baseline"]["weight_bytes"]
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "Changed generations" in html and "weights against perplexity" in html and INT4_KERNEL in html
+    assert html.count("<svg") >= 2
 
 
 def test_decoder_runs_the_same_model_as_transformers(lm):
@@ -310,3 +302,33 @@ def test_decoder_runs_the_same_model_as_transformers(lm):
     assert runtime(torch.nn.Linear(2, 2)) == "transformers generate"
     with pytest.raises(QuantgateError, match="the quantgate decoder cannot run this model: model type None is not one of"):
         runtime(torch.nn.Linear(2, 2), "quantgate")
+
+
+def test_int8_copy_of_the_tied_head(lm, held_out, tmp_path):
+    """head_bits=8 stores the tied output head as an untied int8 copy (the
+    embedding stays float for lookups): perplexity as with the float head, and
+    the head's decode-time matmul takes the packed int8 kernel."""
+    from quantgate.artifact import load_lm, save
+    from quantgate.methods.weight_only import INT8_KERNEL, WeightOnlyLinear
+    from quantgate.quantize import quantize
+    from quantgate.tasks.causal_lm import greedy
+    r = Recipe.parse("int4-g64-head8")
+    assert r == WeightOnly(bits=4, group_size=64, head_bits=8) and r.name == "woq-int4-g64-head8"
+    assert Recipe.parse("gptq-int4-g128-head8").head_bits == 8
+    with pytest.raises(QuantgateError, match="head_bits must be one of None, 4, 8, got 3"):
+        WeightOnly(bits=4, group_size=64, head_bits=3)
+    plain, q = quantize(lm, WeightOnly(bits=4, group_size=64)), quantize(lm, r)
+    assert "lm_head" in plain.float_layers and "lm_head" in q.quantized_layers and "lm_head" not in q.float_layers
+    head = q.module.lm_head
+    assert isinstance(head, WeightOnlyLinear) and head.bits == 8 and head.packed_kernel == INT8_KERNEL
+    assert torch.equal(q.module.model.embed_tokens.weight, lm.module.model.embed_tokens.weight)
+    assert abs(ppl(q.module, held_out) / ppl(plain.module, held_out) - 1) < 0.01
+    assert 0.9 < (q.weight_bytes - plain.weight_bytes) / (49152 * 576) < 1.1          # one byte per head weight
+    head.calls.clear()
+    greedy(q.module, lm.tokenizer, ["Shares rose"], 3)
+    assert head.calls[INT8_KERNEL] == 3
+    save(q, lm, tmp_path / "h")
+    back = load_lm(tmp_path / "h")
+    ids = lm.tokenizer("Shares rose", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        assert torch.equal(back.module(input_ids=ids).logits, q.module(input_ids=ids).logits)
