@@ -12,7 +12,8 @@ process). GPTQModel's packed checkpoint is dequantized here (its own CPU kernel
 refuses 576-wide layers at group 128) and evaluated with the same code as ours.
 Then batch-1 and batch-8 greedy decode speed, side by side in one process:
 fp32 in transformers' eager loop (the reference for every ratio) against fp32,
-int4 and torch.ao dynamic int8 in quantgate's decoder and in transformers' loop.
+int4 (with the tied head float, and with an int8 copy of it) and torch.ao
+dynamic int8 in quantgate's decoder and in transformers' loop.
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
+# quantgate's process settings (quantgate/_env.py: huge pages for torch's CPU allocator) before torch
+# is imported; the quantizers' child processes, GPTQModel's too, inherit them.
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import quantgate  # noqa: E402,F401
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from quantgate.data import bbc_splits  # noqa: E402
 from quantgate.models import default_lm_dir, load_causal_lm  # noqa: E402
@@ -131,15 +135,18 @@ def rtn_ppl(lm, bits, group, windows) -> float:
 def decode_bench(lm, steps: int = 32) -> list[dict]:
     """fp32 in transformers' eager loop (what a user runs today: the reference
     for the ratios) against quantgate's decoder on fp32, int4 (RTN g128; GPTQ
-    stores the same format) and torch.ao dynamic int8, interleaved; int4 in
-    transformers' loop too, to separate the kernels' gain from the loop's."""
+    stores the same format; the tied head float, or an int8 copy) and torch.ao
+    dynamic int8, interleaved; in transformers' loop too, to separate the
+    kernels' gain from the loop's."""
     from quantgate.quantize import quantize
     from quantgate.recipes import DynamicInt8, WeightOnly
     from quantgate.tasks.causal_lm import decode_speed
     int4 = quantize(lm, WeightOnly(bits=4, group_size=128)).module
+    head8 = quantize(lm, WeightOnly(bits=4, group_size=128, head_bits=8)).module
     dyn = quantize(lm, DynamicInt8(backend="torch.ao")).module
     models = {"fp32, transformers": lm.module, "fp32, quantgate decoder": lm.module,
               "int4-g128, transformers": int4, "int4-g128, quantgate decoder": int4,
+              "int4-g128-head8, quantgate decoder": head8,
               "dynamic int8, transformers": dyn, "dynamic int8, quantgate decoder": dyn}
     use = {k: "transformers" if k.endswith("transformers") else "quantgate" for k in models}
     res = decode_speed(models, lm.tokenizer, "The BBC reported today that the government", (1, 8), steps, rounds=3,

@@ -6,6 +6,7 @@ import os
 import pytest
 
 os.environ.setdefault("QUANTGATE_PROGRESS", "0")
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")     # as quantgate/_env.py: before the test modules import torch
 
 
 @pytest.fixture(scope="session")
