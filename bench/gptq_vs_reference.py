@@ -122,7 +122,9 @@ def dequantize_gptq_checkpoint(folder: Path, base) -> dict[str, torch.Tensor]:
         out[name + ".weight"] = w.float()
         ref = base.get_submodule(name).weight.detach()
         rel = ((w - ref).norm() / ref.norm()).item()
-        assert rel < 0.5, f"{name}: dequantized GPTQModel weight is {rel:.2f} off the original: wrong unpacking?"
+        # GPTQ moves weights further from the original than rounding does (0.57 seen at 3 bits, group
+        # 64); a wrong unpacking gives noise, far beyond the weight's own norm
+        assert rel < 1.0, f"{name}: dequantized GPTQModel weight is {rel:.2f} off the original: wrong unpacking?"
     return out
 
 
