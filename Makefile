@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(VENV)/bin/quantgate demo
 
 test: $(STAMP) system
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 bench: $(STAMP)
 	$(PY) bench/classify_speed.py
