@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--batch-sizes", default="1,8", help="decode batch sizes (default 1,8)")
     lm.add_argument("--decode-steps", type=int, default=32, help="decode steps timed per round (default 32, 3 rounds)")
     lm.add_argument("--prompt", default="The BBC reported today that", help="generate: the prompt")
-    lm.add_argument("--runtime", default="auto", choices=("auto", "quantgate", "transformers"),
+    lm.add_argument("--runtime", default="auto", choices=("auto", "quantgate", "transformers"),  # decoder.RUNTIMES
                     help="decode loop for generate and the decode timings: quantgate's decoder (Llama, Mistral, Qwen2), "
                          "transformers' generate, or auto (the first where the architecture allows)")
     lm.add_argument("--out", help="quantize: artifact directory; compare: report directory")

@@ -265,8 +265,9 @@ class LMSettings:
         require(isinstance(self.context, int) and self.context >= 16, f"context must be an integer >= 16, got {self.context!r}")
         require(isinstance(self.decode_steps, int) and self.decode_steps >= 1,
                 f"decode steps must be a positive integer, got {self.decode_steps!r}")
-        require(self.runtime in ("auto", "quantgate", "transformers"),
-                f"runtime must be one of auto, quantgate, transformers, got {self.runtime!r}")
+        from .decoder import RUNTIMES
+        require(self.runtime in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+
 
 
 def compare_lm(lm, eval_texts: list[str], recipes: list[Recipe], calibration: Dataset | None = None,

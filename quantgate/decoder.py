@@ -33,6 +33,7 @@ from .methods.weight_only import INT4_KERNEL, INT8_KERNEL, PACKED_MAX_ROWS, Weig
 FAMILIES = ("llama", "mistral", "qwen2")
 RUNTIME = "quantgate decoder (preallocated KV cache, fused q|k|v and gate|up)"
 HF_RUNTIME = "transformers generate"
+RUNTIMES = ("auto", "quantgate", "transformers")     # what a user may ask for; auto: quantgate where it runs
 
 
 def unsupported(module) -> str | None:

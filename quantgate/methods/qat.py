@@ -39,10 +39,6 @@ def ptq_same_config(model, recipe: QAT, calibration: Dataset, skip: list[str]) -
     return pt2e.finish(prepared, {n: "" for n in skip})[0]
 
 
-def train_device(requested: str) -> str:
-    return compute_device(requested, "QAT")
-
-
 def transfer(trained: torch.fx.GraphModule, target: torch.fx.GraphModule) -> None:
     """Copy trained weights and fake-quantizer state (scales, zero points, observed
     ranges) into an identically prepared graph exported on another device."""
@@ -66,7 +62,7 @@ def apply(model, recipe: QAT, calibration=None, train: Dataset | None = None, ve
     y_all = label_ids(model, train.labels, where="QAT training data")
     targets, kept = select_linears(model.module, recipe)
     reduce_range = pt2e.reduce_range()
-    device = train_device(recipe.device)
+    device = compute_device(recipe.device, "QAT")
     precision = choose_precision(device, recipe.precision)
     enc = model.encode(train.texts)
     example = {k: v[:2] for k, v in enc.items()}

@@ -127,9 +127,8 @@ def prompts_from(texts: list[str], n: int, words: int = 24) -> list[str]:
 def runtime(module, requested: str = "auto") -> str:
     """Which decode loop runs this model: quantgate's decoder where the
     architecture allows ("auto"), else transformers' own."""
-    from ..decoder import HF_RUNTIME, RUNTIME, unsupported
-    require(requested in ("auto", "quantgate", "transformers"),
-            f"runtime must be one of auto, quantgate, transformers, got {requested!r}")
+    from ..decoder import HF_RUNTIME, RUNTIME, RUNTIMES, unsupported
+    require(requested in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}, got {requested!r}")
     if requested == "transformers":
         return HF_RUNTIME
     why = unsupported(module)
