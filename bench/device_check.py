@@ -26,16 +26,12 @@ sys.path.insert(0, ROOT)
 
 
 def gptq_full_size():
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from quantgate.data import bbc_splits
-    from quantgate.models import CausalLM, default_lm_dir
+    from quantgate.models import causal_lm_from_config, default_lm_dir
     from quantgate.quantize import quantize
     from quantgate.recipes import GPTQ
-    src = os.environ.get("QUANTGATE_LM_CONFIG_DIR") or default_lm_dir()
-    cfg = AutoConfig.from_pretrained(src, local_files_only=True)
-    torch.manual_seed(0)
-    lm = CausalLM(AutoModelForCausalLM.from_config(cfg).float().eval(),
-                  AutoTokenizer.from_pretrained(src, local_files_only=True), "random", "0")
+    lm = causal_lm_from_config(os.environ.get("QUANTGATE_LM_CONFIG_DIR") or default_lm_dir())
+    cfg = lm.module.config
     torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     q = quantize(lm, GPTQ(bits=4, group_size=128, device="cuda"), bbc_splits()["train"])

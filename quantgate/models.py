@@ -173,6 +173,22 @@ def default_lm_dir() -> Path:
     return out
 
 
+def causal_lm_from_config(path: str | Path, num_layers: int | None = None, seed: int = 0) -> CausalLM:
+    """A causal LM of a directory's architecture and tokenizer with random
+    weights (optionally fewer layers): for checks whose result does not depend
+    on the weights (device paths, timings), where only config and tokenizer
+    files are at hand."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    if num_layers:
+        cfg.num_hidden_layers = num_layers
+    torch.manual_seed(seed)
+    module = AutoModelForCausalLM.from_config(cfg).float().eval()
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    return CausalLM(module, tok, f"random:{path}", f"seed{seed}")
+
+
 def load_causal_lm(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> CausalLM:
     """Load a local Hugging Face causal-LM directory (default: SmolLM2-135M-Instruct)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -20,16 +20,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.fixture(scope="module")
 def small_lm():
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from quantgate.models import CausalLM, default_lm_dir
-    src = os.environ.get("QUANTGATE_LM_CONFIG_DIR") or default_lm_dir()
-    cfg = AutoConfig.from_pretrained(src, local_files_only=True)
-    cfg.num_hidden_layers = 4
-    torch.manual_seed(0)
-    module = AutoModelForCausalLM.from_config(cfg).float().eval()
-    tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
-    tok.pad_token = tok.pad_token or tok.eos_token
-    return CausalLM(module, tok, "random-4-layer", "0")
+    from quantgate.models import causal_lm_from_config, default_lm_dir
+    return causal_lm_from_config(os.environ.get("QUANTGATE_LM_CONFIG_DIR") or default_lm_dir(), num_layers=4)
 
 
 def test_gptq_on_the_gpu_matches_the_cpu_run(small_lm, bbc):

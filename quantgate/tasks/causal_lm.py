@@ -168,31 +168,35 @@ def generation_diff(tokenizer, prompts: list[str], base: list[list[int]], cand: 
 
 # -- decode speed -------------------------------------------------------------
 
+class _TransformersSteps:
+    """transformers' cached forward behind the decoder's prefill/step interface."""
+
+    def __init__(self, module):
+        self.module, self.cache = module, None
+
+    def prefill(self, ids: torch.Tensor, max_len: int) -> torch.Tensor:
+        out = self.module(input_ids=ids, use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits[:, -1]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = self.module(input_ids=tokens, past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits[:, -1]
+
+
 @torch.inference_mode()
 def _decode(module, ids: torch.Tensor, steps: int, use: str = "auto") -> tuple[float, list[float]]:
     """Time to first token (prefill + its sampling) and per-token decode latencies, ms."""
     from ..decoder import RUNTIME, Decoder
-    if runtime(module, use) == RUNTIME:
-        dec = Decoder(module)
-        t0 = time.perf_counter()
-        nxt = dec.prefill(ids, ids.shape[1] + steps + 1).argmax(-1, keepdim=True)
-        ttft, lat = (time.perf_counter() - t0) * 1e3, []
-        for _ in range(steps):
-            t = time.perf_counter()
-            nxt = dec.step(nxt).argmax(-1, keepdim=True)
-            lat.append((time.perf_counter() - t) * 1e3)
-        return ttft, lat
+    loop = Decoder(module) if runtime(module, use) == RUNTIME else _TransformersSteps(module)
     t0 = time.perf_counter()
-    out = module(input_ids=ids, use_cache=True)
-    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-    ttft = (time.perf_counter() - t0) * 1e3
-    cache, lat = out.past_key_values, []
+    nxt = loop.prefill(ids, ids.shape[1] + steps + 1).argmax(-1, keepdim=True)
+    ttft, lat = (time.perf_counter() - t0) * 1e3, []
     for _ in range(steps):
         t = time.perf_counter()
-        out = module(input_ids=nxt, past_key_values=cache, use_cache=True)
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        nxt = loop.step(nxt).argmax(-1, keepdim=True)
         lat.append((time.perf_counter() - t) * 1e3)
-        cache = out.past_key_values
     return ttft, lat
 
 
