@@ -82,6 +82,9 @@ def test_gptq_column_update_reduces_layer_output_error():
     e_act = err(dequantize(q, qp))
     assert e_act < e_plain < 0.5 * e_rtn
     assert q.min() >= -8 and q.max() <= 7 and qp.scale.shape == (128, 5)
+    # the per-layer error GPTQ reports is computed from the Hessian alone: the same number
+    from quantgate.methods.gptq import output_error
+    assert output_error(w, dequantize(q, qp), hessian(x)) == pytest.approx(e_act, rel=1e-3)
 
 
 @pytest.mark.parametrize("bits", [3, 4])   # 2 and 8 share the code paths; packing of each width: test_formats

@@ -86,40 +86,43 @@ def gptq_weight(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | N
     except torch.linalg.LinAlgError:
         raise QuantgateError(f"GPTQ: the Hessian of a {n}x{k} layer is not positive definite even with damp={damp}; "
                              "raise damp (e.g. 0.1) or give more calibration data") from None
-    q = torch.zeros(n, k, dtype=torch.int32, device=dev)
+    qt = torch.zeros(k, n, device=dev)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)      # the column loop is many small ops: threads cost more than they give (4x here)
     try:
-        _columns(w, hinv, q, scales, zeros, starts, bits, symmetric, qmin, qmax, block_size)
+        _columns(w.T.contiguous(), hinv, qt, scales, zeros, starts, bits, symmetric, qmin, qmax, block_size)
     finally:
         torch.set_num_threads(threads)
-    q = q[:, torch.argsort(perm)]
+    q = qt.T[:, torch.argsort(perm)].to(torch.int32)
     qp = QParams(scales, zeros.to(torch.int32), bits, symmetric, "group" if group_size else "channel", group_size)
     return q, qp
 
 
-def _columns(w, hinv, q, scales, zeros, starts, bits, symmetric, qmin, qmax, block_size):
-    """The GPTQ column loop, in blocks with lazy updates (in place on w, q, scales, zeros)."""
-    k = w.shape[1]
-    gi = 0
+def _columns(wt, hinv, qt, scales, zeros, starts, bits, symmetric, qmin, qmax, block_size):
+    """The GPTQ column loop, in blocks with lazy updates, on the transposed weight
+    wt [K, N] (in place on wt, qt, scales, zeros): a column of W is a contiguous
+    row here, so each rank-1 error update runs on contiguous memory (2x faster
+    than on W's strided columns, measured)."""
+    k = wt.shape[0]
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
-        w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
-        err1 = torch.zeros_like(w1)
+        w1, hinv1 = wt[i1:i2].clone(), hinv[i1:i2, i1:i2]
+        err1 = torch.empty_like(w1)
         for i in range(i2 - i1):
             col = i1 + i
             if col in starts:          # a group starts: its scale from the weights as updated so far
                 gi, width = starts[col]
-                block = torch.cat([w1[:, i:], w[:, i2:]], dim=1)[:, :width]
-                scales[:, gi], zeros[:, gi] = _group_qparams(block, bits, symmetric)
-            s, z = scales[:, gi], zeros[:, gi]
-            x = w1[:, i]
-            c = torch.clamp(torch.round(x * (1.0 / s)) + z, qmin, qmax)
-            q[:, col] = c.to(torch.int32)
+                block = torch.cat([w1[i:], wt[i2:]])[:width]
+                s, z = _group_qparams(block.T, bits, symmetric)
+                scales[:, gi], zeros[:, gi] = s, z
+                inv_s = 1.0 / s
+            x = w1[i]
+            c = torch.clamp(torch.round(x * inv_s) + z, qmin, qmax)
+            qt[col] = c
             e = (x - (c - z) * s) / hinv1[i, i]
-            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1)
-            err1[:, i] = e
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+            w1[i + 1:].addr_(hinv1[i, i + 1:], e, alpha=-1)
+            err1[i] = e
+        wt[i2:] -= hinv[i1:i2, i2:].T @ err1
 
 
 def hessian(x: torch.Tensor) -> torch.Tensor:
@@ -134,6 +137,13 @@ def hessian(x: torch.Tensor) -> torch.Tensor:
         return torch.triu(upper) + torch.triu(upper, 1).T
     except ImportError:
         return (x2.T @ x2) * (2.0 / x2.shape[0])
+
+
+def output_error(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> float:
+    """||X (W - Q)^T|| / ||X W^T|| over all calibration inputs X, from their
+    Hessian h = 2 X^T X / n: (N K^2 work instead of a matmul over every input row)."""
+    w, d = w.float(), (w - q).float()
+    return math.sqrt(float(((d @ h) * d).sum()) / max(float(((w @ h) * w).sum()), 1e-30))
 
 
 # -- the sequential pass over a decoder ---------------------------------------
@@ -265,8 +275,7 @@ def apply(model, recipe: GPTQ, calibration=None) -> Quantized:
                                        codes=q.cpu()).to("cpu")
                 with torch.no_grad():
                     dq = new.dequantized_weight().to(lin.weight.device)
-                    x2 = x.reshape(-1, x.shape[-1]).float()[:4096]
-                    errors[_names[id(lin)]] = float(((x2 @ (lin.weight.T - dq.T)).norm() / (x2 @ lin.weight.T).norm()))
+                    errors[_names[id(lin)]] = output_error(lin.weight, dq, _h["h"])
                     lin.weight.copy_(dq)            # the rest of this block runs on the quantized weight
                 new_layers.append((_names[id(lin)], new))
 

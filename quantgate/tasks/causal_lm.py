@@ -26,11 +26,14 @@ from ..errors import require
 from ..progress import progress
 
 
-def token_stream(tokenizer, texts: list[str]) -> torch.Tensor:
-    """All texts as one token stream, separated by the end-of-text token."""
+def token_stream(tokenizer, texts: list[str], limit: int | None = None) -> torch.Tensor:
+    """All texts as one token stream, separated by the end-of-text token (tokenizing
+    stops once `limit` tokens are there: calibration needs only the first ones)."""
     sep = tokenizer.eos_token_id
     ids: list[int] = []
     for t in texts:
+        if limit is not None and len(ids) >= limit:
+            break
         ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
         if sep is not None:
             ids.append(sep)
@@ -42,8 +45,8 @@ def calibration_windows(tokenizer, texts: list[str] | None, num_samples: int, se
     """[num_samples, seq_len] consecutive windows of the calibration text."""
     require(texts is not None and len(texts) > 0 and any(t.strip() for t in texts),
             f"{where} is empty: GPTQ chooses its roundings on calibration text; give --calibration FILE")
-    stream = token_stream(tokenizer, texts)
     need = num_samples * seq_len
+    stream = token_stream(tokenizer, texts, limit=need)
     require(len(stream) >= need,
             f"{where} is too short: {len(texts)} texts give {len(stream):,} tokens, but {num_samples} samples x "
             f"{seq_len} tokens need {need:,}; give more text, or lower num_samples or seq_len "
