@@ -59,7 +59,7 @@ def _quantgate_job(a) -> None:
     lm = load_causal_lm()
     cal = bbc_splits()["train"]
     r = GPTQ(bits=a.bits_one, group_size=a.group_one, act_order=not a.no_act_order, damp=a.damp, num_samples=a.samples,
-             seq_len=a.seq_len)
+             seq_len=a.seq_len, scale_search=not a.no_scale_search)
     q = quantize(lm, r, cal)
     ppl = perplexity(q.module, torch.load(a.eval_file))
     print(json.dumps({"seconds": q.seconds, "ppl": ppl}))
@@ -172,6 +172,8 @@ def main() -> int:
     ap.add_argument("--windows", type=int, default=40, help="held-out 512-token windows for perplexity")
     ap.add_argument("--no-act-order", action="store_true",
                     help="both in plain column order (default: both group-aware act-order, GPTQModel's default)")
+    ap.add_argument("--no-scale-search", action="store_true",
+                    help="quantgate with min-max group scales, as GPTQModel by default (quantgate's default searches)")
     ap.add_argument("--damp", type=float, default=0.05, help="Hessian dampening for both (GPTQModel's default 0.05)")
     ap.add_argument("--reference-venv", default=str(ROOT / ".venv-reference"))
     ap.add_argument("--skip-reference", action="store_true")
@@ -211,6 +213,8 @@ def main() -> int:
                    "--samples", str(a.samples), "--seq-len", str(a.seq_len), "--eval-file", str(tmp / "eval.pt")]
             if a.no_act_order:
                 cmd.append("--no-act-order")
+            if a.no_scale_search:
+                cmd.append("--no-scale-search")
             cmd += ["--damp", str(a.damp)]
             env = os.environ | {"QUANTGATE_PROGRESS": "0"}
             t = time.perf_counter()

@@ -4,7 +4,7 @@ against quantgate's GPTQ and RTN quantized on exactly the same calibration
 windows. Small evaluations rank two runs of the same algorithm by noise; this
 gives them a larger one.
 
-    .venv/bin/python bench/rescore_reference.py /tmp/gptq-bench-XXXX [--windows 40]
+    .venv/bin/python bench/rescore_reference.py /tmp/gptq-bench-XXXX [--windows 40] [--variants search,plain]
 """
 
 import argparse
@@ -32,6 +32,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("folders", nargs="+", help="bench temp folders holding calib.json and ref-<bits>-<group>/")
     ap.add_argument("--windows", type=int, default=40)
+    ap.add_argument("--variants", default="search,plain",
+                    help="quantgate runs per checkpoint: search (scale search, the default recipe) or plain, "
+                         "each optionally @damp (e.g. plain@0.0505: a perturbation that shows the noise floor)")
     a = ap.parse_args()
     lm = load_causal_lm()
     ev = T.eval_windows(lm.tokenizer, bbc_splits()["test"].texts, 512, a.windows)
@@ -46,16 +49,20 @@ def main() -> int:
             m.load_state_dict(dequantize_gptq_checkpoint(ref_dir, lm.module), strict=False)
             ref = perplexity(m, ev)
             del m
-            T.calibration_windows = lambda *_, **__: cal        # exactly the windows GPTQModel got
-            try:
-                q = quantize(lm, GPTQ(bits=bits, group_size=group, num_samples=cal.shape[0], seq_len=cal.shape[1]),
-                             bbc_splits()["train"])
-            finally:
-                T.calibration_windows = make_windows
-            ours, rtn = perplexity(q.module, ev), rtn_ppl(lm, bits, group, ev)
+            rtn = rtn_ppl(lm, bits, group, ev)
             gap = lambda p: f"{100 * (rtn - p) / (rtn - fp):.0f}%"
-            print(f"int{bits} g{group}: RTN {rtn:.2f}, quantgate {ours:.2f} ({gap(ours)}), GPTQModel {ref:.2f} "
-                  f"({gap(ref)}), quantgate / GPTQModel {ours / ref:.3f}x", flush=True)
+            line = f"int{bits} g{group}: RTN {rtn:.2f}, GPTQModel {ref:.2f} ({gap(ref)})"
+            for variant in a.variants.split(","):
+                kind, _, damp = variant.partition("@")
+                T.calibration_windows = lambda *_, **__: cal        # exactly the windows GPTQModel got
+                try:
+                    r = GPTQ(bits=bits, group_size=group, num_samples=cal.shape[0], seq_len=cal.shape[1],
+                             scale_search=kind == "search", damp=float(damp or 0.05))
+                    ours = perplexity(quantize(lm, r, bbc_splits()["train"]).module, ev)
+                finally:
+                    T.calibration_windows = make_windows
+                line += f"; quantgate {variant} {ours:.2f} ({gap(ours)}) {ours / ref:.3f}x"
+            print(line, flush=True)
     return 0
 
 

@@ -122,9 +122,10 @@ class Recipe:
             return QAT()
         if s == "qat-w4a8":
             return QAT(weight_bits=4)
-        if s.startswith("gptq"):   # gptq[-int<bits>][-g<N>][-noact][-asym][-head<b>]
+        if s.startswith("gptq"):   # gptq[-int<bits>][-g<N>][-noact][-nosearch][-asym][-head<b>]
             parts = s.split("-")[1:]
-            kw = {"act_order": "noact" not in parts, "symmetric": "asym" not in parts}
+            kw = {"act_order": "noact" not in parts, "symmetric": "asym" not in parts,
+                  "scale_search": "nosearch" not in parts}
             for p in parts:
                 if p.startswith("head"):
                     require(p[4:].isdigit(), f"cannot parse head bits in {spec!r}: expected e.g. gptq-int4-g128-head8")
@@ -135,9 +136,9 @@ class Recipe:
                 elif p.startswith("g"):
                     require(p[1:].isdigit(), f"cannot parse group size in {spec!r}: expected e.g. gptq-int4-g128")
                     kw["group_size"] = int(p[1:])
-                elif p not in ("act", "noact", "asym"):
+                elif p not in ("act", "noact", "nosearch", "asym"):
                     raise QuantgateError(f"cannot parse {p!r} in {spec!r}: "
-                                         "expected gptq[-int<bits>][-g<N>][-noact][-asym][-head<b>]")
+                                         "expected gptq[-int<bits>][-g<N>][-noact][-nosearch][-asym][-head<b>]")
             return GPTQ(**kw)
         if s in ("nf4", "nf4-dq"):
             return NF4()
@@ -154,7 +155,7 @@ class Recipe:
                               head_bits=int(head) if head else None)
         raise QuantgateError(
             f"unknown recipe {spec!r}; use one of: dynamic, static, static-<calibrator>[-pertensor][-symact] (e.g. static-percentile), "
-            "int<bits>[-g<N>][-asym][-head<b>] (e.g. int4-g64), gptq[-int<bits>][-g<N>][-noact][-asym][-head<b>] "
+            "int<bits>[-g<N>][-asym][-head<b>] (e.g. int4-g64), gptq[-int<bits>][-g<N>][-noact][-nosearch][-asym][-head<b>] "
             "(e.g. gptq-int3-g128), "
             "nf4, qlora, qat, qat-w4a8, or a .yaml/.json recipe file")
 
@@ -298,6 +299,7 @@ class GPTQ(Recipe):
     group_size: int | None = 128
     symmetric: bool = True
     act_order: bool = True         # group-aware act-order: important columns first (no format cost)
+    scale_search: bool = True      # each group's range shrunk by the factor that rounds its weights best
     damp: float = 0.05             # added to the Hessian diagonal, as a share of its mean (GPTQModel's default)
     block_size: int = 128          # columns updated together (lazy batch updates)
     num_samples: int = 128         # calibration windows ...
@@ -314,6 +316,7 @@ class GPTQ(Recipe):
         _check_group(self.group_size)
         require(isinstance(self.symmetric, bool), f"symmetric must be true or false, got {self.symmetric!r}")
         require(isinstance(self.act_order, bool), f"act_order must be true or false, got {self.act_order!r}")
+        require(isinstance(self.scale_search, bool), f"scale_search must be true or false, got {self.scale_search!r}")
         require(isinstance(self.damp, (int, float)) and 0 < self.damp < 1,
                 f"damp must be a number in (0, 1), got {self.damp!r}")
         require(isinstance(self.block_size, int) and self.block_size >= 1,
@@ -322,7 +325,8 @@ class GPTQ(Recipe):
 
     def _name(self) -> str:
         g = f"-g{self.group_size}" if self.group_size else ""
-        return f"gptq-int{self.bits}{g}{'' if self.act_order else '-noact'}{'' if self.symmetric else '-asym'}{_head(self)}"
+        return (f"gptq-int{self.bits}{g}{'' if self.act_order else '-noact'}{'' if self.scale_search else '-nosearch'}"
+                f"{'' if self.symmetric else '-asym'}{_head(self)}")
 
 
 @dataclass(frozen=True)

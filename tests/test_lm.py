@@ -87,6 +87,22 @@ def test_gptq_column_update_reduces_layer_output_error():
     assert output_error(w, dequantize(q, qp), hessian(x)) == pytest.approx(e_act, rel=1e-3)
 
 
+def test_gptq_scale_search_lowers_the_output_error_of_a_real_layer(lm):
+    """Shrinking each group's range where that rounds its weights better pays on SmolLM2's weights
+    (their outliers), at 3 bits most; measured on a whole model: ~7% lower layer errors at 4 bits, ~15% at 3."""
+    from quantgate.formats.affine import dequantize
+    from quantgate.methods.gptq import gptq_weight, hessian, output_error
+    w = lm.module.model.layers[3].mlp.up_proj.weight.detach()
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2048, 32, generator=g) @ torch.randn(32, 576, generator=g)
+         + 0.3 * torch.randn(2048, 576, generator=g)) * torch.rand(576, generator=g) * 3
+    h = hessian(x)
+    for bits, most in ((4, 0.99), (3, 0.96)):
+        plain, searched = (output_error(w, dequantize(*gptq_weight(w, h, bits, 64, act_order=True, scale_search=s)), h)
+                           for s in (False, True))
+        assert searched < most * plain, (bits, plain, searched)
+
+
 @pytest.mark.parametrize("bits", [3, 4])   # 2 and 8 share the code paths; packing of each width: test_formats
 def test_saved_artifact_reloads_bit_identical_and_generates(lm, tmp_path, bits):
     from quantgate.artifact import load_lm, save

@@ -1,7 +1,7 @@
 import pytest
 
 from quantgate.errors import QuantgateError
-from quantgate.recipes import QAT, DynamicInt8, Recipe, StaticInt8, WeightOnly
+from quantgate.recipes import GPTQ, QAT, DynamicInt8, Recipe, StaticInt8, WeightOnly
 
 
 @pytest.mark.parametrize("r", [DynamicInt8(), DynamicInt8(backend="pt2e", exclude=("classifier*",)),
@@ -55,9 +55,13 @@ def test_parse_short_specs():
     with pytest.raises(QuantgateError, match="bits must be one of 2, 3, 4, 8, got 6"):
         Recipe.parse("int6-g64")
     # language-model recipes: the name round-trips through parse
-    for spec in ("gptq-int4-g128", "gptq-int3-g64-noact", "gptq-int2-g128-asym", "nf4-b64-dq", "qlora-r8"):
+    for spec in ("gptq-int4-g128", "gptq-int3-g64-noact", "gptq-int2-g128-asym", "gptq-int4-g64-nosearch-head8",
+                 "nf4-b64-dq", "qlora-r8"):
         r = Recipe.parse(spec.replace("nf4-b64-dq", "nf4").replace("qlora-r8", "qlora"))
         assert r.name == spec and Recipe.from_dict(r.to_dict()) == r
-    assert Recipe.parse("gptq").act_order and Recipe.parse("gptq").damp == 0.05
+    assert Recipe.parse("gptq").act_order and Recipe.parse("gptq").damp == 0.05 and Recipe.parse("gptq").scale_search
+    assert not Recipe.parse("gptq-int4-nosearch").scale_search
+    with pytest.raises(QuantgateError, match="scale_search must be true or false, got 'yes'"):
+        GPTQ(scale_search="yes")
     with pytest.raises(QuantgateError, match="cannot parse 'x9' in 'gptq-int4-x9'"):
         Recipe.parse("gptq-int4-x9")

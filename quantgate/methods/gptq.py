@@ -10,7 +10,9 @@ columns go in order of decreasing diag(H) within each group, and groups in
 order of their most important column ("group-aware" act-order, as GPTQModel
 does by default): each group stays contiguous, its scale is chosen from the
 updated weights when it starts, and the stored format stays the plain one,
-with no per-column group index.
+with no per-column group index. With scale_search (the recipe's default), that
+scale comes from the range shrink that rounds the group's weights best rather
+than from min-max.
 
 Calibration activations are captured sequentially: the inputs of the first
 decoder block are recorded once; each block then runs once on all calibration
@@ -34,21 +36,43 @@ import psutil
 import torch
 
 from ..errors import QuantgateError, require
-from ..formats.affine import QParams, choose_qparams
+from ..formats.affine import QParams, minmax_range, qparams_from_range
 from ..progress import progress
 from ..recipes import GPTQ
 from .common import Quantized, compute_device, select_linears
 from .weight_only import WeightOnlyLinear, finish, fp16_scales, quantize_head, set_module
 
 
-def _group_qparams(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row scale and zero point of a block of columns (fp16 scale, as stored)."""
-    qp = fp16_scales(choose_qparams(w, bits, symmetric, "channel"))
-    return qp.scale[:, 0], qp.zero_point[:, 0].float()
+SEARCH_SHRINKS = torch.tensor([1 - 0.025 * i for i in range(11)])   # 1, 0.975, ..., 0.75
+
+
+def _group_qparams(w: torch.Tensor, bits: int, symmetric: bool,
+                   search: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row scale and zero point of a block of columns (fp16 scale, as stored).
+
+    With `search`, each row's min-max range is shrunk by the factor in
+    SEARCH_SHRINKS that minimizes the squared rounding error of its weights (the
+    first, 1, on ties): clipping a few outliers rounds the rest finer. It is the
+    scale search of the GPTQ authors' reference code (`mse` there, 100 shrinks
+    and |error|^2.4; GPTQModel leaves it off by default); 11 shrinks and squares
+    cost a quarter as much and gave the same layer errors on SmolLM2 (within
+    0.3%): ~7% lower than min-max at 4 bits, ~15% at 3 bits."""
+    lo, hi = minmax_range(w, "channel")
+    if not search:
+        qp = fp16_scales(qparams_from_range(lo, hi, bits, symmetric, "channel"))
+        return qp.scale[:, 0], qp.zero_point[:, 0].float()
+    p = SEARCH_SHRINKS.to(w.device)[:, None, None]                     # [S, 1, 1] x [N, 1] -> [S, N, 1]
+    qp = fp16_scales(qparams_from_range(lo * p, hi * p, bits, symmetric, "channel"))
+    s, z = qp.scale, qp.zero_point.float()
+    c = torch.clamp(torch.round(w * (1.0 / s)) + z, qp.qmin, qp.qmax)
+    best = (w - (c - z) * s).square_().sum(-1).argmin(0)   # [N]
+    rows = torch.arange(w.shape[0], device=w.device)
+    return s[best, rows, 0], z[best, rows, 0]
 
 
 def gptq_weight(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | None, symmetric: bool = True,
-                act_order: bool = False, damp: float = 0.01, block_size: int = 128) -> tuple[torch.Tensor, QParams]:
+                act_order: bool = False, damp: float = 0.01, block_size: int = 128,
+                scale_search: bool = False) -> tuple[torch.Tensor, QParams]:
     """Integer codes [N, K] (signed range for symmetric) and their QParams for
     weight `w` [N, K] given the input Hessian `h` [K, K]."""
     w = w.detach().float().clone()
@@ -90,7 +114,8 @@ def gptq_weight(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | N
     threads = torch.get_num_threads()
     torch.set_num_threads(1)      # the column loop is many small ops: threads cost more than they give (4x here)
     try:
-        _columns(w.T.contiguous(), hinv, qt, scales, zeros, starts, bits, symmetric, qmin, qmax, block_size)
+        _columns(w.T.contiguous(), hinv, qt, scales, zeros, starts, bits, symmetric, qmin, qmax, block_size,
+                 scale_search)
     finally:
         torch.set_num_threads(threads)
     q = qt.T[:, torch.argsort(perm)].to(torch.int32)
@@ -98,7 +123,7 @@ def gptq_weight(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | N
     return q, qp
 
 
-def _columns(wt, hinv, qt, scales, zeros, starts, bits, symmetric, qmin, qmax, block_size):
+def _columns(wt, hinv, qt, scales, zeros, starts, bits, symmetric, qmin, qmax, block_size, search):
     """The GPTQ column loop, in blocks with lazy updates, on the transposed weight
     wt [K, N] (in place on wt, qt, scales, zeros): a column of W is a contiguous
     row here, so each rank-1 error update runs on contiguous memory (2x faster
@@ -113,7 +138,7 @@ def _columns(wt, hinv, qt, scales, zeros, starts, bits, symmetric, qmin, qmax, b
             if col in starts:          # a group starts: its scale from the weights as updated so far
                 gi, width = starts[col]
                 block = torch.cat([w1[i:], wt[i2:]])[:width]
-                s, z = _group_qparams(block.T, bits, symmetric)
+                s, z = _group_qparams(block.T, bits, symmetric, search)
                 scales[:, gi], zeros[:, gi] = s, z
                 inv_s = 1.0 / s
             x = w1[i]
@@ -142,7 +167,8 @@ def hessian(x: torch.Tensor) -> torch.Tensor:
 def output_error(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> float:
     """||X (W - Q)^T|| / ||X W^T|| over all calibration inputs X, from their
     Hessian h = 2 X^T X / n: (N K^2 work instead of a matmul over every input row)."""
-    w, d = w.float(), (w - q).float()
+    w, q = w.detach().float(), q.detach().float()
+    d = w - q
     return math.sqrt(float(((d @ h) * d).sum()) / max(float(((w @ h) * w).sum()), 1e-30))
 
 
@@ -269,7 +295,7 @@ def apply(model, recipe: GPTQ, calibration=None) -> Quantized:
                 if _h.get("x") is not x:         # holding x keeps its memory from being reused by another input
                     _h["x"], _h["h"] = x, hessian(x)
                 q, qp = gptq_weight(lin.weight, _h["h"], recipe.bits, recipe.group_size, recipe.symmetric,
-                                    recipe.act_order, recipe.damp, recipe.block_size)
+                                    recipe.act_order, recipe.damp, recipe.block_size, recipe.scale_search)
                 qp.scale, qp.zero_point = qp.scale.cpu(), qp.zero_point.cpu()
                 new = WeightOnlyLinear(lin, recipe.bits, recipe.group_size, recipe.symmetric, qp=qp,
                                        codes=q.cpu()).to("cpu")
