@@ -137,7 +137,7 @@ def _columns(wt, hinv, qt, scales, zeros, starts, bits, symmetric, qmin, qmax, b
             col = i1 + i
             if col in starts:          # a group starts: its scale from the weights as updated so far
                 gi, width = starts[col]
-                block = torch.cat([w1[i:], wt[i2:]])[:width]
+                block = torch.cat([w1[i:i + width], wt[i2:i2 + max(0, width - (i2 - col))]])
                 s, z = _group_qparams(block.T, bits, symmetric, search)
                 scales[:, gi], zeros[:, gi] = s, z
                 inv_s = 1.0 / s
