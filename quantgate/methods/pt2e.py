@@ -126,6 +126,9 @@ class Compiled(torch.nn.Module):
         self._fn = torch.compile(gm, dynamic=False)
 
     def forward(self, input_ids, attention_mask):
-        with torch.no_grad(), warnings.catch_warnings():
+        # Every call sees plain tensors under no_grad, whatever the caller passes: an inference-mode
+        # tensor (e.g. a batch padded inside torch.inference_mode) has another dispatch key set, which
+        # fails the compiled graph's guards and costs a second 20-30 s compilation of the same shape.
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # inductor's lowering warns about its own tensor copies
-            return self._fn(input_ids, attention_mask)
+            return self._fn(input_ids.clone(), attention_mask.clone())
