@@ -21,12 +21,8 @@ import torch
 
 from .data import Dataset
 from .errors import require
-from .models import check_model_dir, hash_files
+from .models import cache_root, check_model_dir, hash_files
 from .progress import progress
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("QUANTGATE_CACHE", Path.home() / ".cache" / "quantgate"))
 
 
 def default_base_model() -> Path:

