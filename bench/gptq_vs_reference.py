@@ -4,9 +4,11 @@ SmolLM2-135M-Instruct, the same calibration windows, bits and group size.
     bash bench/setup_reference.sh          # once: GPTQModel 7.6 in .venv-reference
     .venv/bin/python bench/gptq_vs_reference.py [--bits 4,3] [--groups 128,64] [--samples 128] [--seq-len 512]
     .venv/bin/python bench/gptq_vs_reference.py --decode-only
+    .venv/bin/python bench/gptq_vs_reference.py --rtn-only    # round-to-nearest with and without scale search
 
 Prints, per (bits, group): perplexity on held-out BBC text (512-token windows),
-the share of RTN's perplexity gap to fp32 each method closes, quantization wall
+the share of RTN's perplexity gap to fp32 each method closes (RTN with scale
+search, `woq-int<b>-g<N>-search`, among them), quantization wall
 time and peak memory (each quantizer runs in its own process; peak RSS of that
 process). GPTQModel's packed checkpoint is dequantized here (its own CPU kernel
 refuses 576-wide layers at group 128) and evaluated with the same code as ours.
@@ -128,10 +130,10 @@ def dequantize_gptq_checkpoint(folder: Path, base) -> dict[str, torch.Tensor]:
     return out
 
 
-def rtn_ppl(lm, bits, group, windows) -> float:
+def rtn_ppl(lm, bits, group, windows, search=False) -> float:
     from quantgate.quantize import quantize
     from quantgate.recipes import WeightOnly
-    return perplexity(quantize(lm, WeightOnly(bits=bits, group_size=group)).module, windows)
+    return perplexity(quantize(lm, WeightOnly(bits=bits, group_size=group, scale_search=search)).module, windows)
 
 
 def decode_bench(lm, steps: int = 32) -> list[dict]:
@@ -179,6 +181,7 @@ def main() -> int:
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--decode-only", action="store_true", help="only the decode-speed comparison")
+    ap.add_argument("--rtn-only", action="store_true", help="only round-to-nearest, with and without scale search")
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--job", help=argparse.SUPPRESS)
     ap.add_argument("--bits-one", type=int, help=argparse.SUPPRESS)
@@ -208,7 +211,12 @@ def main() -> int:
     results = []
     for bits in map(int, a.bits.split(",")):
         for group in map(int, a.groups.split(",")):
-            row = {"bits": bits, "group": group, "fp32": fp32, "rtn": rtn_ppl(lm, bits, group, ev)}
+            row = {"bits": bits, "group": group, "fp32": fp32, "rtn": rtn_ppl(lm, bits, group, ev),
+                   "rtn_search": {"ppl": rtn_ppl(lm, bits, group, ev, search=True)}}
+            if a.rtn_only:
+                results.append(row)
+                _print_row(row)
+                continue
             cmd = [sys.executable, __file__, "--job", "quantgate", "--bits-one", str(bits), "--group-one", str(group),
                    "--samples", str(a.samples), "--seq-len", str(a.seq_len), "--eval-file", str(tmp / "eval.pt")]
             if a.no_act_order:
@@ -242,7 +250,7 @@ def main() -> int:
                     row["gptqmodel"] = ref | {"process_s": time.perf_counter() - t}
             results.append(row)
             _print_row(row)
-    decode = [] if a.skip_decode else decode_bench(lm)
+    decode = [] if a.skip_decode or a.rtn_only else decode_bench(lm)
     _print_decode(decode)
     if a.json:
         Path(a.json).write_text(json.dumps({"results": results, "decode": decode}, indent=2))
@@ -259,7 +267,8 @@ def _print_decode(decode: list[dict]) -> None:
 def _print_row(row: dict) -> None:
     gap = row["rtn"] - row["fp32"]
     share = lambda p: (row["rtn"] - p) / gap if gap > 0 else float("nan")
-    print(f"\nint{row['bits']} group {row['group']}: RTN {row['rtn']:.2f}")
+    print(f"\nint{row['bits']} group {row['group']}: RTN {row['rtn']:.2f}; RTN with scale search "
+          f"{row['rtn_search']['ppl']:.2f} (closes {100 * share(row['rtn_search']['ppl']):.0f}% of RTN's gap)")
     for who in ("quantgate", "gptqmodel"):
         r = row.get(who)
         if not r:

@@ -145,17 +145,20 @@ class Recipe:
         if s == "qlora":
             return QLoRA()
         if s.startswith("int") or s.startswith("woq-int"):
+            # int<bits>[-g<N>][-asym][-search][-head<b>], the recipe's own name
             body, _, head = s.removeprefix("woq-").removeprefix("int").partition("-head")
             require(head == "" or head.isdigit(), f"cannot parse head bits in {spec!r}: expected e.g. int4-g64-head8")
+            search = body.endswith("-search")
+            body = body.removesuffix("-search")
             asym = body.endswith("-asym")
             bits, _, g = body.removesuffix("-asym").partition("-g")
-            require(bits.isdigit(), f"cannot parse recipe {spec!r}: expected e.g. int8, int4-g64")
+            require(bits.isdigit(), f"cannot parse recipe {spec!r}: expected e.g. int8, int4-g64, int4-g64-search")
             require(g == "" or g.isdigit(), f"cannot parse group size in {spec!r}: expected e.g. int4-g64")
             return WeightOnly(bits=int(bits), group_size=int(g) if g else None, symmetric=not asym,
-                              head_bits=int(head) if head else None)
+                              scale_search=search, head_bits=int(head) if head else None)
         raise QuantgateError(
             f"unknown recipe {spec!r}; use one of: dynamic, static, static-<calibrator>[-pertensor][-symact] (e.g. static-percentile), "
-            "int<bits>[-g<N>][-asym][-head<b>] (e.g. int4-g64), gptq[-int<bits>][-g<N>][-noact][-nosearch][-asym][-head<b>] "
+            "int<bits>[-g<N>][-asym][-search][-head<b>] (e.g. int4-g64), gptq[-int<bits>][-g<N>][-noact][-nosearch][-asym][-head<b>] "
             "(e.g. gptq-int3-g128), "
             "nf4, qlora, qat, qat-w4a8, or a .yaml/.json recipe file")
 
@@ -252,6 +255,7 @@ class WeightOnly(Recipe):
     bits: int = 8
     group_size: int | None = None  # None: one scale per output channel
     symmetric: bool = field(default=True)
+    scale_search: bool = False     # each channel's or group's range shrunk by the factor that rounds its weights best
     head_bits: int | None = None   # an output head tied to the embedding: None keeps it float; 8 or 4 stores an untied copy
 
     def __post_init__(self):
@@ -259,11 +263,13 @@ class WeightOnly(Recipe):
         _one_of("bits", self.bits, WEIGHT_ONLY_BITS)
         _check_group(self.group_size)
         require(isinstance(self.symmetric, bool), f"symmetric must be true or false, got {self.symmetric!r}")
+        require(isinstance(self.scale_search, bool), f"scale_search must be true or false, got {self.scale_search!r}")
         _one_of("head_bits", self.head_bits, HEAD_BITS)
 
     def _name(self) -> str:
         g = f"-g{self.group_size}" if self.group_size else ""
-        return f"woq-int{self.bits}{g}{'' if self.symmetric else '-asym'}{_head(self)}"
+        return (f"woq-int{self.bits}{g}{'' if self.symmetric else '-asym'}{'-search' if self.scale_search else ''}"
+                f"{_head(self)}")
 
 
 HEAD_BITS = (None, 4, 8)

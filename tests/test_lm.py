@@ -103,6 +103,24 @@ def test_gptq_scale_search_lowers_the_output_error_of_a_real_layer(lm):
         assert searched < most * plain, (bits, plain, searched)
 
 
+def test_round_to_nearest_scale_search_rounds_every_group_as_well_and_the_model_better(lm, held_out):
+    """woq-int<b>-g<N>-search: each group's range is shrunk where that rounds its weights better.
+    Min-max is one of the candidates, so no group may round worse; on SmolLM2 the whole model gains."""
+    from quantgate.formats.affine import dequantize, grouped, quantize
+    from quantgate.methods.weight_only import rtn_qparams
+    from quantgate.quantize import quantize as quantize_model
+    for w in (lm.module.model.layers[3].self_attn.q_proj.weight, lm.module.model.layers[3].mlp.down_proj.weight):
+        w = w.detach()                              # 576 wide (a last group of 64 at g128) and 1536 wide
+        errs = []
+        for search in (False, True):
+            qp = rtn_qparams(w, 3, 128, True, search)
+            errs.append(grouped((dequantize(quantize(w, qp), qp) - w).square(), 128).sum(-1))   # [N, groups]
+        assert bool((errs[1] <= errs[0]).all()) and errs[1].sum() < 0.9 * errs[0].sum()
+    plain, searched = (ppl(quantize_model(lm, WeightOnly(bits=3, group_size=128, scale_search=s)).module, held_out)
+                       for s in (False, True))
+    assert searched < 0.8 * plain, (plain, searched)
+
+
 @pytest.mark.parametrize("bits", [3, 4])   # 2 and 8 share the code paths; packing of each width: test_formats
 def test_saved_artifact_reloads_bit_identical_and_generates(lm, tmp_path, bits):
     from quantgate.artifact import load_lm, save

@@ -63,5 +63,11 @@ def test_parse_short_specs():
     assert not Recipe.parse("gptq-int4-nosearch").scale_search
     with pytest.raises(QuantgateError, match="scale_search must be true or false, got 'yes'"):
         GPTQ(scale_search="yes")
+    for spec in ("woq-int4-g64-search", "woq-int3-g128-asym-search-head8", "woq-int8"):   # round-to-nearest, too
+        r = Recipe.parse(spec)
+        assert r.name == spec and Recipe.from_dict(r.to_dict()) == r
+    assert Recipe.parse("int4-g64-search").scale_search and not Recipe.parse("int4-g64").scale_search
+    with pytest.raises(QuantgateError, match="scale_search must be true or false, got 1"):
+        WeightOnly(bits=4, scale_search=1)
     with pytest.raises(QuantgateError, match="cannot parse 'x9' in 'gptq-int4-x9'"):
         Recipe.parse("gptq-int4-x9")

@@ -55,7 +55,7 @@ class QParams:
         return t.repeat_interleave(self.group_size, dim=-1)[..., : shape[-1]]
 
 
-def _groups(x: torch.Tensor, group_size: int) -> torch.Tensor:
+def grouped(x: torch.Tensor, group_size: int) -> torch.Tensor:
     """[N, K] -> [N, ceil(K/g), g], zero-padding the last group."""
     n, k = x.shape
     n_groups = math.ceil(k / group_size)
@@ -75,7 +75,7 @@ def minmax_range(x: torch.Tensor, granularity: str = "tensor", group_size: int |
     if granularity == "channel":
         return x.min(dim=1, keepdim=True).values, x.max(dim=1, keepdim=True).values
     require(isinstance(group_size, int) and group_size > 0, f"group_size must be a positive integer, got {group_size!r}")
-    g = _groups(x, group_size)
+    g = grouped(x, group_size)
     return g.amin(dim=-1), g.amax(dim=-1)
 
 

@@ -31,7 +31,7 @@ from collections import Counter
 
 import torch
 
-from ..formats.affine import QParams, choose_qparams, quantize
+from ..formats.affine import QParams, grouped, minmax_range, qparams_from_range, quantize
 from ..formats.packing import pack_bits, packed_width, unpack_bits
 from ..recipes import WeightOnly
 from .common import Quantized, float_operators, select_linears
@@ -49,10 +49,38 @@ def fp16_scales(qp: QParams) -> QParams:
     return qp
 
 
-def rtn_qparams(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool) -> QParams:
-    """Round-to-nearest: min-max scales per channel or group, stored in fp16."""
-    return fp16_scales(choose_qparams(w.detach().float(), bits, symmetric, "group" if group_size else "channel",
-                                      group_size))
+SEARCH_SHRINKS = torch.tensor([1 - 0.025 * i for i in range(11)])   # 1, 0.975, ..., 0.75
+
+
+def rtn_qparams(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool,
+                search: bool = False) -> QParams:
+    """Scales (stored in fp16) and zero points per channel or group of `w` [N, K].
+
+    Min-max by default. With `search`, each channel's (or group's) range is
+    shrunk by the factor in SEARCH_SHRINKS that minimizes the squared rounding
+    error of its weights (the first, 1, on ties): clipping a few outliers rounds
+    the rest finer. It is the scale search of the GPTQ authors' reference code
+    (`mse` there, 100 shrinks and |error|^2.4; GPTQModel leaves it off by
+    default); 11 shrinks and squares gave the same GPTQ layer errors on SmolLM2
+    as 21 shrinks and |error|^2.4 (within 0.3%) at a quarter of the cost."""
+    w = w.detach().float()
+    gran = "group" if group_size else "channel"
+    lo, hi = minmax_range(w, gran, group_size)                        # [N, 1] or [N, groups]
+    if not search:
+        return fp16_scales(qparams_from_range(lo, hi, bits, symmetric, gran, group_size))
+    x = grouped(w, group_size) if group_size else w[:, None, :]      # [N, groups, g]; padding rounds to 0 exactly
+    p = SEARCH_SHRINKS.to(w.device)[:, None, None]                   # [S, 1, 1]
+    scale, zero = torch.empty_like(lo), torch.empty_like(lo, dtype=torch.int32)
+    rows = max(1, 2**24 // (len(SEARCH_SHRINKS) * x.shape[1] * x.shape[2]))   # bound the [S, rows, groups, g] work
+    for r in range(0, w.shape[0], rows):
+        qp = fp16_scales(qparams_from_range(lo[r:r + rows] * p, hi[r:r + rows] * p, bits, symmetric, gran, group_size))
+        s, z = qp.scale[..., None], qp.zero_point[..., None].float()  # [S, rows, groups, 1]
+        xr = x[r:r + rows]
+        c = torch.clamp(torch.round(xr * (1.0 / s)) + z, qp.qmin, qp.qmax)
+        best = (xr - (c - z) * s).square_().sum(-1).argmin(0, keepdim=True)   # [1, rows, groups]
+        scale[r:r + rows] = qp.scale.gather(0, best)[0]
+        zero[r:r + rows] = qp.zero_point.gather(0, best)[0]
+    return QParams(scale, zero, bits, symmetric, gran, group_size)
 
 
 class WeightOnlyLinear(torch.nn.Module):
@@ -62,12 +90,12 @@ class WeightOnlyLinear(torch.nn.Module):
     pass `qp` (and `codes`) to store codes another method chose (GPTQ)."""
 
     def __init__(self, linear: torch.nn.Linear, bits: int, group_size: int | None, symmetric: bool,
-                 qp: QParams | None = None, codes: torch.Tensor | None = None):
+                 qp: QParams | None = None, codes: torch.Tensor | None = None, search: bool = False):
         super().__init__()
         n, k = linear.out_features, linear.in_features
         self._setup(k, n, bits, group_size, symmetric, linear.bias is not None)
         w = linear.weight.detach().float()
-        qp = qp or rtn_qparams(w, bits, group_size, symmetric)
+        qp = qp or rtn_qparams(w, bits, group_size, symmetric, search)
         q = quantize(w, qp) if codes is None else codes.to(torch.int32)
         self.qweight = pack_bits((q - qp.qmin).to(torch.uint8), bits)
         self.scales = qp.scale.to(torch.float16).reshape(n, -1).contiguous()
@@ -215,7 +243,7 @@ def apply(model, recipe: WeightOnly, calibration=None) -> Quantized:
     targets, kept = select_linears(qm, recipe)
     new_layers = []
     for name, lin in targets.items():
-        new = WeightOnlyLinear(lin, recipe.bits, recipe.group_size, recipe.symmetric)
+        new = WeightOnlyLinear(lin, recipe.bits, recipe.group_size, recipe.symmetric, search=recipe.scale_search)
         new_layers.append(new)
         set_module(qm, name, new)
     quantize_head(qm, recipe, targets, kept, new_layers)
