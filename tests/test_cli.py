@@ -100,7 +100,7 @@ def test_quantize_writes_a_complete_artifact(capsys, tmp_path, finetuned_dir):
     code, stdout, err = run(capsys, "quantize", "--model", finetuned_dir, "--recipe", "int4-g64", "--out", out)
     assert code == 0, err
     m = json.loads((out / "manifest.json").read_text())
-    assert m["recipe"] == {"method": "weight-only", "bits": 4, "group_size": 64, "symmetric": True,
+    assert m["recipe"] == {"method": "weight-only", "bits": 4, "group_size": 64, "symmetric": True, "scale_search": False,
                            "head_bits": None, "exclude": [], "min_out_features": 16}
     assert len(m["base_model"]["sha"]) == 16 and m["environment"]["torch"].startswith("2.13")
     from safetensors.torch import load_file
