@@ -62,7 +62,10 @@ def rtn_qparams(w: torch.Tensor, bits: int, group_size: int | None, symmetric: b
     the rest finer. It is the scale search of the GPTQ authors' reference code
     (`mse` there, 100 shrinks and |error|^2.4; GPTQModel leaves it off by
     default); 11 shrinks and squares gave the same GPTQ layer errors on SmolLM2
-    as 21 shrinks and |error|^2.4 (within 0.3%) at a quarter of the cost."""
+    as 21 shrinks and |error|^2.4 (within 0.3%) at a quarter of the cost.
+    Lower weight error is not always lower output error: for round-to-nearest
+    on SmolLM2 it pays at 3 bits and not at 4 (BENCHMARKS.md), so the
+    WeightOnly recipe leaves it off unless asked; GPTQ uses it by default."""
     w = w.detach().float()
     gran = "group" if group_size else "channel"
     lo, hi = minmax_range(w, gran, group_size)                        # [N, 1] or [N, groups]
