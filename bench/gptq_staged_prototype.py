@@ -28,6 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 from scipy.linalg import blas  # noqa: E402
 
 from quantgate.data import bbc_splits  # noqa: E402
+from quantgate.decoder import rope  # noqa: E402
 from quantgate.methods import gptq as G  # noqa: E402
 from quantgate.methods.weight_only import WeightOnlyLinear  # noqa: E402
 from quantgate.models import load_causal_lm  # noqa: E402
@@ -60,11 +61,6 @@ def quantized(lin, h):
     dq = WeightOnlyLinear(lin, r.bits, r.group_size, r.symmetric, qp=qp, codes=q).dequantized_weight()
     G.output_error(lin.weight, dq, h)
     return dq
-
-
-def rope(x, cos, sin):
-    h = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., h:], x[..., :h]), dim=-1) * sin
 
 
 @torch.inference_mode()

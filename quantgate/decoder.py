@@ -52,6 +52,12 @@ def unsupported(module) -> str | None:
     return None
 
 
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of heads x [..., seq, head_dim] (Llama's rotate-half form)."""
+    h = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., h:], x[..., :h]), dim=-1) * sin
+
+
 class _Projections:
     """Projections of one input, concatenated along the output features: one
     packed kernel call where all share a packed format (its bf16 output is
@@ -127,10 +133,6 @@ class Decoder:
             cos, sin = self.rotary(torch.zeros(1, dtype=torch.float32, device=device), pos)
             self.cos, self.sin = cos[0].float(), sin[0].float()
 
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = x.shape[-1] // 2
-        return x * cos + torch.cat((-x[..., h:], x[..., :h]), dim=-1) * sin
-
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Next-token logits [batch, vocab] after `ids` ([batch, t]) at position self.pos."""
         b, t = ids.shape
@@ -142,7 +144,7 @@ class Decoder:
         for blk, (kc, vc) in zip(self.blocks, self.cache):
             h = F.rms_norm(x, (d,), blk.ln1, blk.eps1)
             y = blk.qkv(h)                                       # [b, t, (nh + 2 nkv) hd]: q | k | v
-            qk = self._rope(y[..., :(nh + nkv) * hd].view(b, t, nh + nkv, hd).transpose(1, 2), cos, sin)
+            qk = rope(y[..., :(nh + nkv) * hd].view(b, t, nh + nkv, hd).transpose(1, 2), cos, sin)
             q = qk[:, :nh]
             kc[:, :, p0:p1] = qk[:, nh:]
             vc[:, :, p0:p1] = y[..., (nh + nkv) * hd:].view(b, t, nkv, hd).transpose(1, 2)
