@@ -43,14 +43,6 @@ from .common import Quantized, compute_device, select_linears
 from .weight_only import WeightOnlyLinear, finish, quantize_head, rtn_qparams, set_module
 
 
-def _group_qparams(w: torch.Tensor, bits: int, symmetric: bool,
-                   search: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row scale (fp16, as stored) and zero point of a block of columns [N, width]:
-    min-max, or with `search` the range shrink that rounds each row best (rtn_qparams)."""
-    qp = rtn_qparams(w, bits, None, symmetric, search)
-    return qp.scale[:, 0], qp.zero_point[:, 0].float()
-
-
 def gptq_weight(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | None, symmetric: bool = True,
                 act_order: bool = False, damp: float = 0.01, block_size: int = 128,
                 scale_search: bool = False) -> tuple[torch.Tensor, QParams]:
@@ -119,7 +111,8 @@ def _columns(wt, hinv, qt, scales, zeros, starts, bits, symmetric, qmin, qmax, b
             if col in starts:          # a group starts: its scale from the weights as updated so far
                 gi, width = starts[col]
                 block = torch.cat([w1[i:i + width], wt[i2:i2 + max(0, width - (i2 - col))]])
-                s, z = _group_qparams(block.T, bits, symmetric, search)
+                qp = rtn_qparams(block.T, bits, None, symmetric, search)   # per row of the group's block
+                s, z = qp.scale[:, 0], qp.zero_point[:, 0].float()
                 scales[:, gi], zeros[:, gi] = s, z
                 inv_s = 1.0 / s
             x = w1[i]
