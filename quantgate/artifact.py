@@ -71,14 +71,27 @@ def write(q: Quantized, model: Model, folder: Path, evidence: dict | None = None
         if q.extra.get("training"):
             manifest["training"] = q.extra["training"]
     (folder / "recipe.yaml").write_text(q.recipe.to_yaml())
+    from .registry import file_hashes
+    manifest["files"] = file_hashes(folder)       # checked by `registry check`, export and load
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
 
 
+def check_out(out: str | Path, overwrite: bool = False) -> Path:
+    """Refuse an --out that exists (unless overwriting a quantgate artifact) or cannot be created: before any work."""
+    from .report.files import check_out_path
+    out = Path(out)
+    if out.exists():
+        require(overwrite, f"{out} already exists: choose another --out, or pass --overwrite")
+        require(out.is_dir() and (out / "manifest.json").is_file(),
+                f"{out} exists and is not a quantgate artifact: --overwrite replaces only an artifact "
+                "quantgate saved; choose another --out")
+    return check_out_path(out)
+
+
 def save(q: Quantized, model: Model, out: str | Path, evidence: dict | None = None, overwrite: bool = False) -> Path:
     from .report.files import atomic_dir
-    out = Path(out)
-    require(overwrite or not out.exists(), f"{out} already exists: choose another --out, or remove it first")
+    out = check_out(out, overwrite)
     with atomic_dir(out, replace=overwrite) as tmp:
         write(q, model, tmp, evidence)
     return out
@@ -111,9 +124,11 @@ def load_lm(path: str | Path) -> CausalLM:
     from .methods.nf4 import NF4Linear
     from .methods.weight_only import WeightOnlyLinear, set_module
 
+    from .registry import read_manifest, verify_files
     p = Path(path)
-    require((p / "manifest.json").is_file(), f"{p} is not a quantgate artifact (no manifest.json)")
-    manifest = json.loads((p / "manifest.json").read_text())
+    manifest = read_manifest(p)
+    bad = verify_files(p, manifest)
+    require(not bad, f"{p} is damaged: {'; '.join(bad[:3])}; re-save the artifact")
     require(manifest.get("layers") is not None,
             f"{p} holds no language-model layer formats: it was not saved from a causal LM")
     hf_logging.set_verbosity_error()

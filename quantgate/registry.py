@@ -20,10 +20,22 @@ How a save stays whole when processes race or die:
    most a folder no row points to, which the next save removes while holding
    the lock (no other saver can be between its rename and commit then).
 A version exists exactly when its row does.
+
+The registry owns only what it made. Every folder it creates carries a marker
+file (MARKER) from its first moment; a sweep removes only marked folders: a
+temporary folder whose writer is dead (or that is over an hour old), and a
+marked version folder that no row points to. A folder without the marker (a
+user's) is never touched. A registry whose database is missing but whose
+artifacts are there is rebuilt from their manifests, not wiped.
+
+Integrity: each artifact's manifest lists the SHA-256 of every file beside it;
+`check()` (and `verify()` before export and load) recompute them and name the
+file that differs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -54,6 +66,7 @@ CREATE TABLE IF NOT EXISTS versions (
 """
 JSON_COLUMNS = ("recipe", "calibration", "environment", "evaluation")
 STALE_TMP_S = 3600
+MARKER = ".quantgate-artifact"     # in every folder quantgate creates under artifacts/: "<pid> <start time>"
 
 
 def slug(name: str) -> str:
@@ -72,19 +85,126 @@ def default_root() -> Path:
     return Path(os.environ.get("QUANTGATE_REGISTRY", Path.home() / ".cache" / "quantgate" / "registry"))
 
 
+def file_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file in an artifact folder but the manifest and the marker."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel not in ("manifest.json", MARKER):
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            out[rel] = h.hexdigest()
+    return out
+
+
+def read_manifest(folder: Path) -> dict:
+    """An artifact's manifest.json, or one clear error if it is missing or not valid JSON."""
+    p = Path(folder) / "manifest.json"
+    require(p.is_file(), f"{folder} is not a quantgate artifact (no manifest.json)")
+    try:
+        m = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise QuantgateError(f"{p} is damaged (not valid JSON: {e}); re-save the artifact, "
+                             "or export another version") from None
+    require(isinstance(m, dict) and isinstance(m.get("content_hash"), str),
+            f"{p} is not a quantgate manifest (no content_hash); re-save the artifact")
+    return m
+
+
+def verify_files(folder: Path, manifest: dict | None = None) -> list[str]:
+    """Files of an artifact that are missing or differ from the hashes its manifest recorded at save time."""
+    m = manifest or read_manifest(folder)
+    want = m.get("files")
+    if not isinstance(want, dict):
+        return []           # saved before quantgate recorded file hashes
+    have = file_hashes(Path(folder))
+    problems = [f"{name} is missing" for name in want if name not in have]
+    problems += [f"{name} differs from the hash recorded at save time (damaged or edited)"
+                 for name in want if name in have and have[name] != want[name]]
+    return problems
+
+
+def mark(folder: Path) -> None:
+    (folder / MARKER).write_text(f"{os.getpid()} {time.time():.0f}\n")
+
+
+def _writer_alive(folder: Path) -> bool:
+    try:
+        pid = int((folder / MARKER).read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
+
+
 class Registry:
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, create: bool = True):
+        """Open (and with `create`, make) the registry at root. Reading verbs pass
+        create=False, so a mistyped path is an error, not a new empty registry."""
         self.root = Path(root) if root is not None else default_root()
         self.artifacts = self.root / "artifacts"
-        self.artifacts.mkdir(parents=True, exist_ok=True)
         self.db = self.root / "registry.sqlite"
-        with self._connect() as con:
-            con.executescript(SCHEMA)
+        require(not self.root.exists() or self.root.is_dir(),
+                f"--registry {self.root} is a file: give a folder (a new one, or one quantgate made)")
+        require(not self.artifacts.exists() or self.artifacts.is_dir(),
+                f"{self.artifacts} is a file, not a registry's artifacts folder: choose another --registry")
+        require(not self.db.exists() or self.db.is_file(), f"{self.db} is not a file: choose another --registry")
+        if not create:
+            require(self.db.is_file() or self._marked_folders(),
+                    f"no registry at {self.root} (no registry.sqlite): check the path, or save a version there first")
+        fresh = not self.db.exists()
+        if create:
+            self.artifacts.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._connect() as con:
+                con.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise QuantgateError(f"{self.db} is not a quantgate registry database ({e}); move it aside: the "
+                                 "registry is rebuilt from the artifacts' manifests on the next use") from None
+        if fresh and self._marked_folders():
+            self.recovered = self._recover()
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.db, timeout=120, isolation_level=None)
         con.row_factory = sqlite3.Row
         return con
+
+    def _marked_folders(self) -> list[Path]:
+        if not self.artifacts.is_dir():
+            return []
+        return sorted(p for p in self.artifacts.iterdir()
+                      if p.is_dir() and not p.name.startswith(".tmp-") and (p / MARKER).is_file())
+
+    def _recover(self) -> list[str]:
+        """Rows for the artifacts of a registry whose database was lost, rebuilt from their manifests.
+        A folder whose files do not match its manifest's hashes is left alone and not registered."""
+        done = []
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            for p in self._marked_folders():
+                try:
+                    m = read_manifest(p)
+                except QuantgateError:
+                    continue
+                version, name = m.get("version"), m.get("name")
+                if version != p.name or not isinstance(name, str) or verify_files(p, m):
+                    continue
+                method = slug(name)
+                hit = re.fullmatch(rf"(.+)-{re.escape(method)}-v(\d+)", version)
+                if not hit:
+                    continue
+                con.execute(
+                    "INSERT OR IGNORE INTO versions (version, base, method, n, content_hash, base_sha, recipe, "
+                    "calibration, environment, evaluation, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (version, hit.group(1), method, int(hit.group(2)), m["content_hash"],
+                     (m.get("base_model") or {}).get("sha", ""), json.dumps(m.get("recipe")),
+                     json.dumps(m.get("calibration")), json.dumps(m.get("environment") or {}),
+                     json.dumps(m.get("evidence") or {}), m.get("created", "")))
+                done.append(version)
+            con.execute("COMMIT")
+        return done
 
     # -- writing --------------------------------------------------------------
     def register(self, q, model, base: str | None = None, evidence: dict | None = None) -> dict:
@@ -92,7 +212,10 @@ class Registry:
         from .artifact import write
         base = slug(base or Path(model.path).name or "model")
         method = slug(q.name)
+        from .report.files import follow_umask
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.artifacts))
+        mark(tmp)
+        follow_umask(tmp)
         renamed: Path | None = None
         con = self._connect()
         try:
@@ -111,8 +234,10 @@ class Registry:
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
             _crash_point("before-rename")
             dest = self.artifacts / version
-            if dest.exists():          # a crashed save's leftover: no row points to it (checked under the lock)
-                shutil.rmtree(dest)
+            if dest.exists():          # a crashed save's leftover (marked, no row: the sweep removed it) or not ours
+                con.execute("ROLLBACK")
+                raise QuantgateError(f"{dest} exists and is not a quantgate artifact: move it out of {self.artifacts}, "
+                                     "or choose another --registry")
             os.replace(tmp, dest)
             renamed = dest
             _crash_point("after-rename")
@@ -137,14 +262,18 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _sweep(self, con: sqlite3.Connection) -> None:
-        """Remove folders left by crashed saves. Call only under the write lock."""
+        """Remove what crashed saves left: marked temporary folders whose writer
+        is dead (or over an hour old), and marked version folders no row points
+        to. Unmarked folders are not quantgate's and stay. Call only under the write lock."""
         known = {r[0] for r in con.execute("SELECT version FROM versions")}
         now = time.time()
         for p in self.artifacts.iterdir():
+            if not p.is_dir() or p.is_symlink() or not (p / MARKER).is_file():
+                continue
             if p.name.startswith(".tmp-"):
-                if now - p.stat().st_mtime > STALE_TMP_S:
+                if not _writer_alive(p) or now - p.stat().st_mtime > STALE_TMP_S:
                     shutil.rmtree(p, ignore_errors=True)
-            elif p.is_dir() and p.name not in known:
+            elif p.name not in known:
                 shutil.rmtree(p, ignore_errors=True)
 
     # -- reading --------------------------------------------------------------
@@ -168,8 +297,20 @@ class Registry:
             raise QuantgateError(f"no version {version!r} in the registry at {self.root}; "
                                  f"it has: {', '.join(known[-8:]) or 'none'} (quantgate registry list)")
         d = self._row(r)
-        d["manifest"] = json.loads((Path(d["path"]) / "manifest.json").read_text())
+        d["manifest"] = read_manifest(Path(d["path"]))
         return d
+
+    def verify(self, version: str) -> Path:
+        """The version's folder, after checking every file against the hashes recorded at save time."""
+        d = self.get(version)
+        p = Path(d["path"])
+        problems = verify_files(p, d["manifest"])
+        require(d["manifest"]["content_hash"] == d["content_hash"],
+                f"{version}: manifest content hash {d['manifest']['content_hash']} is not the registered "
+                f"{d['content_hash']}; the artifact was replaced")
+        require(not problems, f"{version} is damaged: {'; '.join(problems[:3])} (in {p}); "
+                              "re-save it with quantgate quantize --registry")
+        return p
 
     def diff(self, a: str, b: str) -> list[tuple[str, object, object]]:
         """Lineage and evidence fields that differ between two versions: (key, a, b)."""
@@ -181,33 +322,34 @@ class Registry:
 
     def export(self, version: str, dest: str | Path) -> Path:
         """Copy a version's folder (weights, recipe, manifest) to dest, which must not exist."""
-        src = Path(self.get(version)["path"])
-        from .report.files import atomic_dir
+        from .report.files import atomic_dir, check_out_path
         dest = Path(dest)
         require(not dest.exists(), f"{dest} already exists: export to a new path")
+        check_out_path(dest)
+        src = self.verify(version)
         with atomic_dir(dest) as tmp:
-            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))
         return dest
 
     def check(self) -> dict:
-        """Consistency: every row has its folder with a manifest of the same hash; folders without a row."""
-        from safetensors.torch import load_file
-
-        from .artifact import content_hash
+        """Consistency: every row has its folder, a manifest of the same hash and files
+        matching the hashes recorded at save time; folders without a row."""
         problems = []
         rows = self.list()
         for r in rows:
             p = Path(r["path"])
-            if not (p / "manifest.json").is_file():
-                problems.append(f"{r['version']}: folder or manifest missing")
+            try:
+                m = read_manifest(p)
+            except QuantgateError as e:
+                problems.append(f"{r['version']}: {e}")
                 continue
-            m = json.loads((p / "manifest.json").read_text())
-            tensors = load_file(str(p / m["weights_file"])) if m.get("weights_file") else {}
-            h = content_hash(tensors, m["recipe"], m["base_model"]["sha"], m["calibration"])
-            if h != r["content_hash"] or m.get("version") != r["version"]:
-                problems.append(f"{r['version']}: content hash {h} does not match the registered {r['content_hash']}")
+            if m["content_hash"] != r["content_hash"] or m.get("version") != r["version"]:
+                problems.append(f"{r['version']}: manifest content hash {m['content_hash']} does not match the "
+                                f"registered {r['content_hash']}")
+            problems += [f"{r['version']}: {x}" for x in verify_files(p, m)]
         known = {r["version"] for r in rows}
-        leftovers = sorted(p.name for p in self.artifacts.iterdir() if p.name not in known)
+        leftovers = sorted(p.name for p in self.artifacts.iterdir() if p.name not in known) \
+            if self.artifacts.is_dir() else []
         return {"versions": len(rows), "problems": problems, "leftovers": leftovers}
 
 
