@@ -1,8 +1,15 @@
-"""Calibration data: checked, tokenized and fingerprinted.
+"""Calibration data: checked, tokenized and fingerprinted. The one owner of
+calibration inputs for every method.
 
-The fingerprint is a content hash of the token ids the model actually saw (so a
-different tokenizer or max length is a different fingerprint), with the
-tokenizer's identity, the sample count and the slices the samples cover."""
+- classifiers: the first `num_samples` examples at the model's fixed length
+  (`prepare_calibration`);
+- causal LMs: consecutive token windows of the calibration text (`lm_windows`),
+  also used for QLoRA's training windows.
+
+Both fingerprints share one schema: a content hash of the token ids the model
+actually saw (so a different tokenizer or length is a different fingerprint),
+the tokenizer's identity, the count asked for and used, the source, and the
+slices the samples cover (classifiers) or the tokens and texts used (LMs)."""
 
 from __future__ import annotations
 
@@ -46,6 +53,39 @@ def prepare_calibration(model, data: Dataset | None, num_samples: int) -> tuple[
         "slices": {k: dict(sorted(Counter(v).items())) for k, v in sub.slices.items()},
     }
     return enc, fp
+
+
+def token_stream(tokenizer, texts: list[str], limit: int | None = None) -> torch.Tensor:
+    """All texts as one token stream, separated by the end-of-text token (tokenizing
+    stops once `limit` tokens are there: calibration needs only the first ones)."""
+    sep = tokenizer.eos_token_id
+    ids: list[int] = []
+    for t in texts:
+        if limit is not None and len(ids) >= limit:
+            break
+        ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
+        if sep is not None:
+            ids.append(sep)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def lm_windows(tokenizer, data: Dataset | list[str] | None, num_samples: int, seq_len: int,
+               where: str = "calibration data") -> tuple[torch.Tensor, dict]:
+    """[num_samples, seq_len] consecutive windows of the text (a Dataset or a list of texts), and their fingerprint."""
+    texts = None if data is None else list(data.texts if isinstance(data, Dataset) else data)
+    require(texts is not None and len(texts) > 0 and any(t.strip() for t in texts),
+            f"{where} is empty: GPTQ chooses its roundings on calibration text; give --calibration FILE")
+    need = num_samples * seq_len
+    stream = token_stream(tokenizer, texts, limit=need)
+    require(len(stream) >= need,
+            f"{where} is too short: {len(texts)} texts give {len(stream):,} tokens, but {num_samples} samples x "
+            f"{seq_len} tokens need {need:,}; give more text, or lower num_samples or seq_len "
+            f"(at most {len(stream) // seq_len} samples of {seq_len} tokens fit)")
+    windows = stream[:need].view(num_samples, seq_len)
+    fp = {"hash": hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16], "count": num_samples,
+          "requested": num_samples, "tokenizer": tokenizer_identity(tokenizer), "max_length": seq_len,
+          "source": getattr(data, "source", "texts"), "tokens": int(windows.numel()), "texts": len(texts)}
+    return windows, fp
 
 
 def batches(enc: dict[str, torch.Tensor], batch_size: int):

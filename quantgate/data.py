@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import QuantgateError, require
 
 BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
-LENGTH_EDGES = (250, 500)  # words: short < 250 <= medium < 500 <= long
+LENGTH_EDGES = (250, 500)  # words: short < 250 <= medium < 500 <= long (length_bucket's default; slices use the data's tertiles)
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Dataset:
     ids: list[str]
     slices: dict[str, list[str]] = field(default_factory=dict)  # slice column -> value per example
     source: str = ""
+    dropped: int = 0        # rows of the source file skipped for an empty text or label
 
     def __post_init__(self):
         n = len(self.texts)
@@ -51,14 +52,34 @@ class Dataset:
         return h.hexdigest()[:16]
 
 
-def length_bucket(text: str) -> str:
+def length_bucket(text: str, edges: tuple[int, int] = LENGTH_EDGES) -> str:
     n = len(text.split())
-    lo, hi = LENGTH_EDGES
+    lo, hi = edges
     return f"short (<{lo} words)" if n < lo else f"medium ({lo}-{hi})" if n < hi else f"long (>={hi})"
 
 
+def length_edges(texts: list[str]) -> tuple[int, int]:
+    """Bucket edges from the lengths seen: the tertiles of the word counts,
+    rounded to two significant digits (so short texts do not all land in one bucket)."""
+    import numpy as np
+    n = np.array([len(t.split()) for t in texts]) if texts else np.array([0])
+
+    def r2(x: float) -> int:
+        x = max(1, int(round(x)))
+        k = max(0, len(str(x)) - 2)
+        return int(round(x, -k))
+    lo, hi = r2(np.quantile(n, 1 / 3)), r2(np.quantile(n, 2 / 3))
+    return (lo, max(hi, lo + 1))
+
+
+def length_slice(texts: list[str]) -> list[str]:
+    """The automatic length slice: three buckets cut at the data's own tertiles."""
+    edges = length_edges(texts)
+    return [length_bucket(t, edges) for t in texts]
+
+
 def add_length_slice(ds: Dataset) -> Dataset:
-    ds.slices.setdefault("length", [length_bucket(t) for t in ds.texts])
+    ds.slices.setdefault("length", length_slice(ds.texts))
     return ds
 
 
@@ -92,6 +113,7 @@ def read_frame(p: Path):
     """A JSONL, JSON, CSV/TSV or Parquet file as a DataFrame; parse errors as one line."""
     import pandas as pd
 
+    require(not p.is_dir(), f"data path {p} is a folder: give a .jsonl, .csv, .tsv or .parquet file")
     require(p.is_file(), f"data file not found: {p}")
     require(p.stat().st_size > 0, f"data file {p} is empty")
     suffix = p.suffix.lower()
@@ -116,11 +138,17 @@ def load_table(path: str | Path, text_col: str = "text", label_col: str = "label
     for role, c in [("--text-col", text_col), ("--label-col", label_col)] + [("--slice-col", s) for s in slice_cols] \
             + ([("--id-col", id_col)] if id_col else []):
         require(c in df.columns, f"{p} has no column {c!r} (named by {role}); its columns are: {', '.join(map(str, cols))}")
+    rows = len(df)
     df = df.dropna(subset=[text_col, label_col])
+    df = df[df[text_col].astype(str).str.strip().astype(bool) & df[label_col].astype(str).str.strip().astype(bool)]
     require(len(df) > 0, f"{p}: every row has an empty {text_col!r} or {label_col!r}")
+    dropped = rows - len(df)
+    if dropped:
+        import sys
+        print(f"{p}: {dropped} of {rows} rows skipped (empty or missing {text_col!r} or {label_col!r})", file=sys.stderr)
     ids = [str(v) for v in (df[id_col] if id_col else range(len(df)))]
     ds = Dataset([str(t) for t in df[text_col]], [str(y) for y in df[label_col]], ids,
-                 {s: [str(v) for v in df[s]] for s in slice_cols}, source=str(p))
+                 {s: [str(v) for v in df[s]] for s in slice_cols}, source=str(p), dropped=dropped)
     return add_length_slice(ds)
 
 
@@ -129,6 +157,7 @@ def load_texts(path: str | Path, text_col: str = "text") -> list[str]:
     .parquet; the text column), a fortune(6) file (records separated by lines
     holding only '%'), or plain text with one input per line."""
     p = Path(path)
+    require(not p.is_dir(), f"inputs path {p} is a folder: give a file")
     require(p.is_file(), f"inputs file not found: {p}")
     if p.suffix.lower() in TABLE_SUFFIXES:
         df = read_frame(p)
@@ -136,7 +165,7 @@ def load_texts(path: str | Path, text_col: str = "text") -> list[str]:
         texts = [str(t) for t in df[text_col].dropna()]
     else:
         raw = p.read_text(encoding="utf-8", errors="replace")
-        lines = raw.splitlines()
+        lines = raw.replace("\r\n", "\n").split("\n")     # newlines only: not form feeds or other separators
         if any(line.strip() == "%" for line in lines):
             texts = [" ".join(r.split()) for r in re.split(r"(?m)^%\s*$", raw)]
         else:

@@ -8,16 +8,30 @@ from .errors import QuantgateError
 from .methods import dynamic, gptq, nf4, qat, qlora, static, weight_only
 from .methods.common import Quantized, tensor_bytes
 from .models import CausalLM, Model
+from . import recipes
 from .recipes import Recipe
 
-_METHODS = {
-    "dynamic-int8": dynamic.apply,
-    "static-int8": static.apply,
-    "weight-only": weight_only.apply,
-    "qat": qat.apply,
-    "gptq": gptq.apply,
-    "nf4": nf4.apply,
+# One handler per recipe type, each apply(model, recipe, calibration=None, train=None) -> Quantized.
+# What a method needs (calibration, training data, which kinds of model) is data on its recipe class.
+HANDLERS = {
+    recipes.DynamicInt8: dynamic.apply,
+    recipes.StaticInt8: static.apply,
+    recipes.WeightOnly: weight_only.apply,
+    recipes.QAT: qat.apply,
+    recipes.GPTQ: gptq.apply,
+    recipes.NF4: nf4.apply,
+    recipes.QLoRA: qlora.apply,
 }
+
+
+def check_applies(recipe: Recipe, task: str) -> None:
+    """Refuse a recipe for a kind of model it does not apply to (the recipe class says which)."""
+    if task not in recipe.tasks:
+        kinds = " and ".join("causal language models" if t == "causal-lm" else "classifiers" for t in recipe.tasks)
+        raise QuantgateError(f"{recipe.name} is for {kinds}, and this model is a "
+                             f"{'causal language model' if task == 'causal-lm' else 'classifier'}: "
+                             + ("use int8, int4-g128, gptq-int4-g128, nf4 or qlora" if task == "causal-lm"
+                                else "use dynamic, static, int8, int4-g32 or qat"))
 
 
 def quantize(model: Model, recipe: Recipe, calibration=None, train=None) -> Quantized:
@@ -29,16 +43,10 @@ def quantize(model: Model, recipe: Recipe, calibration=None, train=None) -> Quan
     if not isinstance(model, (Model, CausalLM)):
         raise QuantgateError("model must be a quantgate Model: use quantgate.models.load_classifier(DIR), "
                              "quantgate.models.load_causal_lm(DIR) or quantgate.models.from_module(module, tokenizer, labels)")
-    needs_lm = recipe.method in ("gptq", "nf4", "qlora")
-    if needs_lm and not isinstance(model, CausalLM):
-        raise QuantgateError(f"{recipe.name} is for causal language models; load one with load_causal_lm(DIR)")
+    check_applies(recipe, model.task)
     t0 = time.perf_counter()
-    if recipe.method == "qat":
-        q = qat.apply(model, recipe, calibration, train=train)
-    elif recipe.method == "qlora":
-        q = qlora.apply(model, recipe, train=train)
-    else:
-        q = _METHODS[recipe.method](model, recipe, calibration)
+    q = HANDLERS[type(recipe)](model, recipe, calibration if recipe.needs_calibration else None,
+                               train if recipe.needs_training else None)
     q.seconds = round(time.perf_counter() - t0, 2)
     q.weight_bytes = tensor_bytes(q.module)
     return q

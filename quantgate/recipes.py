@@ -21,6 +21,8 @@ import yaml
 from .errors import QuantgateError, require
 
 _REGISTRY: dict[str, type["Recipe"]] = {}
+MAX_RECIPE_BYTES = 1 << 20     # a recipe file larger than this is refused before parsing
+MAX_PATTERNS = 1000            # exclude / target patterns per recipe
 
 
 def _one_of(name: str, value: Any, allowed: tuple) -> None:
@@ -33,6 +35,10 @@ class Recipe:
 
     method: ClassVar[str] = ""
     needs_calibration: ClassVar[bool] = False
+    needs_training: ClassVar[bool] = False
+    measured_against_ptq: ClassVar[bool] = False
+    # the kinds of model a method applies to (Model.task values)
+    tasks: ClassVar[tuple[str, ...]] = ("sequence-classification", "causal-lm")
 
     # Module names (fnmatch patterns, e.g. "classifier*") that stay in float.
     exclude: tuple[str, ...] = ()
@@ -45,9 +51,14 @@ class Recipe:
             _REGISTRY[cls.method] = cls
 
     def __post_init__(self):
+        require(isinstance(self.exclude, (list, tuple)),
+                f"exclude must be a list of module-name patterns (e.g. [\"*attention*\"]), got "
+                f"{type(self.exclude).__name__} {self.exclude!r}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        require(len(self.exclude) <= MAX_PATTERNS,
+                f"exclude has {len(self.exclude):,} patterns; at most {MAX_PATTERNS} are allowed")
         require(all(isinstance(p, str) and p for p in self.exclude),
-                f"exclude must be a list of module-name patterns, got {self.exclude!r}")
+                f"exclude must be a list of non-empty module-name patterns, got {self.exclude!r}")
         require(isinstance(self.min_out_features, int) and self.min_out_features >= 0,
                 f"min_out_features must be an integer >= 0, got {self.min_out_features!r}")
 
@@ -78,8 +89,8 @@ class Recipe:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         require(not unknown, f"unknown field(s) {unknown} for recipe '{method}'; allowed: {sorted(known)}")
-        if "exclude" in d:
-            d["exclude"] = tuple(d["exclude"] or ())
+        if d.get("exclude") is None:
+            d.pop("exclude", None)
         try:
             return cls(**d)
         except TypeError as e:  # wrong argument types surface as a one-liner
@@ -95,7 +106,13 @@ class Recipe:
     def load(path: str | Path) -> "Recipe":
         p = Path(path)
         require(p.is_file(), f"recipe file not found: {p}")
-        text = p.read_text()
+        size = p.stat().st_size
+        require(size <= MAX_RECIPE_BYTES, f"recipe file {p} is {size:,} bytes; a recipe is at most "
+                                          f"{MAX_RECIPE_BYTES:,} bytes (a few lines of YAML or JSON)")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise QuantgateError(f"recipe file {p} is not text (UTF-8 YAML or JSON)") from None
         try:
             d = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as e:
@@ -145,17 +162,21 @@ class Recipe:
         if s == "qlora":
             return QLoRA()
         if s.startswith("int") or s.startswith("woq-int"):
-            # int<bits>[-g<N>][-asym][-search][-head<b>], the recipe's own name
-            body, _, head = s.removeprefix("woq-").removeprefix("int").partition("-head")
-            require(head == "" or head.isdigit(), f"cannot parse head bits in {spec!r}: expected e.g. int4-g64-head8")
-            search = body.endswith("-search")
-            body = body.removesuffix("-search")
-            asym = body.endswith("-asym")
-            bits, _, g = body.removesuffix("-asym").partition("-g")
-            require(bits.isdigit(), f"cannot parse recipe {spec!r}: expected e.g. int8, int4-g64, int4-g64-search")
-            require(g == "" or g.isdigit(), f"cannot parse group size in {spec!r}: expected e.g. int4-g64")
-            return WeightOnly(bits=int(bits), group_size=int(g) if g else None, symmetric=not asym,
-                              scale_search=search, head_bits=int(head) if head else None)
+            # int<bits>[-g<N>][-asym][-search][-head<b>], the recipe's own name; flags in any order
+            first, *parts = s.removeprefix("woq-").split("-")
+            require(first[3:].isdigit(), f"cannot parse bits in {spec!r}: expected e.g. int8, int4-g64, int4-g64-search")
+            kw = {"bits": int(first[3:])}
+            for p in parts:
+                if p in ("asym", "search"):
+                    kw["symmetric" if p == "asym" else "scale_search"] = p == "search"
+                elif p.startswith("head") and p[4:].isdigit():
+                    kw["head_bits"] = int(p[4:])
+                elif p.startswith("g") and p[1:].isdigit():
+                    kw["group_size"] = int(p[1:])
+                else:
+                    raise QuantgateError(f"cannot parse {p!r} in {spec!r}: expected "
+                                         "int<bits>[-g<N>][-asym][-search][-head<b>] (e.g. int4-g64-asym)")
+            return WeightOnly(**kw)
         raise QuantgateError(
             f"unknown recipe {spec!r}; use one of: dynamic, static, static-<calibrator>[-pertensor][-symact] (e.g. static-percentile), "
             "int<bits>[-g<N>][-asym][-search][-head<b>] (e.g. int4-g64), gptq[-int<bits>][-g<N>][-noact][-nosearch][-asym][-head<b>] "
@@ -168,6 +189,7 @@ class DynamicInt8(Recipe):
     """int8 weights, activations quantized per batch at run time. No calibration."""
 
     method: ClassVar[str] = "dynamic-int8"
+    tasks: ClassVar[tuple[str, ...]] = ("sequence-classification",)
     # "auto" picks the fastest backend present: the PT2E x86 inductor path when
     # torch.compile works here, else torch.ao's fbgemm kernels (deprecated API).
     backend: str = "auto"
@@ -186,6 +208,7 @@ class StaticInt8(Recipe):
 
     method: ClassVar[str] = "static-int8"
     needs_calibration: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("sequence-classification",)
     calibrator: str = "minmax"           # minmax, moving_average, percentile, mse, entropy
     percentile: float = 99.99            # used by the percentile calibrator
     per_channel_weights: bool = True
@@ -217,6 +240,8 @@ class QAT(Recipe):
 
     method: ClassVar[str] = "qat"
     needs_training: ClassVar[bool] = True
+    measured_against_ptq: ClassVar[bool] = True    # a comparison reports how much of PTQ's loss it recovered
+    tasks: ClassVar[tuple[str, ...]] = ("sequence-classification",)
     weight_bits: int = 8
     epochs: int = 1
     steps: int = 0                 # > 0: stop after this many steps (overrides epochs)
@@ -301,6 +326,7 @@ class GPTQ(Recipe):
 
     method: ClassVar[str] = "gptq"
     needs_calibration: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("causal-lm",)
     bits: int = 4
     group_size: int | None = 128
     symmetric: bool = True
@@ -342,6 +368,7 @@ class NF4(Recipe):
     stores those absmax values in int8 with one fp32 scale per `dq_block_size`."""
 
     method: ClassVar[str] = "nf4"
+    tasks: ClassVar[tuple[str, ...]] = ("causal-lm",)
     block_size: int = 64
     double_quant: bool = True
     dq_block_size: int = 256
@@ -365,6 +392,7 @@ class QLoRA(Recipe):
 
     method: ClassVar[str] = "qlora"
     needs_training: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("causal-lm",)
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.05
@@ -380,6 +408,8 @@ class QLoRA(Recipe):
 
     def __post_init__(self):
         super().__post_init__()
+        require(isinstance(self.targets, (list, tuple)) and len(self.targets) <= MAX_PATTERNS,
+                f"targets must be a list of module names (e.g. [\"q_proj\", \"v_proj\"]), got {self.targets!r}")
         object.__setattr__(self, "targets", tuple(self.targets))
         for name in ("rank", "alpha", "steps", "batch_size"):
             v = getattr(self, name)

@@ -19,7 +19,7 @@ def test_symmetric_activations_pin_the_zero_point_and_keep_accuracy(model, bbc):
     q = quantize(model, StaticInt8(symmetric_activations=True, num_samples=32), bbc["calibration"])
     zps = [n.args[2] for n in q.module.gm.graph.nodes
            if n.op == "call_function" and "quantize_per_tensor" in str(n.target) and "dequantize" not in str(n.target)]
-    mid = 63 if pt2e.reduce_range() else 128          # (quant_min + quant_max) // 2 of the u8 range in use
+    mid = 63 if pt2e.reduce_range() else 127          # (quant_min + quant_max) // 2 of the u8 range in use (VNNI: 0..255)
     assert len(zps) >= 20 and set(zps) == {mid}    # q/k/v share one input quantizer
     test = split(bbc["test"], {"a": 0.75, "b": 0.25})["b"]
     base = predict(model.module, model, test, verbose=False)

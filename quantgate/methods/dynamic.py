@@ -29,7 +29,7 @@ def resolve_backend(recipe: DynamicInt8) -> str:
     return "torch.ao" if torch_ao_available() else "pt2e"
 
 
-def apply(model, recipe: DynamicInt8, calibration=None) -> Quantized:
+def apply(model, recipe: DynamicInt8, calibration=None, train=None) -> Quantized:
     targets, kept = select_linears(model.module, recipe)
     backend = resolve_backend(recipe)
     if backend == "torch.ao":

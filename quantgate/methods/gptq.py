@@ -28,13 +28,13 @@ with the numbers, before the run).
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import time
 
 import psutil
 import torch
 
+from ..calibration import lm_windows
 from ..errors import QuantgateError, require
 from ..formats.affine import QParams
 from ..progress import progress
@@ -238,10 +238,8 @@ def _block_inputs(module: torch.nn.Module, blocks: torch.nn.ModuleList, windows:
     return seen["args"], seen["kwargs"]
 
 
-def apply(model, recipe: GPTQ, calibration=None) -> Quantized:
-    from ..tasks.causal_lm import calibration_windows
-    texts = None if calibration is None else list(calibration.texts)
-    windows = calibration_windows(model.tokenizer, texts, recipe.num_samples, recipe.seq_len)
+def apply(model, recipe: GPTQ, calibration=None, train=None) -> Quantized:
+    windows, cal = lm_windows(model.tokenizer, calibration, recipe.num_samples, recipe.seq_len)
     src = model.module
     mem = check_memory(src, windows)
     qm = copy.deepcopy(src).eval()
@@ -305,10 +303,6 @@ def apply(model, recipe: GPTQ, calibration=None) -> Quantized:
     quantize_head(qm, recipe, targets, kept, layers)
     require(not missing, f"GPTQ: layer(s) {missing[:5]} were never called on the calibration data; "
                          "exclude them in the recipe")
-    from ..calibration import tokenizer_identity
-    cal = {"hash": hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16], "count": recipe.num_samples,
-           "seq_len": recipe.seq_len, "tokens": int(windows.numel()), "source": calibration.source,
-           "texts": len(calibration), "tokenizer": tokenizer_identity(model.tokenizer)}
     q = finish(model, qm, recipe, targets, kept, layers, calibration=cal)
     q.notes.append(f"GPTQ pass: {time.perf_counter() - t0:.1f} s over {len(blocks)} blocks; estimated peak "
                    f"{mem['total'] / 2**30:.2f} GB of {mem['available'] / 2**30:.1f} GB available")

@@ -94,7 +94,7 @@ def to_nf4(module: torch.nn.Module, recipe, targets: dict) -> list[NF4Linear]:
     return layers
 
 
-def apply(model, recipe: NF4, calibration=None) -> Quantized:
+def apply(model, recipe: NF4, calibration=None, train=None) -> Quantized:
     qm = copy.deepcopy(model.module)
     targets, kept = select_linears(qm, recipe)
     layers = to_nf4(qm, recipe, targets)

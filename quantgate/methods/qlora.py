@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from ..calibration import lm_windows
 from ..errors import require
 from ..finetune import autocast, choose_precision
 from ..progress import progress
@@ -60,8 +61,7 @@ def merge(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def apply(model, recipe: QLoRA, train=None) -> Quantized:
-    from ..tasks.causal_lm import calibration_windows
+def apply(model, recipe: QLoRA, calibration=None, train=None) -> Quantized:
     require(train is not None and len(train) > 0, "QLoRA trains adapters: give training text (--train FILE)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = choose_precision(device, recipe.precision)
@@ -81,8 +81,8 @@ def apply(model, recipe: QLoRA, train=None) -> Quantized:
     params = [p for n, p in qm.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
-    windows = calibration_windows(model.tokenizer, list(train.texts), recipe.steps * recipe.batch_size,
-                                  recipe.seq_len, where="QLoRA training text")
+    windows, _ = lm_windows(model.tokenizer, train, recipe.steps * recipe.batch_size, recipe.seq_len,
+                            where="QLoRA training text")
     order = list(range(len(windows)))
     random.Random(recipe.seed).shuffle(order)
     opt = torch.optim.AdamW(params, lr=recipe.lr)

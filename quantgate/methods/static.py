@@ -14,7 +14,7 @@ from . import pt2e
 from .common import Quantized, float_operators, select_linears
 
 
-def apply(model, recipe: StaticInt8, calibration=None, batch_size: int = 32, verbose: bool = True) -> Quantized:
+def apply(model, recipe: StaticInt8, calibration=None, train=None, batch_size: int = 32, verbose: bool = True) -> Quantized:
     enc, fingerprint = prepare_calibration(model, calibration, recipe.num_samples)
     targets, kept = select_linears(model.module, recipe)
     notes = []

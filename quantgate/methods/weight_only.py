@@ -241,7 +241,7 @@ def kernel_summary(layers) -> str:
     return ", ".join(f"{k} x{n}" for k, n in kernels.most_common())
 
 
-def apply(model, recipe: WeightOnly, calibration=None) -> Quantized:
+def apply(model, recipe: WeightOnly, calibration=None, train=None) -> Quantized:
     qm = copy.deepcopy(model.module)
     targets, kept = select_linears(qm, recipe)
     new_layers = []
