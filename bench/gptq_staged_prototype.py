@@ -33,7 +33,7 @@ from quantgate.methods import gptq as G  # noqa: E402
 from quantgate.methods.weight_only import WeightOnlyLinear  # noqa: E402
 from quantgate.models import load_causal_lm  # noqa: E402
 from quantgate.recipes import GPTQ  # noqa: E402
-from quantgate.tasks.causal_lm import calibration_windows  # noqa: E402
+from quantgate.calibration import lm_windows  # noqa: E402
 
 RECIPE = GPTQ(bits=4, group_size=128, num_samples=128, seq_len=512)
 
@@ -118,7 +118,7 @@ def reference_per_block(blocks: int) -> float:
 
 def staged_per_block(blocks: int, ch: int) -> float:
     lm = load_causal_lm()
-    windows = calibration_windows(lm.tokenizer, list(bbc_splits()["train"].texts), RECIPE.num_samples, RECIPE.seq_len)
+    windows = lm_windows(lm.tokenizer, list(bbc_splits()["train"].texts), RECIPE.num_samples, RECIPE.seq_len)[0]
     _, layers = G.decoder_blocks(lm.module)
     args, kwargs = G._block_inputs(lm.module, layers, windows)
     x = args[0].contiguous()

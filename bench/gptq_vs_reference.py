@@ -41,7 +41,8 @@ import torch  # noqa: E402
 
 from quantgate.data import bbc_splits  # noqa: E402
 from quantgate.models import default_lm_dir, load_causal_lm  # noqa: E402
-from quantgate.tasks.causal_lm import calibration_windows, eval_windows  # noqa: E402
+from quantgate.calibration import lm_windows  # noqa: E402
+from quantgate.tasks.causal_lm import eval_windows  # noqa: E402
 
 
 def perplexity(module, windows) -> float:
@@ -199,7 +200,7 @@ def main() -> int:
         return 0
     sp = bbc_splits()
     tmp = Path(tempfile.mkdtemp(prefix="gptq-bench-"))
-    cal = calibration_windows(lm.tokenizer, sp["train"].texts, a.samples, a.seq_len)
+    cal = lm_windows(lm.tokenizer, sp["train"].texts, a.samples, a.seq_len)[0]
     (tmp / "calib.json").write_text(json.dumps(cal.tolist()))
     ev = eval_windows(lm.tokenizer, sp["test"].texts, 512, a.windows)
     torch.save(ev, tmp / "eval.pt")

@@ -40,7 +40,8 @@ def main() -> int:
     ev = T.eval_windows(lm.tokenizer, bbc_splits()["test"].texts, 512, a.windows)
     fp = perplexity(lm.module, ev)
     print(f"fp32 {fp:.2f} on {ev.shape[0]} held-out windows of 512 tokens", flush=True)
-    make_windows = T.calibration_windows
+    from quantgate.methods import gptq as G
+    make_windows = G.lm_windows
     for folder in map(Path, a.folders):
         cal = torch.tensor(json.loads((folder / "calib.json").read_text()))
         for ref_dir in sorted(folder.glob("ref-*-*")):
@@ -54,13 +55,13 @@ def main() -> int:
             line = f"int{bits} g{group}: RTN {rtn:.2f}, GPTQModel {ref:.2f} ({gap(ref)})"
             for variant in a.variants.split(","):
                 kind, _, damp = variant.partition("@")
-                T.calibration_windows = lambda *_, **__: cal        # exactly the windows GPTQModel got
+                G.lm_windows = lambda *_, **__: (cal, {"hash": "gptqmodel", "source": "GPTQModel's windows"})
                 try:
                     r = GPTQ(bits=bits, group_size=group, num_samples=cal.shape[0], seq_len=cal.shape[1],
                              scale_search=kind == "search", damp=float(damp or 0.05))
                     ours = perplexity(quantize(lm, r, bbc_splits()["train"]).module, ev)
                 finally:
-                    T.calibration_windows = make_windows
+                    G.lm_windows = make_windows
                 line += f"; quantgate {variant} {ours:.2f} ({gap(ours)}) {ours / ref:.3f}x"
             print(line, flush=True)
     return 0

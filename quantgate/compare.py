@@ -1,11 +1,14 @@
-"""Comparison: the baseline and each candidate on the same examples.
+"""Comparison: the baseline and each candidate on the same examples, for any task.
 
     comparison = compare(model, eval_data, recipes, calibration)
 
-For every candidate: accuracy and macro-F1 deltas with paired 95% intervals,
-overall and per slice; McNemar's test; the changed examples; latency
-percentiles and throughput per batch size; weight bytes and peak memory; time
-to quantize; which layers stayed in float and why."""
+For every candidate: the task's metrics (tasks/: accuracy and macro-F1 of a
+classifier, exact match / choice accuracy / token F1 of a prompted LM task,
+perplexity of raw text) with paired 95% intervals, overall and per slice;
+McNemar's test; the changed examples or answers; latency percentiles and
+throughput per batch size (per token for LMs), with the conditions they were
+measured under; weight bytes and peak memory; time to quantize; which layers
+stayed in float and why."""
 
 from __future__ import annotations
 
@@ -14,22 +17,22 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 
 from .data import Dataset
 from .errors import require
-from .evaluate import metrics, perf
+from .evaluate import perf
 from .methods.common import Quantized, tensor_bytes
 from .models import Model
 from .quantize import quantize
 from .recipes import Recipe
-from .tasks.classification import Predictions, predict
 
 
 @dataclass
 class Settings:
-    batch_sizes: tuple[int, ...] = (1, 32)
+    """How a comparison measures. One set for every task; the language-model
+    fields apply where the task is a causal LM's."""
+    batch_sizes: tuple[int, ...] | None = None   # latency batch sizes (default: 1,32 for classifiers, 1,8 for LMs)
     eval_batch_size: int = 32
     n_boot: int = 2000
     seed: int = 0
@@ -37,11 +40,32 @@ class Settings:
     perf_min_reps: int = 10
     max_changed: int = 200
     verbose: bool = True
+    threads: int | None = None     # torch threads while timing (None: as many as cores sat idle before timing)
+    # causal LMs
+    context: int = 512             # tokens per perplexity window (non-overlapping, no carried context)
+    max_windows: int | None = 40
+    n_prompts: int = 8             # raw text: prompts for the generation diff
+    new_tokens: int = 32           # raw text: greedy continuation length for the generation diff
+    answer_tokens: int = 8         # prompted tasks: greedy answer length, at most
+    task_metric: str | None = None   # prompted tasks: exact_match or token_f1 (free text); choice_accuracy (choices)
+    chat_template: bool = False    # prompted tasks: wrap prompts in the tokenizer's chat template
+    decode_steps: int = 32
+    decode_rounds: int = 3
+    runtime: str = "auto"          # decode loop: auto (quantgate's decoder where it runs), quantgate, transformers
 
     def __post_init__(self):
-        self.batch_sizes = tuple(self.batch_sizes)
-        require(self.batch_sizes and all(isinstance(b, int) and b > 0 for b in self.batch_sizes),
-                f"batch sizes must be positive integers, got {self.batch_sizes}")
+        if self.batch_sizes is not None:
+            self.batch_sizes = tuple(self.batch_sizes)
+            require(self.batch_sizes and all(isinstance(b, int) and b > 0 for b in self.batch_sizes),
+                    f"batch sizes must be positive integers, got {self.batch_sizes}")
+        for name in ("eval_batch_size", "n_boot", "perf_min_reps", "decode_steps", "decode_rounds", "answer_tokens"):
+            v = getattr(self, name)
+            require(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
+        require(isinstance(self.context, int) and self.context >= 16, f"context must be an integer >= 16, got {self.context!r}")
+        require(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
+                f"threads must be a positive integer, got {self.threads!r}")
+        from .decoder import RUNTIMES
+        require(self.runtime in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
 
 
 @dataclass
@@ -59,12 +83,13 @@ class Candidate:
     metrics: dict                 # metric -> {baseline, candidate, delta, ci_low, ci_high}
     mcnemar: dict
     slices: dict                  # slice column -> rows
-    agreement: float              # share of examples with the same predicted class
-    mean_kl: float                # mean KL(baseline || candidate) of the class distributions
+    agreement: float              # share of examples with the same output (class, answer; top token for raw text)
+    mean_kl: float                # mean KL(baseline || candidate) of the output distributions
     changed: list[dict]
     n_changed: int
     perf: dict
     extra: dict = field(default_factory=dict)   # method-specific results, e.g. QAT's recovery share
+    same_top: float | None = None  # LMs: share of answer/window positions with the baseline's top token
 
 
 @dataclass
@@ -79,6 +104,7 @@ class Comparison:
     created: str = ""
     calibration_checks: dict | None = None   # sufficiency, coverage, missing slices, outlier channels
     plan: dict | None = None                 # quantgate auto: the path taken and the choice
+    task: dict = field(default_factory=dict)  # the task's kind, primary metric, how each metric reads (tasks/)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,51 +141,15 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def changed_examples(data: Dataset, model: Model, base: Predictions, cand: Predictions, limit: int) -> list[dict]:
-    """Every example whose predicted class changed, largest probability shift first."""
-    pb, pc = base.pred, cand.pred
-    idx = np.flatnonzero(pb != pc)
-    shift = np.abs(base.probs[idx] - cand.probs[idx]).sum(axis=1)
-    rows = []
-    for i in idx[np.argsort(-shift)][:limit]:
-        rows.append({
-            "id": data.ids[i], "text": data.texts[i][:400], "label": data.labels[i],
-            "baseline": model.labels[pb[i]], "baseline_prob": float(base.probs[i, pb[i]]),
-            "candidate": model.labels[pc[i]], "candidate_prob": float(cand.probs[i, pc[i]]),
-            "slices": {k: v[i] for k, v in data.slices.items()},
-        })
-    return rows
-
-
-def mean_kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-12) -> float:
-    return float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=1)))
-
-
-def evaluate_candidate(model: Model, q: Quantized, data: Dataset, base: Predictions, s: Settings) -> Candidate:
-    with perf.RssSampler() as mem:
-        cand = predict(q.module, model, data, s.eval_batch_size, s.verbose, desc=f"evaluate {q.name}")
-    y, pb, pc = base.labels, base.pred, cand.pred
-    pf = mem.summary()
-    return Candidate(
-        name=q.name, recipe=q.recipe.to_dict(), kernel=q.kernel, quantized_layers=q.quantized_layers,
-        float_layers=q.float_layers, float_ops=q.float_ops, notes=q.notes, quantize_seconds=q.seconds, calibration=q.calibration,
-        weight_bytes=q.weight_bytes, metrics=metrics.paired_bootstrap(y, pb, pc, s.n_boot, s.seed),
-        mcnemar=metrics.mcnemar(y, pb, pc), slices=metrics.slice_deltas(y, pb, pc, data.slices, s.n_boot, s.seed),
-        agreement=float((pb == pc).mean()), mean_kl=mean_kl(base.probs, cand.probs),
-        changed=changed_examples(data, model, base, cand, s.max_changed), n_changed=int((pb != pc).sum()),
-        perf=pf)
-
-
-def qat_recovery(model: Model, q: Quantized, data: Dataset, calibration: Dataset | None, base: Predictions,
-                 cand: Candidate, s: Settings) -> dict:
+def qat_recovery(model: Model, q: Quantized, task, calibration: Dataset | None, base, cand: Candidate,
+                 s: Settings) -> dict:
     """How much of the post-training loss QAT recovered, against PTQ with the same formats."""
     from .methods.qat import ptq_same_config
     require(calibration is not None and len(calibration) > 0,
             "QAT's recovery is measured against post-training quantization, which needs calibration data")
     ptq = ptq_same_config(model, q.recipe, calibration, list(q.float_layers))
-    pp = predict(ptq, model, data, s.eval_batch_size, s.verbose, desc="evaluate PTQ reference")
-    acc_fp = metrics.accuracy(base.labels, base.pred)
-    acc_ptq = metrics.accuracy(base.labels, pp.pred)
+    acc_ptq = task.summary(task.score(ptq, "PTQ reference"))["accuracy"]
+    acc_fp = task.summary(base)["accuracy"]
     acc_qat = cand.metrics["accuracy"]["candidate"]
     lost = acc_fp - acc_ptq
     return {"ptq_accuracy": acc_ptq, "qat_accuracy": acc_qat, "baseline_accuracy": acc_fp,
@@ -168,173 +158,113 @@ def qat_recovery(model: Model, q: Quantized, data: Dataset, calibration: Dataset
 
 
 class Comparer:
-    """A comparison built one candidate at a time (what `quantgate auto` needs):
-    the baseline is evaluated once, `add` quantizes and scores a recipe, and
-    `finish` measures latency with every model interleaved, then diagnoses."""
+    """A comparison built one candidate at a time (what `quantgate auto` needs),
+    for any task (tasks.for_model picks it from the model and the data): the
+    baseline is scored once, `add` quantizes and scores a recipe, and `finish`
+    measures speed with every model interleaved, then diagnoses."""
 
-    def __init__(self, model: Model, data: Dataset, calibration: Dataset | None = None,
-                 settings: Settings | None = None, train: Dataset | None = None):
+    def __init__(self, model, data, calibration: Dataset | None = None, settings: Settings | None = None,
+                 train: Dataset | None = None):
+        from . import tasks
         s = self.settings = settings or Settings()
-        require(len(data) > 0, "evaluation data is empty")
+        self.task = task = tasks.for_model(model, data, s)
+        if s.batch_sizes is None:
+            s.batch_sizes = (1, 32) if task.kind == "sequence-classification" else (1, 8)
         self.model, self.data, self.calibration, self.train = model, data, calibration, train
         self.quantized: dict[str, Quantized] = {}
         torch.manual_seed(s.seed)
         with perf.RssSampler() as mem:
-            self.base = predict(model.module, model, data, s.eval_batch_size, s.verbose, desc="evaluate baseline")
-        y = self.base.labels
-        baseline = {"name": "fp32", "accuracy": metrics.accuracy(y, self.base.pred),
-                    "macro_f1": metrics.macro_f1(y, self.base.pred, len(model.labels)),
-                    "weight_bytes": tensor_bytes(model.module), "perf": mem.summary()}
-        self.comp = Comparison(
-            model={"path": model.path, "sha": model.sha, "labels": model.labels, "max_length": model.max_length,
-                   "task": model.task},
-            data={"source": data.source, "n": len(data), "fingerprint": data.fingerprint(),
-                  "slices": {k: sorted(set(v)) for k, v in data.slices.items()},
-                  "calibration": None if calibration is None else {"source": calibration.source, "n": len(calibration)}},
-            settings=asdict(s), baseline=baseline, environment=environment(),
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            self.base = task.score(model.module, "fp32")
+        about = task.describe()
+        data_info = about.pop("data")
+        data_info["calibration"] = None if calibration is None else {"source": calibration.source, "n": len(calibration)}
+        baseline = {"name": "fp32", **task.summary(self.base), "weight_bytes": tensor_bytes(model.module),
+                    "perf": mem.summary()}
+        model_info = {"path": model.path, "sha": model.sha, "task": model.task}
+        if isinstance(model, Model):
+            model_info |= {"labels": model.labels, "max_length": model.max_length}
+        self.comp = Comparison(model=model_info, data=data_info, settings=asdict(s), baseline=baseline,
+                               environment=environment(), task=about,
+                               created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     def check_calibration(self, n: int) -> None:
-        """Sufficiency, coverage and outlier checks on the first n calibration examples."""
-        if self.calibration is not None and len(self.calibration):
+        """Sufficiency, coverage and outlier checks on the first n calibration examples (classifiers)."""
+        if self.calibration is not None and len(self.calibration) and isinstance(self.model, Model):
             from .activations import check_calibration
             self.comp.calibration_checks = check_calibration(self.model, self.calibration.head(n), self.data,
                                                              self.settings.eval_batch_size, self.settings.verbose)
 
-    def add(self, recipe: Recipe) -> Candidate:
-        require(recipe.name not in self.quantized and recipe.name != "fp32",
-                f"recipes must be distinct, got {recipe.name} twice")
-        q = quantize(self.model, recipe, self.calibration if recipe.needs_calibration else None, train=self.train)
-        cand = evaluate_candidate(self.model, q, self.data, self.base, self.settings)
-        if recipe.method == "qat":
-            cand.extra["qat"] = qat_recovery(self.model, q, self.data, self.calibration, self.base, cand, self.settings)
+    def add(self, recipe: Recipe | None = None, quantized: Quantized | None = None) -> Candidate:
+        """Quantize `recipe` (or take a candidate made elsewhere) and score it against the baseline."""
+        name = quantized.name if quantized is not None else recipe.name
+        require(name not in self.quantized and name != "fp32", f"recipes must be distinct, got {name} twice")
+        mem_q = {}
+        if quantized is None:
+            with perf.RssSampler() as mq:
+                quantized = quantize(self.model, recipe, self.calibration, train=self.train)
+            mem_q = {"quantize_peak_rss_mb": mq.summary()["peak_rss_mb"]}
+        q = quantized
+        for m in q.module.modules():          # count only the evaluation's kernel calls
+            if hasattr(m, "calls"):
+                m.calls.clear()
+        with perf.RssSampler() as mem:
+            res = self.task.score(q.module, q.name)
+        from .methods.weight_only import kernel_calls
+        extra = {k: v for k, v in q.extra.items() if k != "layer_errors"}
+        calls = kernel_calls(q.module)
+        if calls:
+            extra["kernel_calls"] = calls
+        cand = Candidate(name=q.name, recipe=q.recipe.to_dict(), kernel=q.kernel, quantized_layers=q.quantized_layers,
+                         float_layers=q.float_layers, float_ops=q.float_ops, notes=q.notes, quantize_seconds=q.seconds,
+                         calibration=q.calibration, weight_bytes=q.weight_bytes or tensor_bytes(q.module),
+                         perf=mem.summary() | mem_q, extra=extra, **self.task.compare(self.base, res))
+        if q.recipe.measured_against_ptq:
+            cand.extra["qat"] = qat_recovery(self.model, q, self.task, self.calibration, self.base, cand, self.settings)
         self.comp.candidates.append(cand)
         self.quantized[q.name] = q
         return cand
 
     def finish(self) -> Comparison:
         s, comp = self.settings, self.comp
+        threads, why = perf.fair_threads(s.threads)
+        before = torch.get_num_threads()
         if s.verbose:
-            print(f"measuring latency at batch sizes {', '.join(map(str, s.batch_sizes))}, all models interleaved ...",
-                  file=sys.stderr)
+            print(f"measuring speed at batch sizes {', '.join(map(str, s.batch_sizes))}, all models interleaved, "
+                  f"{why} ...", file=sys.stderr)
         modules = {"fp32": self.model.module} | {n: q.module for n, q in self.quantized.items()}
-        lat = perf.measure(modules, self.model, self.data.texts, s.batch_sizes, min_reps=s.perf_min_reps,
-                           budget_s=s.perf_budget_s)
-        comp.baseline["perf"].update(lat["fp32"])
+        torch.set_num_threads(threads)
+        try:
+            with perf.Conditions() as cond:
+                speed = self.task.speed(modules)
+        finally:
+            torch.set_num_threads(before)
+        comp.environment["timing"] = cond.summary() | {"threads_why": why}
+        comp.baseline["perf"].update(speed["fp32"])
         for c in comp.candidates:
-            c.perf.update(lat[c.name])
+            c.perf.update(speed[c.name])
         from .diagnose import diagnose
         comp.warnings = diagnose(comp)
         return comp
 
 
-def compare(model: Model, data: Dataset, recipes: list[Recipe], calibration: Dataset | None = None,
-            settings: Settings | None = None, train: Dataset | None = None) -> Comparison:
-    require(recipes, "no recipes to compare: name at least one (e.g. dynamic)")
-    names = [r.name for r in recipes]
+def compare(model, data, recipes: list[Recipe], calibration: Dataset | None = None,
+            settings: Settings | None = None, train: Dataset | None = None,
+            quantized: list[Quantized] | None = None) -> Comparison:
+    """The baseline and each candidate on the same evaluation data, for any task:
+    a classifier and a labelled Dataset, a causal LM and a PromptSet (its task)
+    or a list of texts (perplexity). `quantized` adds candidates made elsewhere."""
+    names = [r.name for r in recipes] + [q.name for q in quantized or []]
+    require(names, "no recipes to compare: name at least one (e.g. dynamic, or gptq-int4-g128 for a language model)")
     require(len(set(names)) == len(names), f"recipes must be distinct, got {names}")
+    from .quantize import check_applies
+    for r in recipes:
+        check_applies(r, model.task)
     c = Comparer(model, data, calibration, settings, train)
     calibrated = [r for r in recipes if r.needs_calibration]
     if calibrated:
         c.check_calibration(max(r.num_samples for r in calibrated))
+    for q in quantized or []:
+        c.add(quantized=q)
     for r in recipes:
         c.add(r)
     return c.finish()
-
-
-# -- causal language models ---------------------------------------------------
-
-@dataclass
-class LMSettings:
-    context: int = 512             # tokens per perplexity window (non-overlapping, no carried context)
-    max_windows: int | None = 40
-    n_prompts: int = 8
-    new_tokens: int = 32           # greedy continuation length for the generation diff
-    batch_sizes: tuple[int, ...] = (1, 8)
-    decode_steps: int = 32
-    decode_rounds: int = 3
-    runtime: str = "auto"          # decode loop: auto (quantgate's decoder where it runs), quantgate, transformers
-    n_boot: int = 2000
-    seed: int = 0
-    verbose: bool = True
-
-    def __post_init__(self):
-        self.batch_sizes = tuple(self.batch_sizes)
-        require(self.batch_sizes and all(isinstance(b, int) and b > 0 for b in self.batch_sizes),
-                f"batch sizes must be positive integers, got {self.batch_sizes}")
-        require(isinstance(self.context, int) and self.context >= 16, f"context must be an integer >= 16, got {self.context!r}")
-        require(isinstance(self.decode_steps, int) and self.decode_steps >= 1,
-                f"decode steps must be a positive integer, got {self.decode_steps!r}")
-        from .decoder import RUNTIMES
-        require(self.runtime in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
-
-
-
-def compare_lm(lm, eval_texts: list[str], recipes: list[Recipe], calibration: Dataset | None = None,
-               settings: LMSettings | None = None, train: Dataset | None = None, source: str = "",
-               quantized: list[Quantized] | None = None) -> Comparison:
-    """A causal LM and its quantized candidates on held-out text: perplexity
-    (with a paired bootstrap interval over windows), KL and same-top-token rate
-    against the baseline, the greedy generation diff, decode latency and tokens/s
-    per batch size, time to first token, weight bytes, peak memory, quantization
-    time, and which kernels ran. `quantized` adds candidates made elsewhere."""
-    import hashlib
-
-    from .methods.weight_only import kernel_calls
-    from .tasks import causal_lm as T
-    s = settings or LMSettings()
-    names = [r.name for r in recipes] + [q.name for q in quantized or []]
-    require(names, "no recipes to compare: name at least one (e.g. gptq-int4-g128)")
-    require(len(set(names)) == len(names), f"recipes must be distinct, got {names}")
-    tok = lm.tokenizer
-    windows = T.eval_windows(tok, eval_texts, s.context, s.max_windows)
-    prompts = T.prompts_from(eval_texts, s.n_prompts)
-    cands: dict[str, tuple[Quantized, dict]] = {}
-    for q in quantized or []:
-        cands[q.name] = (q, {})
-    for r in recipes:
-        with perf.RssSampler() as mem:
-            q = quantize(lm, r, calibration if r.needs_calibration else None, train=train)
-        cands[q.name] = (q, {"quantize_peak_rss_mb": mem.summary()["peak_rss_mb"]})
-    modules = {"fp32": lm.module} | {n: q.module for n, (q, _) in cands.items()}
-    for q, _ in cands.values():        # count only the evaluation's kernel calls
-        for m in q.module.modules():
-            if hasattr(m, "calls"):
-                m.calls.clear()
-    scores = T.score_windows(modules, windows, s.verbose)
-    gens, mems = {}, {}
-    for name, m in modules.items():
-        with perf.RssSampler() as mem:
-            gens[name] = T.greedy(m, tok, prompts, s.new_tokens, s.runtime)
-        mems[name] = mem.summary()
-    if s.verbose:
-        print(f"measuring decode speed at batch sizes {', '.join(map(str, s.batch_sizes))}, all models interleaved ...",
-              file=sys.stderr)
-    speed = T.decode_speed(modules, tok, prompts[0] if prompts else eval_texts[0][:200], s.batch_sizes,
-                           s.decode_steps, s.decode_rounds, s.runtime)
-    base_nll = scores["fp32"].nll
-    h = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16]
-    comp = Comparison(
-        model={"path": lm.path, "sha": lm.sha, "task": "causal-lm"},
-        data={"source": source, "n": int(windows.shape[0]), "tokens": int(windows.numel()), "context": s.context,
-              "stride": s.context, "fingerprint": h, "prompts": len(prompts), "new_tokens": s.new_tokens,
-              "slices": {}, "calibration": None if calibration is None else {"source": calibration.source,
-                                                                              "n": len(calibration)}},
-        settings=asdict(s),
-        baseline={"name": "fp32", "perplexity": float(np.exp(base_nll.mean())), "weight_bytes": tensor_bytes(lm.module),
-                  "perf": speed["fp32"] | mems["fp32"]},
-        environment=environment(), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    for name, (q, qmem) in cands.items():
-        sc = scores[name]
-        diffs = T.generation_diff(tok, prompts, gens["fp32"], gens[name])
-        extra = {"kernel_calls": kernel_calls(q.module), **{k: v for k, v in q.extra.items() if k != "layer_errors"}}
-        comp.candidates.append(Candidate(
-            name=name, recipe=q.recipe.to_dict(), kernel=q.kernel, quantized_layers=q.quantized_layers,
-            float_layers=q.float_layers, float_ops=q.float_ops, notes=q.notes, quantize_seconds=q.seconds,
-            calibration=q.calibration, weight_bytes=q.weight_bytes or tensor_bytes(q.module),
-            metrics={"perplexity": T.perplexity_delta(base_nll, sc.nll, s.n_boot, s.seed)},
-            mcnemar={}, slices={}, agreement=float(sc.same_top.mean()), mean_kl=float(sc.kl.mean()),
-            changed=diffs, n_changed=len(diffs), perf=speed[name] | mems[name] | qmem, extra=extra))
-    from .diagnose import diagnose
-    comp.warnings = diagnose(comp)
-    return comp

@@ -10,8 +10,26 @@ def warning(severity: str, code: str, candidate: str | None, message: str, remed
     return {"severity": severity, "code": code, "candidate": candidate, "message": message, "remedy": remedy}
 
 
+def slice_drops(c, primary: str, alpha: float = 0.05) -> list[dict]:
+    """Slice values where the candidate is significantly worse on the primary
+    metric, after Holm's correction for the number of slice values compared
+    (all columns together): the adjusted bootstrap p-value is below alpha and
+    the change is negative."""
+    from .evaluate.metrics import holm
+    rows = [(col, r) for col, rs in c.slices.items() for r in rs if primary in r and "p_value" in r[primary]]
+    if not rows:
+        return []
+    adj = holm([r[primary]["p_value"] for _, r in rows])
+    return [{"column": col, "value": r["value"], "n": r["n"], "p_holm": p, **r[primary]}
+            for (col, r), p in zip(rows, adj) if p < alpha and r[primary]["delta"] < 0]
+
+
 def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32, max_ppl_rise: float = 0.1) -> list[dict]:
+    from .report.terminal import task_of
     out = []
+    task = task_of({"task": comp.task} if comp.task else {})
+    primary = task["primary"]
+    spec = next(m for m in task["metrics"] if m["name"] == primary)
     base_bs = comp.baseline["perf"]["batch_sizes"]
     for c in comp.candidates:
         slower = [(bs, st["p50_ms"], base_bs[bs]["p50_ms"]) for bs, st in c.perf["batch_sizes"].items()
@@ -31,13 +49,25 @@ def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32, max_
                                f"{ppl['candidate']:.2f}); {c.n_changed} greedy continuation(s) changed",
                                "use more bits or a smaller group size, GPTQ instead of round-to-nearest, "
                                "or act-order"))
-        acc = c.metrics.get("accuracy")
+        acc = c.metrics.get(primary) if spec["kind"] == "share" else None
         drop = -100 * acc["delta"] if acc else 0.0
         if drop > max_drop_points:
-            out.append(warning("warning", "accuracy-drop", c.name,
-                               f"accuracy drops {drop:.2f} points (95% CI {-100 * acc['ci_high']:.2f} to "
+            out.append(warning("warning", "accuracy-drop" if primary == "accuracy" else "task-metric-drop", c.name,
+                               f"{spec['label']} drops {drop:.2f} points (95% CI {-100 * acc['ci_high']:.2f} to "
                                f"{-100 * acc['ci_low']:.2f})",
                                "keep the most sensitive layers in float (recipe exclude), or try a gentler recipe"))
+        k = 100 if spec["kind"] == "share" else 1
+        drops = sorted(slice_drops(c, primary), key=lambda r: r["delta"])
+        if drops:
+            def one(r):
+                return (f"{r['column']}={r['value']} (n={r['n']}) drops {-k * r['delta']:.2f}{' points' if k == 100 else ''} "
+                        f"(95% CI {-k * r['ci_high']:.2f} to {-k * r['ci_low']:.2f}; Holm-adjusted p {r['p_holm']:.3f})")
+            more = f"; {len(drops)} slice values in all" if len(drops) > 3 else ""
+            out.append(warning("warning", "slice-drop", c.name,
+                               f"{spec['label']} on " + "; ".join(one(r) for r in drops[:3]) + more
+                               + ", adjusted over every slice value, whatever the overall figure does",
+                               "look at this slice's changed examples; calibrate on data that covers it, keep its "
+                               "sensitive layers in float, or gate with --max-slice-drop"))
         qat = c.extra.get("qat") if c.extra else None
         if qat and qat["qat_accuracy"] < qat["ptq_accuracy"]:
             out.append(warning("warning", "qat-worse-than-ptq", c.name,
@@ -58,6 +88,15 @@ def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32, max_
                                f"use at least {min_calibration} (a few hundred recommended), covering every slice"))
     if comp.calibration_checks:
         out.extend(calibration_warnings(comp.calibration_checks))
+    timing = comp.environment.get("timing") if comp.environment else None
+    if timing:
+        from .evaluate.perf import contention
+        why = contention(timing, {"fp32": comp.baseline["perf"]} | {c.name: c.perf for c in comp.candidates})
+        if why:
+            out.append(warning("warning", "contended-timing", None,
+                               "latency may not be trusted: " + "; ".join(why),
+                               f"re-run on a quiet machine, or with fewer threads (--threads 1; this run used "
+                               f"{timing['threads']})"))
     order = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(out, key=lambda w: order[w["severity"]])
 

@@ -66,6 +66,9 @@ def finetune(train: Dataset, base: str | Path | None = None, epochs: int = 1, ba
     from transformers.utils import logging as hf_logging
 
     require(len(train) > 0, "training data is empty")
+    for name, v in (("epochs", epochs), ("batch size", batch_size), ("max length", max_length)):
+        require(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
+    require(isinstance(lr, (int, float)) and lr > 0, f"learning rate must be a positive number, got {lr!r}")
     base = check_model_dir(base or default_base_model())
     weights = [f for f in base.iterdir() if f.suffix in (".safetensors", ".bin")]
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,11 +78,15 @@ def finetune(train: Dataset, base: str | Path | None = None, epochs: int = 1, ba
                           "lr": lr, "len": max_length, "seed": seed, "labels": labels}, sort_keys=True)
     import hashlib
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
+    mine = out is None                       # the cache folder is quantgate's; a user's --out is not
     out = Path(out) if out else cache_root() / "finetuned" / f"{base.name}-{key}"
-    if (out / "train_info.json").is_file():
+    if mine and (out / "train_info.json").is_file():
         if verbose:
             print(f"fine-tuned model found in cache: {out}")
         return out
+    from .report.files import check_out_path, follow_umask
+    require(mine or not out.exists(), f"--out {out} already exists: choose a new folder")
+    check_out_path(out)
 
     torch.manual_seed(seed); random.seed(seed)
     hf_logging.set_verbosity_error()
@@ -119,11 +126,12 @@ def finetune(train: Dataset, base: str | Path | None = None, epochs: int = 1, ba
     # Write beside the destination, then rename: an interrupted run leaves no half model.
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    follow_umask(tmp)
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
-        if out.exists():
+        if mine and out.exists():          # an earlier, incomplete cache entry of ours
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
@@ -131,3 +139,108 @@ def finetune(train: Dataset, base: str | Path | None = None, epochs: int = 1, ba
     if verbose:
         print(f"fine-tuned in {info['seconds']}s (loss {info['loss_first']} -> {info['loss_last']}); saved to {out}")
     return out
+
+
+# -- a causal LM on a prompted task ---------------------------------------------
+
+def finetune_lm(train, base: str | Path | None = None, examples: int = 320, steps: int = 40, batch_size: int = 8,
+                lr: float = 3e-4, rank: int = 16, seed: int = 0, precision: str = "auto", verbose: bool = True) -> Path:
+    """Fine-tune a causal LM on a prompted task (a PromptSet: prompt -> reference)
+    with LoRA adapters (peft), the loss on the answer tokens only, then merge the
+    adapters into the weights and save a plain Hugging Face directory: the model a
+    user would hand to quantgate. Precision as for classifiers (bf16 autocast on a
+    CPU with native bf16, fp16 + gradient scaler on CUDA, else fp32). Cached by
+    its inputs under the quantgate cache."""
+    import hashlib
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from .models import default_lm_dir
+    from .report.files import follow_umask
+    for name, v in (("examples", examples), ("steps", steps), ("batch size", batch_size), ("rank", rank)):
+        require(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
+    require(len(train) > 0, "training prompts are empty")
+    base = check_model_dir(base or default_lm_dir())
+    weights = [f for f in base.iterdir() if f.suffix in (".safetensors", ".bin")]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = choose_precision(device, precision)
+    key_src = json.dumps({"base": hash_files(weights), "data": train.fingerprint(), "examples": examples,
+                          "steps": steps, "bs": batch_size, "lr": lr, "rank": rank, "seed": seed}, sort_keys=True)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
+    out = cache_root() / "finetuned-lm" / f"{base.name}-{key}"
+    if (out / "train_info.json").is_file():
+        if verbose:
+            print(f"fine-tuned language model found in cache: {out}")
+        return out
+    torch.manual_seed(seed); random.seed(seed)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    model = get_peft_model(model, cfg).to(device)
+    order = random.Random(seed).sample(range(len(train)), min(examples, len(train)))
+    seqs = []
+    for i in order:                      # prompt tokens, then " answer" + end of text; loss on the answer only
+        p = tok(train.prompts[i])["input_ids"]
+        a = tok(" " + train.references[i].strip(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        seqs.append((p, a))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    model.train()
+    t0, losses = time.time(), []
+    with progress(total=steps, desc=f"fine-tune LM ({precision}, {device})", enabled=verbose) as bar:
+        for step in range(steps):
+            batch = [seqs[(step * batch_size + j) % len(seqs)] for j in range(batch_size)]
+            width = max(len(p) + len(a) for p, a in batch)
+            ids = torch.full((batch_size, width), pad, dtype=torch.long)
+            labels = torch.full_like(ids, -100)
+            am = torch.zeros_like(ids)
+            for j, (p, a) in enumerate(batch):
+                n = len(p) + len(a)
+                ids[j, :n] = torch.tensor(p + a)
+                labels[j, len(p):n] = torch.tensor(a)
+                am[j, :n] = 1
+            with autocast(device, precision):
+                loss = model(input_ids=ids.to(device), attention_mask=am.to(device), labels=labels.to(device)).loss
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(1, loss=f"{loss.item():.3f}")
+    merged = model.merge_and_unload().eval().to("cpu").float()
+    info = {"base": str(base), "method": f"LoRA r={rank} (peft), merged", "precision": precision, "device": device,
+            "steps": steps, "batch_size": batch_size, "lr": lr, "examples": len(seqs), "seed": seed,
+            "train": {"source": train.source, "fingerprint": train.fingerprint(), "n": len(train)},
+            "seconds": round(time.time() - t0, 1), "loss_first": round(sum(losses[:5]) / len(losses[:5]), 4),
+            "loss_last": round(sum(losses[-5:]) / len(losses[-5:]), 4)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    follow_umask(tmp)
+    try:
+        merged.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
+        if out.exists():                 # an earlier, incomplete cache entry of ours
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if verbose:
+        print(f"fine-tuned in {info['seconds']}s (answer loss {info['loss_first']} -> {info['loss_last']}); saved to {out}")
+    return out
+
+
+def default_finetuned_lm() -> Path:
+    """The bundled language-model default: SmolLM2-135M-Instruct fine-tuned on BBC
+    topic labelling as generation (article opening -> topic word), cached."""
+    from .data import bbc_splits
+    from .tasks.prompted import bbc_topic_prompts
+    return finetune_lm(bbc_topic_prompts(bbc_splits()["train"]))

@@ -28,7 +28,8 @@ VERDICTS = ("pass", "uncertain", "fail")
 class Budget:
     max_drop: float = 1.0                  # points of the overall metric
     max_slice_drop: float | None = None    # points, for every slice value
-    metric: str = "accuracy"               # accuracy or macro_f1; perplexity (language models: max_drop is the % rise)
+    metric: str | None = None              # default: the task's primary metric (accuracy, exact_match, perplexity, ...);
+                                           # a lower-is-better value (perplexity): max_drop is its largest rise in %
     max_latency_ms: float | None = None    # p95 per call, at each of batch_sizes
     batch_sizes: tuple[int, ...] = ()      # where the latency target applies (default: every measured size)
     max_memory_mb: float | None = None     # weight memory
@@ -36,8 +37,8 @@ class Budget:
 
     def __post_init__(self):
         object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
-        require(self.metric in ("accuracy", "macro_f1", "perplexity"),
-                f"metric must be accuracy, macro_f1 or perplexity, got {self.metric!r}")
+        require(self.metric is None or (isinstance(self.metric, str) and self.metric.replace("_", "").isalnum()),
+                f"metric must be a metric name such as accuracy, exact_match or perplexity, got {self.metric!r}")
         for name in ("max_drop", "max_slice_drop", "max_latency_ms", "max_memory_mb"):
             v = getattr(self, name)
             require(v is None or (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)),
@@ -73,21 +74,36 @@ def drop_verdict(what: str, metric: dict, limit: float, n: int, noun: str = "dro
     return row
 
 
-def check(cand: dict, baseline: dict, budget: Budget, n: int) -> dict:
+def _as_drop(m: dict, spec: dict) -> tuple[dict, str, str]:
+    """A metric change as a drop to budget: shares in points; a lower-is-better
+    value as its relative rise in % (so the budget reads the same on any scale)."""
+    if spec["kind"] == "share":
+        sign = -1 if spec["lower_is_better"] else 1
+        return {"delta": sign * m["delta"], "ci_low": sign * (m["ci_low"] if sign > 0 else m["ci_high"]),
+                "ci_high": sign * (m["ci_high"] if sign > 0 else m["ci_low"])}, "drop", "points"
+    b = m["baseline"]
+    if spec["lower_is_better"]:
+        return {"delta": -m["delta"] / b, "ci_low": -m["ci_high"] / b, "ci_high": -m["ci_low"] / b}, "rise", "%"
+    return {"delta": m["delta"] / b, "ci_low": m["ci_low"] / b, "ci_high": m["ci_high"] / b}, "drop", "%"
+
+
+def check(cand: dict, baseline: dict, budget: Budget, n: int, task: dict | None = None) -> dict:
     """Every constraint of the budget for one candidate of a comparison (as dicts)."""
-    if budget.metric == "perplexity":
-        # a rise of perplexity, relative to the baseline, judged as a drop in "points" of percent
-        m = cand["metrics"]["perplexity"]
-        b = m["baseline"]
-        rel = {"delta": -m["delta"] / b, "ci_low": -m["ci_high"] / b, "ci_high": -m["ci_low"] / b}
-        rows = [drop_verdict("perplexity rise", rel, budget.max_drop, n, noun="rise", unit="%", items="windows")]
-    else:
-        rows = [drop_verdict(f"overall {budget.metric}", cand["metrics"][budget.metric], budget.max_drop, n)]
+    from .report.terminal import task_of
+    t = task if task is not None else task_of({})
+    name = budget.metric or t["primary"]
+    spec = next(m for m in t["metrics"] if m["name"] == name)
+    items = t.get("items", "examples")
+    rel, noun, unit = _as_drop(cand["metrics"][name], spec)
+    rows = [drop_verdict(f"overall {name}" if noun == "drop" else f"{name} {noun}", rel, budget.max_drop, n,
+                         noun=noun, unit=unit, items=f"evaluation {items}")]
     if budget.max_slice_drop is not None:
         for col, values in cand["slices"].items():
             for r in values:
-                rows.append(drop_verdict(f"{budget.metric} on {col}={r['value']}", r[budget.metric],
-                                         budget.max_slice_drop, r["n"]))
+                if name in r:
+                    d, noun_s, unit_s = _as_drop(r[name], spec)
+                    rows.append(drop_verdict(f"{name} on {col}={r['value']}", d, budget.max_slice_drop, r["n"],
+                                             noun=noun_s, unit=unit_s, items=f"evaluation {items}"))
     measured = cand.get("perf", {}).get("batch_sizes", {})
     if budget.max_latency_ms is not None:
         sizes = [str(b) for b in budget.batch_sizes] or list(measured)
@@ -134,18 +150,19 @@ def gate(comparison: dict, budget: Budget, names: list[str] | None = None) -> Ga
     unknown = [n for n in names if n not in cands]
     if unknown:
         raise QuantgateError(f"no candidate {unknown[0]!r} in this comparison; it has: {', '.join(cands) or 'none'}")
+    from .report.terminal import task_of
+    t = task_of(comparison)
+    known = [m["name"] for m in t["metrics"]]
+    require(budget.metric is None or budget.metric in known,
+            f"this comparison ({t['kind']}) has no metric {budget.metric!r}; it has: {', '.join(known)}")
     n = comparison["data"]["n"]
-    is_lm = comparison.get("model", {}).get("task") == "causal-lm"
-    require(is_lm == (budget.metric == "perplexity"),
-            "a language-model comparison is gated on perplexity: pass --metric perplexity (--max-drop is then the "
-            "largest perplexity rise in %)" if is_lm else "perplexity applies to language-model comparisons only")
-    return GateResult(budget.to_dict(), [check(cands[x], comparison["baseline"], budget, n) for x in names])
+    return GateResult(budget.to_dict(), [check(cands[x], comparison["baseline"], budget, n, t) for x in names])
 
 
 def format_result(r: dict) -> str:
     mark = {"pass": "PASS", "fail": "FAIL", "uncertain": "PASS (uncertain)" if r["passed"] else "FAIL (uncertain)"}
     lines = [f"{r['name']}: {mark[r['verdict']]}"]
     for c in r["constraints"]:
-        if c["verdict"] != "pass" or not c["constraint"].startswith(("accuracy on", "macro_f1 on")):
+        if c["verdict"] != "pass" or " on " not in c["constraint"]:
             lines.append(f"  [{c['verdict']:>9s}] {c['constraint']}: {c['detail']}")
     return "\n".join(lines)

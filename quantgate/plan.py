@@ -52,10 +52,13 @@ def _objectives(c: dict, sizes: list[str]) -> list[float]:
 
 def choose(comp: dict, budget: Budget) -> dict:
     """Gate every candidate of a finished comparison and choose (pure: no measuring)."""
+    from .report.terminal import task_of
     n = comp["data"]["n"]
     base = comp["baseline"]
+    if budget.metric is None:
+        budget = dataclasses.replace(budget, metric=task_of(comp)["primary"])
     sizes = [str(b) for b in budget.batch_sizes] or list(base["perf"]["batch_sizes"])
-    results = {c["name"]: check(c, base, budget, n) for c in comp["candidates"]}
+    results = {c["name"]: check(c, base, budget, n, task_of(comp)) for c in comp["candidates"]}
     cands = {c["name"]: c for c in comp["candidates"]}
     ref = _objectives(base, sizes)
     passing = [k for k, r in results.items() if r["passed"]]
@@ -103,14 +106,18 @@ def auto(model, data: Dataset, calibration: Dataset | None, budget: Budget, trai
          settings: Settings | None = None, path: tuple[Recipe, ...] = DEFAULT_PATH, keep_float: tuple[int, ...] = (3,),
          registry=None, base_name: str | None = None) -> tuple[Comparison, dict]:
     """Walk `path` under `budget`; returns the comparison (with .plan) and the plan."""
+    if budget.metric is None:
+        budget = dataclasses.replace(budget, metric="accuracy")
     s = settings or Settings(batch_sizes=budget.batch_sizes or (1, 32))
+    if s.batch_sizes is None:
+        s.batch_sizes = budget.batch_sizes or (1, 32)
     c = Comparer(model, data, calibration, s, train)
     acc_budget = _accuracy_only(budget)
     steps = []
 
     def attempt(recipe: Recipe, why: str) -> bool:
         cand = c.add(recipe)
-        r = check(dataclasses.asdict(cand), c.comp.baseline, acc_budget, len(data))
+        r = check(dataclasses.asdict(cand), c.comp.baseline, acc_budget, len(data), c.comp.task)
         steps.append({"recipe": recipe.name, "why_tried": why, "accuracy_ok": r["passed"],
                       "result": "; ".join(r["missed"]) or
                       f"{100 * cand.metrics[budget.metric]['delta']:+.2f} points {budget.metric}"})

@@ -102,3 +102,27 @@ def test_fail_on_slower_exits_non_zero(comparison, tmp_path, capsys):
     assert _finish(comparison, Namespace(out=str(tmp_path / "b"), fail_on_slower=True)) == 3
     assert "a candidate is slower than the baseline" in capsys.readouterr().err
     assert (tmp_path / "b" / "report.html").is_file()               # the evidence is written either way
+
+
+def test_timing_under_load_is_flagged():
+    """Another process spinning while latency is measured: the conditions record
+    it and `contended-timing` reasons are given; a quiet spell gives none."""
+    import subprocess
+    import sys
+    import time
+
+    from quantgate.evaluate.perf import Conditions, contention
+    quiet = {"fp32": {"batch_sizes": {"1": {"p50_ms": 10.0, "p99_ms": 12.0}}}}
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(0.3)
+        with Conditions() as c:
+            time.sleep(1.5)
+    finally:
+        spinner.wait()
+    busy = c.summary()
+    assert busy["other_processes_cores"] > 0.5 and busy["threads"] >= 1
+    assert any("other processes used" in r for r in contention(busy, quiet))
+    spread = {"fp32": {"batch_sizes": {"1": {"p50_ms": 10.0, "p99_ms": 45.0}}}}
+    assert contention({"other_processes_cores": 0.0, "steal_cores": 0.0}, spread) == ["p99 is 4.5x p50 for fp32 at batch 1"]
+    assert contention({"other_processes_cores": 0.0, "steal_cores": 0.0}, quiet) == []

@@ -181,7 +181,7 @@ def test_qlora_trains_adapters_on_a_frozen_nf4_base(lm, bbc, tmp_path):
     from quantgate.artifact import load_lm, save
     from quantgate.methods.nf4 import NF4Linear
     from quantgate.quantize import quantize
-    from quantgate.tasks.causal_lm import calibration_windows
+    from quantgate.calibration import lm_windows
     r = QLoRA(rank=4, alpha=8, steps=8, batch_size=2, seq_len=64, lr=1e-3, targets=("q_proj", "v_proj"))
     base_q = lm.module.model.layers[3].self_attn.q_proj.weight.detach().clone()
     q = quantize(lm, r, train=bbc["train"])
@@ -191,7 +191,7 @@ def test_qlora_trains_adapters_on_a_frozen_nf4_base(lm, bbc, tmp_path):
     layer = q.module.model.layers[3].self_attn.q_proj
     assert isinstance(layer.base_layer, NF4Linear) and not any(p.requires_grad for p in layer.base_layer.parameters())
     # loss on the training windows went down against the untrained NF4 base
-    win = calibration_windows(lm.tokenizer, bbc["train"].texts, 16, 64)
+    win = lm_windows(lm.tokenizer, bbc["train"].texts, 16, 64)[0]
     with torch.inference_mode():
         after = q.module(input_ids=win[:4], labels=win[:4]).loss.item()
         nf4 = quantize(lm, NF4()).module
@@ -215,7 +215,7 @@ def test_lm_errors_are_clear(lm, bbc):
     from quantgate.data import Dataset
     from quantgate.methods.gptq import check_memory
     from quantgate.quantize import quantize
-    from quantgate.tasks.causal_lm import calibration_windows
+    from quantgate.calibration import lm_windows
     with pytest.raises(QuantgateError, match="bits must be one of 2, 3, 4, 8, got 5"):
         Recipe.parse("gptq-int5-g128")
     with pytest.raises(QuantgateError, match="calibration data is empty"):
@@ -223,7 +223,7 @@ def test_lm_errors_are_clear(lm, bbc):
     short = bbc["train"].head(3)
     with pytest.raises(QuantgateError, match=r"too short: 3 texts give [\d,]+ tokens, but 128 samples x 512 tokens need 65,536"):
         quantize(lm, GPTQ(), short)
-    w = calibration_windows(lm.tokenizer, bbc["train"].texts, 128, 512)
+    w = lm_windows(lm.tokenizer, bbc["train"].texts, 128, 512)[0]
     with pytest.raises(QuantgateError, match=r"GPTQ would need about \d+\.\d\d GB of memory at its peak but 1\.00 GB is available"):
         check_memory(lm.module, w, available=2**30)
     with pytest.raises(QuantgateError, match="is for causal language models"):
@@ -259,7 +259,9 @@ def test_lm_artifacts_are_versioned_in_the_registry(lm, gptq3, tmp_path):
 
 def test_gate_judges_a_language_model_on_its_perplexity_rise():
     from quantgate.gate import Budget, gate
+    from quantgate.tasks.causal_lm import LanguageModelling
     comp = {"model": {"task": "causal-lm"}, "data": {"n": 40}, "baseline": {"weight_bytes": 1},
+            "task": {"kind": "language-modelling", "primary": "perplexity", "metrics": LanguageModelling.metrics},
             "candidates": [{"name": "gptq", "metrics": {"perplexity": {"baseline": 25.0, "candidate": 26.0, "delta": 1.0,
                                                                        "ci_low": 0.5, "ci_high": 1.5}},
                             "slices": {}, "perf": {"batch_sizes": {}}, "weight_bytes": 1}]}
@@ -267,8 +269,9 @@ def test_gate_judges_a_language_model_on_its_perplexity_rise():
     assert ok["passed"] and ok["constraints"][0]["detail"] == "rise 4.00 %, at most 6.00 at 95%, within 10"
     bad = gate(comp, Budget(max_drop=1, metric="perplexity")).results[0]
     assert not bad["passed"] and "rise 4.00 %, at least 2.00 at 95%, over 1" in bad["constraints"][0]["detail"]
-    with pytest.raises(QuantgateError, match="gated on perplexity: pass --metric perplexity"):
-        gate(comp, Budget(max_drop=1))
+    assert gate(comp, Budget(max_drop=10)).results[0]["passed"]              # the task's primary metric by default
+    with pytest.raises(QuantgateError, match="has no metric 'accuracy'; it has: perplexity"):
+        gate(comp, Budget(max_drop=1, metric="accuracy"))
 
 
 def test_lm_comparison_reports_what_changed(tmp_path, capsys, lm):
@@ -276,7 +279,7 @@ def test_lm_comparison_reports_what_changed(tmp_path, capsys, lm):
     agreement, the changed generations, decode percentiles, kernels, reports."""
     from quantgate.cli import main
     from quantgate.methods.weight_only import DEQUANT, INT4_KERNEL
-    rc = main(["lm", "compare", "--recipes", "int3-g64", "--context", "128", "--windows", "3", "--prompts", "3",
+    rc = main(["lm", "compare", "--model", lm.path, "--recipes", "int3-g64", "--context", "128", "--windows", "3", "--prompts", "3",
                "--new-tokens", "12", "--batch-sizes", "1,2", "--decode-steps", "4", "--out", str(tmp_path / "r")])
     assert rc == 0
     out = capsys.readouterr().out

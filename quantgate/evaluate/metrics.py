@@ -58,8 +58,55 @@ def paired_bootstrap(y, pb, pc, n_boot: int = 2000, seed: int = 0, alpha: float 
 
 
 def _summary(base: float, cand: float, deltas: np.ndarray, alpha: float) -> dict:
+    """The change with its interval, and a two-sided bootstrap p-value for "no change"
+    (twice the smaller share of resampled deltas on either side of zero)."""
     lo, hi = np.quantile(deltas, [alpha / 2, 1 - alpha / 2]) if len(deltas) else (np.nan, np.nan)
-    return {"baseline": base, "candidate": cand, "delta": cand - base, "ci_low": float(lo), "ci_high": float(hi)}
+    if len(deltas) and np.any(deltas != 0):
+        p = min(1.0, 2 * min(float(np.mean(deltas <= 0)), float(np.mean(deltas >= 0))))
+    else:
+        p = 1.0
+    return {"baseline": base, "candidate": cand, "delta": cand - base, "ci_low": float(lo), "ci_high": float(hi),
+            "p_value": p}
+
+
+def paired_mean(base: np.ndarray, cand: np.ndarray, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Mean of per-example scores (correctness, F1) for baseline and candidate,
+    and the paired bootstrap interval of the difference."""
+    base, cand = np.asarray(base, float), np.asarray(cand, float)
+    n = len(base)
+    if not n:
+        return _summary(float("nan"), float("nan"), np.zeros(0), alpha)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    d = (cand - base)[idx].mean(axis=1)
+    return _summary(float(base.mean()), float(cand.mean()), d, alpha)
+
+
+def perplexity_ratio(base_nll: np.ndarray, cand_nll: np.ndarray, tokens: np.ndarray | None = None,
+                     n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Perplexity of each (from per-item NLL sums over `tokens` tokens, or per-item
+    means when tokens is None), the change and its paired bootstrap interval over items."""
+    base_nll, cand_nll = np.asarray(base_nll, float), np.asarray(cand_nll, float)
+    t = np.ones_like(base_nll) if tokens is None else np.asarray(tokens, float)
+    n = len(base_nll)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    tt = t[idx].sum(1)
+    ratio = np.exp(cand_nll[idx].sum(1) / tt - base_nll[idx].sum(1) / tt)
+    b, c = float(np.exp(base_nll.sum() / t.sum())), float(np.exp(cand_nll.sum() / t.sum()))
+    lo, hi = np.quantile(ratio, [alpha / 2, 1 - alpha / 2])
+    p = min(1.0, 2 * min(float(np.mean(ratio <= 1)), float(np.mean(ratio >= 1)))) if np.any(ratio != 1) else 1.0
+    return {"baseline": b, "candidate": c, "delta": c - b, "ratio": c / b, "ci_low": float(b * lo - b),
+            "ci_high": float(b * hi - b), "p_value": p}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: family-wise error control for any dependence between the tests."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adj, run = [1.0] * m, 0.0
+    for rank, i in enumerate(order):
+        run = max(run, min(1.0, (m - rank) * p_values[i]))
+        adj[i] = run
+    return adj
 
 
 def mcnemar(y, pb, pc) -> dict:

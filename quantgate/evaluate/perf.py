@@ -7,6 +7,7 @@ thread while a model runs its evaluation."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -43,6 +44,93 @@ class RssSampler:
 
     def summary(self) -> dict:
         return {"peak_rss_mb": self.peak / 2**20, "rss_growth_mb": (self.peak - self.start) / 2**20}
+
+
+def _cpu_times() -> tuple[float, float, float] | None:
+    """(busy, steal, total) seconds of all CPUs since boot, from /proc/stat; None where it is not there."""
+    try:
+        with open("/proc/stat") as f:
+            v = [float(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    steal = v[7] if len(v) > 7 else 0.0
+    total = sum(v[:8])
+    return (total - idle - steal) / hz, steal / hz, total / hz
+
+
+class Conditions:
+    """What else the machine did while latency was measured: the CPU time other
+    processes took (busy CPU time less this process's own), CPU steal where the
+    kernel reports it, the load average, and the threads torch used."""
+
+    def __enter__(self):
+        self._proc = psutil.Process()
+        self._t0, self._own0, self._cpu0 = time.perf_counter(), self._own(), _cpu_times()
+        return self
+
+    def _own(self) -> float:
+        t = self._proc.cpu_times()
+        return t.user + t.system
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self._t0
+        self.own = self._own() - self._own0
+        cpu1 = _cpu_times()
+        self.other = self.steal = None
+        if self._cpu0 and cpu1:
+            self.other = max(0.0, (cpu1[0] - self._cpu0[0]) - self.own)
+            self.steal = max(0.0, cpu1[1] - self._cpu0[1])
+
+    def summary(self) -> dict:
+        w = max(self.wall, 1e-9)
+        return {"threads": torch.get_num_threads(), "cores": os.cpu_count(), "seconds": round(self.wall, 2),
+                "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+                "other_processes_cores": None if self.other is None else round(self.other / w, 3),
+                "steal_cores": None if self.steal is None else round(self.steal / w, 3)}
+
+
+def idle_cores(seconds: float = 0.3) -> float | None:
+    """How many cores sat idle over a short look (None where /proc/stat is missing)."""
+    a = _cpu_times()
+    time.sleep(seconds)
+    b = _cpu_times()
+    if not a or not b or b[2] <= a[2]:
+        return None
+    busy = (b[0] - a[0] + b[1] - a[1]) / (b[2] - a[2])
+    return (os.cpu_count() or 1) * (1 - busy)
+
+
+def fair_threads(requested: int | None = None) -> tuple[int, str]:
+    """Threads for timing: the user's number, or as many as there are idle cores
+    (torch's OpenMP threads spin-wait; one on a core another process holds makes
+    every call wait for it). Returns the number and why."""
+    if requested:
+        return requested, f"{requested} thread(s), as asked (--threads)"
+    n = torch.get_num_threads()
+    idle = idle_cores()
+    if idle is None:
+        return n, f"{n} thread(s), torch's default"
+    use = max(1, min(n, int(idle + 0.5)))
+    return use, f"{use} thread(s): {idle:.1f} of {os.cpu_count()} cores were idle before timing"
+
+
+def contention(cond: dict, results: dict[str, dict]) -> list[str]:
+    """Reasons the latency figures may not be trusted: other processes busy, steal, or a wide spread."""
+    why = []
+    other, steal = cond.get("other_processes_cores"), cond.get("steal_cores")
+    if other is not None and other > 0.25:
+        why.append(f"other processes used {other:.2f} cores on average while timing")
+    if steal is not None and steal > 0.05:
+        why.append(f"the hypervisor stole {steal:.2f} cores on average")
+    spread = [(name, bs, st["p99_ms"] / st["p50_ms"]) for name, r in results.items()
+              for bs, st in r.get("batch_sizes", {}).items() if st.get("p50_ms")]
+    wide = [x for x in spread if x[2] > 3]
+    if wide:
+        name, bs, ratio = max(wide, key=lambda x: x[2])
+        why.append(f"p99 is {ratio:.1f}x p50 for {name} at batch {bs}")
+    return why
 
 
 def percentiles(samples_ms: list[float]) -> dict:

@@ -18,7 +18,7 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 .ok{background:#e6f4ea;border-left:5px solid #2e7d32;padding:8px 12px}
 .neg{color:#c62828}.pos{color:#2e7d32}.muted{color:#777}code{background:#f4f4f4;padding:1px 4px}
 details{margin:6px 0}td.text{text-align:left;max-width:520px;font-size:12px}
-#summary td{white-space:nowrap}
+#summary{font-size:12px}#summary td{white-space:normal}
 """
 
 SCRIPT = """
@@ -38,19 +38,6 @@ SCRIPT = """
   document.body.dataset.ready = 'yes';
 })();
 """
-
-
-def _pts(x: float) -> str:
-    return f"{100 * x:+.2f}"
-
-
-def _cls(x: float) -> str:
-    return "neg" if x < 0 else "pos" if x > 0 else ""
-
-
-def _delta_cell(m: dict) -> str:
-    return (f'<td class="{_cls(m["delta"])}">{_pts(m["delta"])} '
-            f'<span class="muted">[{_pts(m["ci_low"])}, {_pts(m["ci_high"])}]</span></td>')
 
 
 def _head(d: dict, what: str) -> list[str]:
@@ -105,138 +92,147 @@ def _tail(d: dict) -> list[str]:
     return h
 
 
-def render(d: dict) -> str:
-    if d["model"].get("task") == "causal-lm":
-        return render_lm(d)
-    base, cands = d["baseline"], d["candidates"]
-    bss = list(base["perf"]["batch_sizes"])
-    h = _head(d, f"{d['data']['n']} examples")
+def _delta(m: dict, spec: dict) -> str:
+    """A metric change with its interval: points for shares; a lower-is-better value is red when it rises."""
+    k = 100 if spec["kind"] == "share" else 1
+    worse = m["delta"] > 0 if spec["lower_is_better"] else m["delta"] < 0
+    cls = "" if m["delta"] == 0 else ("neg" if worse else "pos")
+    return (f'<td class="{cls}">{k * m["delta"]:+.2f} '
+            f'<span class="muted">[{k * m["ci_low"]:+.2f}, {k * m["ci_high"]:+.2f}]</span></td>')
 
-    # Summary table.
-    h.append("<h2>Summary</h2><div style='overflow-x:auto'><table id=summary><thead><tr><th>candidate</th><th>accuracy %</th>"
-             "<th>Δ accuracy, points [95% CI]</th><th>Δ macro-F1, points [95% CI]</th><th>changed</th>"
-             "<th>McNemar p</th>" + "".join(f"<th>p50 / p95 / p99 ms @{b}</th><th>throughput/s @{b}</th>" for b in bss)
+
+def _value(v: float, spec: dict) -> str:
+    return f"{100 * v:.2f}" if spec["kind"] == "share" else f"{v:.2f}"
+
+
+def _cell(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return escape(str(v))
+
+
+def render(d: dict) -> str:
+    """Any task's comparison: the task's metrics with paired intervals, per slice, speed, size and the changed
+    examples (or answers, or generations), in the columns the task names."""
+    from .terminal import task_of
+    t = task_of(d)
+    specs = t["metrics"]
+    primary = next(m for m in specs if m["name"] == t["primary"])
+    base, cands, data = d["baseline"], d["candidates"], d["data"]
+    raw_text = t["kind"] == "language-modelling"
+    per_token = t.get("latency_unit") == "token"
+    bss = list(base["perf"]["batch_sizes"])
+    if raw_text:
+        what = (f"{data['n']} windows of {data['context']} tokens (stride {data['stride']}, no carried context), "
+                f"{data['prompts']} prompts x {data['new_tokens']} greedy tokens")
+    elif t["kind"] == "prompted":
+        what = (f"{data['n']} prompts; answers: {data['answers']}"
+                + (f"; {data['truncated']} prompt(s) truncated from the left to fit the context" if data.get("truncated") else "")
+                + ("; chat template applied" if data.get("chat_template") else ""))
+    else:
+        what = f"{data['n']} examples"
+    if data.get("dropped"):
+        what += f"; {data['dropped']} row(s) of the file skipped for an empty text or label"
+    h = _head(d, what)
+
+    thru = "tokens/s" if per_token else "throughput/s"
+    lat = "decode ms/token" if per_token else "ms"
+    h.append("<h2>Summary</h2><div><table id=summary><thead><tr><th>candidate</th>"
+             f"<th>{escape(primary['label'])}{' %' if primary['kind'] == 'share' else ''}</th>"
+             + "".join(f"<th>Δ {escape(m['label'])}{', points' if m['kind'] == 'share' else ''} [95% CI]</th>" for m in specs)
+             + ("" if raw_text else "<th>McNemar p</th>") + "<th>changed</th>"
+             + ("<th>KL vs fp32</th><th>same top token %</th>" if t["kind"] != "sequence-classification" else "")
+             + "".join(f"<th>{lat} p50 / p95 / p99 @{b}</th><th>{thru} @{b}</th>" for b in bss)
              + "<th>weights MB</th><th>quantize s</th></tr></thead><tbody>")
 
     def perf_cells(p):
         return "".join(f"<td>{p['batch_sizes'][b]['p50_ms']:.1f} / {p['batch_sizes'][b]['p95_ms']:.1f} / "
                        f"{p['batch_sizes'][b]['p99_ms']:.1f}</td><td>{p['batch_sizes'][b]['throughput_per_s']:.1f}</td>"
                        for b in bss)
-    h.append(f"<tr><td>fp32 (baseline)</td><td>{100 * base['accuracy']:.2f}</td><td></td><td></td><td></td><td></td>"
-             f"{perf_cells(base['perf'])}<td>{base['weight_bytes'] / 2**20:.1f}</td><td></td></tr>")
+    blanks = len(specs) + (0 if raw_text else 1) + 1 + (2 if t["kind"] != "sequence-classification" else 0)
+    h.append(f"<tr><td>fp32 (baseline)</td><td>{_value(base[primary['name']], primary)}</td>" + "<td></td>" * blanks
+             + f"{perf_cells(base['perf'])}<td>{base['weight_bytes'] / 2**20:.1f}</td><td></td></tr>")
     for c in cands:
-        a = c["metrics"]["accuracy"]
-        h.append(f"<tr class=candidate><td>{escape(c['name'])}</td><td>{100 * a['candidate']:.2f}</td>{_delta_cell(a)}"
-                 f"{_delta_cell(c['metrics']['macro_f1'])}<td>{c['n_changed']}</td><td>{c['mcnemar']['p_value']:.3f}</td>"
-                 f"{perf_cells(c['perf'])}<td>{c['weight_bytes'] / 2**20:.1f}</td><td>{c['quantize_seconds']:.1f}</td></tr>")
-    h.append("</tbody></table></div><p class=muted>Latency: per call, p50 / p95 / p99 over the calls measured (count in the JSON); "
-             "throughput: examples per second at the median latency.</p>")
+        same = c.get("same_top") if c.get("same_top") is not None else c["agreement"]
+        h.append(f"<tr class=candidate><td>{escape(c['name'])}</td>"
+                 f"<td>{_value(c['metrics'][primary['name']]['candidate'], primary)}</td>"
+                 + "".join(_delta(c["metrics"][m["name"]], m) for m in specs)
+                 + ("" if raw_text else f"<td>{c['mcnemar']['p_value']:.3f}</td>")
+                 + f"<td>{c['n_changed']}</td>"
+                 + (f"<td>{c['mean_kl']:.4f}</td><td>{100 * same:.1f}</td>" if t["kind"] != "sequence-classification" else "")
+                 + f"{perf_cells(c['perf'])}<td>{c['weight_bytes'] / 2**20:.1f}</td><td>{c['quantize_seconds']:.1f}</td></tr>")
+    h.append("</tbody></table></div><p class=muted>Intervals: paired bootstrap over "
+             f"{escape(t.get('items', 'examples'))}. "
+             + (f"Decode: per token with a KV cache ({escape(base['perf'].get('runtime', 'transformers generate'))}); "
+                "tokens/s = batch / median latency. " if per_token else
+                "Latency: per call, p50 / p95 / p99 over the calls measured (count in the JSON); throughput: examples "
+                "per second at the median latency. ")
+             + escape(d.get("environment", {}).get("timing", {}).get("threads_why", "")) + "</p>")
 
     if cands:
-        # Per-slice deltas with intervals.
-        h.append("<h2>Accuracy change per slice</h2>")
-        for col in d["data"]["slices"]:
+        for col in data.get("slices", {}):
+            if col not in cands[0]["slices"]:
+                continue
+            if col == list(data["slices"])[0]:
+                h.append(f"<h2>{escape(primary['label'].capitalize())} change per slice</h2>")
             labels = [r["value"] for r in cands[0]["slices"][col]]
+            k = 100 if primary["kind"] == "share" else 1
             series = []
             for c in cands:
-                by = {r["value"]: r for r in c["slices"][col]}
-                series.append((c["name"], [(100 * by[v]["accuracy"]["delta"], 100 * by[v]["accuracy"]["ci_low"],
-                                            100 * by[v]["accuracy"]["ci_high"]) if v in by else None for v in labels]))
+                by = {r["value"]: r[primary["name"]] for r in c["slices"][col]}
+                series.append((c["name"], [(k * by[v]["delta"], k * by[v]["ci_low"], k * by[v]["ci_high"])
+                                           if v in by else None for v in labels]))
             rows = [f"{v} (n={r['n']})" for v, r in zip(labels, cands[0]["slices"][col])]
-            h.append(svg.interval_chart(rows, series, "Δ accuracy, points (dot: estimate; line: paired 95% bootstrap interval)",
-                                        f"by {col}"))
-            h.append(f"<details><summary>table: by {escape(col)}</summary><table><tr><th>{escape(col)}</th><th>n</th>"
-                     + "".join(f"<th>{escape(c['name'])} Δacc</th><th>Δmacro-F1</th>" for c in cands) + "</tr>")
+            h.append(svg.interval_chart(rows, series, f"Δ {primary['label']}, points (dot: estimate; line: paired 95% "
+                                        "bootstrap interval)", f"by {col}"))
+            slice_specs = [m for m in specs if m["name"] in cands[0]["slices"][col][0]]
+            h.append(f"<details><summary>table: by {escape(col)}</summary><table class=slice-table><tr>"
+                     f"<th>{escape(col)}</th><th>n</th>"
+                     + "".join(f"<th>{escape(c['name'])} Δ{escape(m['label'])}</th>" for c in cands for m in slice_specs)
+                     + "</tr>")
             for i, v in enumerate(labels):
                 h.append(f"<tr><td>{escape(v)}</td><td>{cands[0]['slices'][col][i]['n']}</td>")
                 for c in cands:
-                    r = c["slices"][col][i]
-                    h.append(_delta_cell(r["accuracy"]) + _delta_cell(r["macro_f1"]))
+                    h.append("".join(_delta(c["slices"][col][i][m["name"]], m) for m in slice_specs))
                 h.append("</tr>")
             h.append("</table></details>")
 
-        # Latency distributions and size against accuracy.
-        h.append("<h2>Latency</h2>")
+        h.append("<h2>" + ("Decode latency" if per_token else "Latency") + "</h2>")
         for b in bss:
             models = [("fp32", base["perf"]["batch_sizes"][b])] + [(c["name"], c["perf"]["batch_sizes"][b]) for c in cands]
-            h.append(svg.latency_chart(models, b, f"batch {b}"))
-        h.append("<h2>Size against accuracy</h2>")
-        pts = [("fp32", base["weight_bytes"] / 2**20, 100 * base["accuracy"])] + \
-              [(c["name"], c["weight_bytes"] / 2**20, 100 * c["metrics"]["accuracy"]["candidate"]) for c in cands]
-        h.append(svg.scatter(pts, "weight bytes, MB", "accuracy, %", "weights against accuracy"))
+            h.append(svg.latency_chart(models, b, f"batch {b}", unit="token" if per_token else "call"))
+        h.append(f"<h2>Size against {escape(primary['label'])}</h2>")
+        k = 100 if primary["kind"] == "share" else 1
+        pts = [("fp32", base["weight_bytes"] / 2**20, k * base[primary["name"]])] + \
+              [(c["name"], c["weight_bytes"] / 2**20, k * c["metrics"][primary["name"]]["candidate"]) for c in cands]
+        h.append(svg.scatter(pts, "weight bytes, MB", primary["label"] + (", %" if k == 100 else "")
+                             + (" (lower is better)" if primary["lower_is_better"] else ""),
+                             f"weights against {primary['label']}"))
+        for c in cands:
+            tr = c.get("extra", {}).get("training")
+            if tr:
+                steps = list(range(1, len(tr["losses"]) + 1))
+                h.append(f"<h2>Training loss: {escape(c['name'])}</h2>")
+                h.append(svg.line_chart([(c["name"], steps, tr["losses"])], "step", "loss", f"{c['name']}: loss per step"))
 
     if d.get("calibration_checks"):
         h.append(calibration_section(d["calibration_checks"]))
 
-    # Changed examples.
-    h.append(_changed_table_head("Changed predictions", cands,
-                                 ("id", "label", "baseline (p)", "candidate (p)", "text")))
+    columns = t.get("changed_columns") or []
+    title = {"prompted": "Changed answers", "language-modelling": "Changed generations"}.get(t["kind"], "Changed predictions")
+    h.append(_changed_table_head(title, cands, tuple(label for _, label in columns)))
     for c in cands:
         for e in c["changed"]:
-            h.append(f"<tr data-candidate=\"{escape(c['name'])}\"><td>{escape(c['name'])}</td><td>{escape(e['id'])}</td>"
-                     f"<td>{escape(e['label'])}</td><td>{escape(e['baseline'])} ({e['baseline_prob']:.2f})</td>"
-                     f"<td>{escape(e['candidate'])} ({e['candidate_prob']:.2f})</td><td class=text>{escape(e['text'][:240])}</td></tr>")
-    h.append("</tbody></table>")
-
-    h += _tail(d)
-    return "".join(h)
-
-
-def render_lm(d: dict) -> str:
-    """The causal-LM comparison: perplexity, agreement with the baseline, the
-    generation diff, decode latency and tokens/s, size."""
-    base, cands, data = d["baseline"], d["candidates"], d["data"]
-    bss = list(base["perf"]["batch_sizes"])
-    h = _head(d, f"{data['n']} windows of {data['context']} tokens (stride {data['stride']}, no carried context), "
-                 f"{data['prompts']} prompts x {data['new_tokens']} greedy tokens")
-    h.append("<h2>Summary</h2><div style='overflow-x:auto'><table id=summary><thead><tr><th>candidate</th>"
-             "<th>perplexity</th><th>Δ perplexity [95% CI]</th><th>KL vs fp32, nats/token</th><th>same top token %</th>"
-             "<th>changed generations</th>"
-             + "".join(f"<th>decode ms/token p50 / p95 / p99 @{b}</th><th>tokens/s @{b}</th><th>TTFT ms @{b}</th>" for b in bss)
-             + "<th>weights MB</th><th>peak RSS MB</th><th>quantize s</th></tr></thead><tbody>")
-
-    def perf_cells(p):
-        return "".join(f"<td>{p['batch_sizes'][b]['p50_ms']:.1f} / {p['batch_sizes'][b]['p95_ms']:.1f} / "
-                       f"{p['batch_sizes'][b]['p99_ms']:.1f}</td><td>{p['batch_sizes'][b]['tokens_per_s']:.1f}</td>"
-                       f"<td>{p['batch_sizes'][b]['ttft_ms']:.0f}</td>" for b in bss)
-    h.append(f"<tr><td>fp32 (baseline)</td><td>{base['perplexity']:.2f}</td><td></td><td></td><td></td><td></td>"
-             f"{perf_cells(base['perf'])}<td>{base['weight_bytes'] / 2**20:.1f}</td>"
-             f"<td>{base['perf']['peak_rss_mb']:.0f}</td><td></td></tr>")
-    for c in cands:
-        p = c["metrics"]["perplexity"]
-        h.append(f"<tr class=candidate><td>{escape(c['name'])}</td><td>{p['candidate']:.2f}</td>"
-                 f"<td class=\"{'neg' if p['delta'] > 0 else 'pos'}\">{p['delta']:+.2f} <span class=muted>"
-                 f"[{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]</span></td><td>{c['mean_kl']:.4f}</td>"
-                 f"<td>{100 * c['agreement']:.1f}</td><td>{c['n_changed']}/{data['prompts']}</td>{perf_cells(c['perf'])}"
-                 f"<td>{c['weight_bytes'] / 2**20:.1f}</td><td>{c['perf']['peak_rss_mb']:.0f}</td>"
-                 f"<td>{c['quantize_seconds']:.1f}</td></tr>")
-    h.append("</tbody></table></div><p class=muted>Perplexity interval: paired bootstrap over windows. Decode: per "
-             f"token with a KV cache ({escape(base['perf'].get('runtime', 'transformers generate'))}) after a prompt of "
-             f"{base['perf']['batch_sizes'][bss[0]]['prompt_tokens']} tokens; tokens/s = batch / median latency; "
-             "TTFT: prefill and first token (median). Peak RSS: the process while the model generated.</p>")
-    if cands:
-        h.append("<h2>Size against perplexity</h2>")
-        pts = [("fp32", base["weight_bytes"] / 2**20, base["perplexity"])] + \
-              [(c["name"], c["weight_bytes"] / 2**20, c["metrics"]["perplexity"]["candidate"]) for c in cands]
-        h.append(svg.scatter(pts, "weight bytes, MB", "perplexity (lower is better)", "weights against perplexity"))
-        h.append("<h2>Decode latency</h2>")
-        for b in bss:
-            models = [("fp32", base["perf"]["batch_sizes"][b])] + [(c["name"], c["perf"]["batch_sizes"][b]) for c in cands]
-            h.append(svg.latency_chart(models, b, f"batch {b}", unit="token"))
-        training = [(c["name"], c["extra"]["training"]) for c in cands if c.get("extra", {}).get("training")]
-        for name, t in training:
-            steps = list(range(1, len(t["losses"]) + 1))
-            h.append(f"<h2>Training loss: {escape(name)}</h2>")
-            h.append(svg.line_chart([(name, steps, t["losses"])], "step", "loss", f"{name}: loss per step"))
-    # The generation diff.
-    h.append(_changed_table_head("Changed generations", cands,
-                                 ("prompt", "first different token", "baseline", "candidate")))
-    for c in cands:
-        for e in c["changed"]:
-            h.append(f"<tr data-candidate=\"{escape(c['name'])}\"><td>{escape(c['name'])}</td>"
-                     f"<td class=text>{escape(e['prompt'])}</td><td>#{e['first_diff']}: {escape(repr(e['baseline_token']))} "
-                     f"→ {escape(repr(e['candidate_token']))}</td><td class=text>{escape(e['baseline'])}</td>"
-                     f"<td class=text>{escape(e['candidate'])}</td></tr>")
+            cells = []
+            for key, _ in columns:
+                v = e.get(key, "")
+                if key == "first_diff":
+                    v = f"#{v}: {e['baseline_token']!r} → {e['candidate_token']!r}"
+                text = key in ("text", "prompt", "baseline", "candidate") and isinstance(v, str) and len(v) > 40
+                cells.append(f"<td class=text>{escape(v[:240])}</td>" if text else f"<td>{_cell(v)}</td>")
+            h.append(f"<tr data-candidate=\"{escape(c['name'])}\"><td>{escape(c['name'])}</td>{''.join(cells)}</tr>")
     h.append("</tbody></table>")
     h += _tail(d)
     return "".join(h)

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 
-def _pts(x: float) -> str:
-    return f"{100 * x:+.2f}"
-
-
 def _mb(b: float) -> str:
     return f"{b / 2**20:.1f}"
 
@@ -27,51 +23,99 @@ def _warnings(d: dict) -> list[str]:
     return out
 
 
-def lm_table(d: dict) -> str:
+def fmt_value(v: float, spec: dict) -> str:
+    """A metric's value as people read it: shares in %, values as they are."""
+    return f"{100 * v:.2f}" if spec["kind"] == "share" else f"{v:.2f}"
+
+
+def fmt_delta(m: dict, spec: dict, interval: bool = True) -> str:
+    """The change with its interval: points for shares, the value's own unit otherwise."""
+    k = 100 if spec["kind"] == "share" else 1
+    return f"{k * m['delta']:+.2f}" + (f" [{k * m['ci_low']:+.2f}, {k * m['ci_high']:+.2f}]" if interval else "")
+
+
+def task_of(d: dict) -> dict:
+    """The comparison's task description (a classifier comparison saved before tasks existed carries none)."""
+    from ..tasks.classification import Classification
+    return d.get("task") or {"kind": "sequence-classification", "primary": "accuracy", "items": "examples",
+                             "metrics": Classification.metrics, "latency_unit": "call",
+                             "changed_columns": Classification.changed_columns}
+
+
+def worst_slice(c: dict, primary: str) -> dict | None:
+    """The slice value whose primary metric changed most for the worse."""
+    rows = [(col, r) for col, rs in c.get("slices", {}).items() for r in rs if primary in r]
+    if not rows:
+        return None
+    col, r = min(rows, key=lambda cr: cr[1][primary]["delta"])
+    return {"column": col, **r}
+
+
+def slice_table(d: dict) -> str:
+    """Every slice value of every candidate: the primary metric's change with its interval."""
+    t = task_of(d)
+    spec = next(m for m in t["metrics"] if m["name"] == t["primary"])
+    out = []
+    cands = d["candidates"]
+    for col in d["data"].get("slices", {}):
+        if not cands or col not in cands[0]["slices"]:
+            continue
+        rows = [[r["value"], str(r["n"])] + [fmt_delta(c["slices"][col][i][t["primary"]], spec) for c in cands]
+                for i, r in enumerate(cands[0]["slices"][col])]
+        out += [""] + _grid([col, "n"] + [f"{c['name']} Δ{spec['label']}" for c in cands], rows)
+    return "\n".join(out)
+
+
+def table(d: dict, slices: bool = False) -> str:
+    """`d` is Comparison.to_dict(), of any task; `slices` adds the full per-slice table."""
+    t = task_of(d)
+    specs = {m["name"]: m for m in t["metrics"]}
+    primary = specs[t["primary"]]
+    others = [m for m in t["metrics"] if m["name"] != t["primary"]]
     base, data = d["baseline"], d["data"]
+    raw_text = t["kind"] == "language-modelling"
     bss = list(base["perf"]["batch_sizes"])
-    head = ["candidate", "ppl", "Δppl [95% CI]", "KL", "same top %", "gen changed"]
-    head += [f"ms/tok p50/p99 @{b}" for b in bss] + [f"tok/s @{b}" for b in bss] + ["weights MB", "quantize s"]
+    unit = "ms/tok" if t.get("latency_unit") == "token" else "ms"
+    head = ["candidate", primary["label"] + (" %" if primary["kind"] == "share" else ""),
+            f"Δ {primary['label']} [95% CI]"] + [f"Δ {m['label']}" for m in others]
+    head += ([] if raw_text else ["worst slice: Δ [95% CI]", "McNemar p"]) + ["changed"]
+    head += [f"{unit} p50/p99 @{b}" for b in bss] + [f"x thru @{b}" for b in bss] + ["weights MB"]
     bp = base["perf"]["batch_sizes"]
-    rows = [["fp32 (baseline)", f"{base['perplexity']:.2f}", "", "", "", ""]
-            + [f"{bp[b]['p50_ms']:.1f}/{bp[b]['p99_ms']:.1f}" for b in bss]
-            + [f"{bp[b]['tokens_per_s']:.1f}" for b in bss] + [_mb(base["weight_bytes"]), ""]]
+    rows = [["fp32 (baseline)", fmt_value(base[primary["name"]], primary), ""] + ["" for _ in others]
+            + ([] if raw_text else ["", ""]) + [""]
+            + [f"{bp[b]['p50_ms']:.1f}/{bp[b]['p99_ms']:.1f}" for b in bss] + ["1.00" for _ in bss]
+            + [_mb(base["weight_bytes"])]]
     for c in d["candidates"]:
-        p, cp = c["metrics"]["perplexity"], c["perf"]["batch_sizes"]
-        rows.append([c["name"], f"{p['candidate']:.2f}", f"{p['delta']:+.2f} [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]",
-                     f"{c['mean_kl']:.3f}", f"{100 * c['agreement']:.1f}", f"{c['n_changed']}/{data['prompts']}"]
+        m, cp = c["metrics"], c["perf"]["batch_sizes"]
+        w = worst_slice(c, primary["name"])
+        worst = f"{w['column']}={w['value']} (n={w['n']}) {fmt_delta(w[primary['name']], primary)}" if w else "-"
+        out_of = data.get("prompts", data["n"]) if raw_text else data["n"]
+        rows.append([c["name"], fmt_value(m[primary["name"]]["candidate"], primary), fmt_delta(m[primary["name"]], primary)]
+                    + [fmt_delta(m[o["name"]], o, interval=False) for o in others]
+                    + ([] if raw_text else [worst, f"{c['mcnemar']['p_value']:.2f}"]) + [f"{c['n_changed']}/{out_of}"]
                     + [f"{cp[b]['p50_ms']:.1f}/{cp[b]['p99_ms']:.1f}" for b in bss]
-                    + [f"{cp[b]['tokens_per_s']:.1f} ({cp[b]['tokens_per_s'] / bp[b]['tokens_per_s']:.2f}x)" for b in bss]
-                    + [_mb(c["weight_bytes"]), f"{c['quantize_seconds']:.1f}"])
-    out = [f"perplexity on {data['n']} windows of {data['context']} tokens; decode with a KV cache, "
-           f"runtime: {base['perf'].get('runtime', 'transformers generate')}"] + _grid(head, rows)
-    return "\n".join(out + _warnings(d))
-
-
-def table(d: dict) -> str:
-    """`d` is Comparison.to_dict()."""
-    if d["model"].get("task") == "causal-lm":
-        return lm_table(d)
-    bss = list(d["baseline"]["perf"]["batch_sizes"])
-    base = d["baseline"]
-    head = ["candidate", "acc %", "Δacc pts [95% CI]", "Δmacro-F1 pts", "changed", "McNemar p"]
-    head += [f"p50/p99 ms @{b}" for b in bss] + [f"x thru @{b}" for b in bss] + ["weights MB"]
-    rows = [["fp32 (baseline)", f"{100 * base['accuracy']:.2f}", "", "", "", ""]
-            + [f"{base['perf']['batch_sizes'][b]['p50_ms']:.1f}/{base['perf']['batch_sizes'][b]['p99_ms']:.1f}" for b in bss]
-            + ["1.00" for _ in bss] + [_mb(base["weight_bytes"])]]
-    for c in d["candidates"]:
-        a, f = c["metrics"]["accuracy"], c["metrics"]["macro_f1"]
-        rows.append([c["name"], f"{100 * a['candidate']:.2f}", f"{_pts(a['delta'])} [{_pts(a['ci_low'])}, {_pts(a['ci_high'])}]",
-                     _pts(f["delta"]), f"{c['n_changed']}/{d['data']['n']}", f"{c['mcnemar']['p_value']:.2f}"]
-                    + [f"{c['perf']['batch_sizes'][b]['p50_ms']:.1f}/{c['perf']['batch_sizes'][b]['p99_ms']:.1f}" for b in bss]
-                    + [f"{c['perf']['batch_sizes'][b]['throughput_per_s'] / base['perf']['batch_sizes'][b]['throughput_per_s']:.2f}"
-                       for b in bss]
+                    + [f"{cp[b]['throughput_per_s'] / bp[b]['throughput_per_s']:.2f}" for b in bss]
                     + [_mb(c["weight_bytes"])])
-    out = _grid(head, rows)
+    out = []
+    runtime = base["perf"].get("runtime", "transformers generate")
+    if raw_text:
+        out.append(f"perplexity on {data['n']} windows of {data['context']} tokens; decode with a KV cache, "
+                   f"runtime: {runtime}")
+    elif t["kind"] == "prompted":
+        out.append(f"{data['n']} prompts of {data['source']}; answers: {data['answers']}; decode latency per token "
+                   f"with a KV cache, runtime: {runtime}"
+                   + (f"; {data['truncated']} prompt(s) truncated from the left to fit the context"
+                      if data.get("truncated") else ""))
+    out += _grid(head, rows)
     from .html import qat_line
     for c in d["candidates"]:
         if c.get("extra", {}).get("qat"):
             out.append(f"{c['name']}: {qat_line(c['extra']['qat'])}")
+    timing = d.get("environment", {}).get("timing")
+    if timing:
+        out.append(f"timing: {timing['threads_why']}")
+    if slices:
+        out.append(slice_table(d))
     return "\n".join(out + _warnings(d))
 
 

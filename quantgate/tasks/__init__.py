@@ -1,1 +1,46 @@
-"""How a task runs a model over a dataset and keeps per-example outputs."""
+"""How a task runs and scores a model. One protocol, one implementation per
+kind of task; the comparison, the gate, the report and the terminal table read
+any of them through it.
+
+    task = tasks.for_model(model, data, settings)
+    base = task.score(model.module, "fp32")            # per-example results
+    task.summary(base)                                 # the baseline's metric values
+    task.compare(base, task.score(candidate, name))    # metrics with paired intervals, slices, changed examples
+    task.speed({"fp32": model.module, name: candidate})   # latency / throughput per batch size
+
+Every task also says what it reports (`describe()`: `kind`, `primary` metric,
+`metrics` with how each is read, the columns of its changed examples) so the
+upper layers need no branch per task.
+
+Kinds: `sequence-classification` (classification.py), `language-modelling` on
+raw text (causal_lm.py: perplexity, KL, same top token, the generation diff),
+and `prompted` tasks for fine-tuned LMs (prompted.py: exact match, choice
+accuracy by log-likelihood, token F1)."""
+
+from __future__ import annotations
+
+
+def metric(name: str, label: str, kind: str = "share", lower_is_better: bool = False) -> dict:
+    """How a metric is read: a `share` (0..1, shown and budgeted in points) or a
+    `value` (shown as is; a lower-is-better value is budgeted as a % rise)."""
+    assert kind in ("share", "value")
+    return {"name": name, "label": label, "kind": kind, "lower_is_better": lower_is_better}
+
+
+def for_model(model, data, settings):
+    """The task for a model and its evaluation data: a classifier and a labelled
+    Dataset; a causal LM and a PromptSet (prompted task) or a list of texts
+    (language modelling)."""
+    from ..errors import QuantgateError
+    from ..models import CausalLM, Model
+    if isinstance(model, Model):
+        from .classification import Classification
+        return Classification(model, data, settings)
+    if isinstance(model, CausalLM):
+        from .prompted import PromptSet, PromptedTask
+        if isinstance(data, PromptSet):
+            return PromptedTask(model, data, settings)
+        from .causal_lm import LanguageModelling
+        return LanguageModelling(model, list(data), settings)
+    raise QuantgateError("model must be a quantgate Model or CausalLM: use quantgate.models.load_classifier(DIR) "
+                         "or load_causal_lm(DIR)")

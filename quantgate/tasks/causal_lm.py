@@ -26,36 +26,9 @@ from ..errors import require
 from ..progress import progress
 
 
-def token_stream(tokenizer, texts: list[str], limit: int | None = None) -> torch.Tensor:
-    """All texts as one token stream, separated by the end-of-text token (tokenizing
-    stops once `limit` tokens are there: calibration needs only the first ones)."""
-    sep = tokenizer.eos_token_id
-    ids: list[int] = []
-    for t in texts:
-        if limit is not None and len(ids) >= limit:
-            break
-        ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
-        if sep is not None:
-            ids.append(sep)
-    return torch.tensor(ids, dtype=torch.long)
-
-
-def calibration_windows(tokenizer, texts: list[str] | None, num_samples: int, seq_len: int,
-                        where: str = "calibration data") -> torch.Tensor:
-    """[num_samples, seq_len] consecutive windows of the calibration text."""
-    require(texts is not None and len(texts) > 0 and any(t.strip() for t in texts),
-            f"{where} is empty: GPTQ chooses its roundings on calibration text; give --calibration FILE")
-    need = num_samples * seq_len
-    stream = token_stream(tokenizer, texts, limit=need)
-    require(len(stream) >= need,
-            f"{where} is too short: {len(texts)} texts give {len(stream):,} tokens, but {num_samples} samples x "
-            f"{seq_len} tokens need {need:,}; give more text, or lower num_samples or seq_len "
-            f"(at most {len(stream) // seq_len} samples of {seq_len} tokens fit)")
-    return stream[:need].view(num_samples, seq_len)
-
-
 def eval_windows(tokenizer, texts: list[str], context: int, max_windows: int | None = None) -> torch.Tensor:
     """Non-overlapping windows of `context` tokens of held-out text (the last partial window is dropped)."""
+    from ..calibration import token_stream
     require(texts, "evaluation text is empty")
     stream = token_stream(tokenizer, texts)
     n = len(stream) // context
@@ -232,3 +205,69 @@ def decode_speed(modules: dict[str, torch.nn.Module], tokenizer, prompt: str, ba
             s["prompt_tokens"] = int(ids.shape[1])
             out[k]["batch_sizes"][str(bs)] = s
     return out
+
+
+# -- the task -----------------------------------------------------------------
+
+@dataclass
+class TextResults:
+    windows: WindowScores
+    generations: list[list[int]]
+    module: torch.nn.Module
+
+
+class LanguageModelling:
+    """A causal LM on raw held-out text: perplexity over fixed windows (paired
+    bootstrap over windows), KL and same-top-token rate against the baseline,
+    the greedy generation diff over prompts, decode speed."""
+
+    kind = "language-modelling"
+    primary = "perplexity"
+    metrics = [{"name": "perplexity", "label": "perplexity", "kind": "value", "lower_is_better": True}]
+    changed_columns = [("prompt", "prompt"), ("first_diff", "first different token"), ("baseline", "baseline"),
+                       ("candidate", "candidate")]
+    items = "windows"
+
+    def __init__(self, lm, texts: list[str], settings, source: str = ""):
+        s = self.s = settings
+        self.lm, self.source = lm, source or getattr(settings, "source", "") or "text"
+        self.windows = eval_windows(lm.tokenizer, texts, s.context, s.max_windows)
+        self.prompts = prompts_from(texts, s.n_prompts)
+        self.speed_prompt = self.prompts[0] if self.prompts else texts[0][:200]
+        self.base: TextResults | None = None
+
+    def describe(self) -> dict:
+        import hashlib
+        w = self.windows
+        return {"kind": self.kind, "primary": self.primary, "metrics": self.metrics, "items": self.items,
+                "changed_columns": self.changed_columns, "latency_unit": "token",
+                "data": {"source": self.source, "n": int(w.shape[0]), "tokens": int(w.numel()),
+                         "context": self.s.context, "stride": self.s.context,
+                         "fingerprint": hashlib.sha256(w.numpy().tobytes()).hexdigest()[:16],
+                         "prompts": len(self.prompts), "new_tokens": self.s.new_tokens, "slices": {}}}
+
+    def score(self, module, name: str) -> TextResults:
+        if self.base is None:
+            sc = score_windows({name: module}, self.windows, self.s.verbose, baseline=name)[name]
+        else:       # KL needs the baseline's distributions: recomputed window by window, never all held
+            sc = score_windows({"baseline": self.base.module, name: module}, self.windows, self.s.verbose,
+                               baseline="baseline")[name]
+        gens = greedy(module, self.lm.tokenizer, self.prompts, self.s.new_tokens, self.s.runtime)
+        r = TextResults(sc, gens, module)
+        if self.base is None:
+            self.base = r
+        return r
+
+    def summary(self, r: TextResults) -> dict:
+        return {"perplexity": float(np.exp(r.windows.nll.mean()))}
+
+    def compare(self, base: TextResults, cand: TextResults) -> dict:
+        diffs = generation_diff(self.lm.tokenizer, self.prompts, base.generations, cand.generations)
+        return {"metrics": {"perplexity": perplexity_delta(base.windows.nll, cand.windows.nll, self.s.n_boot, self.s.seed)},
+                "mcnemar": {}, "slices": {}, "agreement": float(cand.windows.same_top.mean()),
+                "mean_kl": float(cand.windows.kl.mean()), "changed": diffs, "n_changed": len(diffs)}
+
+    def speed(self, modules: dict) -> dict[str, dict]:
+        s = self.s
+        return decode_speed(modules, self.lm.tokenizer, self.speed_prompt, s.batch_sizes, s.decode_steps,
+                            s.decode_rounds, s.runtime)

@@ -1,5 +1,7 @@
-"""Sequence classification: run a candidate over a dataset, keep every example's
-class probabilities so a comparison can find each changed prediction."""
+"""Sequence classification: run a candidate over a labelled dataset, keep every
+example's class probabilities so a comparison can find each changed prediction;
+accuracy and macro-F1 with paired intervals, overall and per slice; latency per
+call at each batch size."""
 
 from __future__ import annotations
 
@@ -9,8 +11,11 @@ import numpy as np
 import torch
 
 from ..data import Dataset
+from ..errors import require
+from ..evaluate import metrics, perf
 from ..models import Model, label_ids
 from ..progress import progress
+from . import metric
 
 
 @dataclass
@@ -43,3 +48,59 @@ def predict(module: torch.nn.Module, model: Model, data: Dataset, batch_size: in
             out.append(torch.softmax(logits, dim=-1).numpy())
             bar.update(real)
     return Predictions(np.concatenate(out), y)
+
+
+def mean_kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-12) -> float:
+    return float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=1)))
+
+
+class Classification:
+    kind = "sequence-classification"
+    primary = "accuracy"
+    metrics = [metric("accuracy", "accuracy"), metric("macro_f1", "macro-F1")]
+    changed_columns = [("id", "id"), ("label", "label"), ("baseline", "baseline"), ("baseline_prob", "p"),
+                       ("candidate", "candidate"), ("candidate_prob", "p"), ("text", "text")]
+    items = "examples"
+
+    def __init__(self, model: Model, data: Dataset, settings):
+        require(len(data) > 0, "evaluation data is empty")
+        self.model, self.data, self.s = model, data, settings
+
+    def describe(self) -> dict:
+        d = self.data
+        return {"kind": self.kind, "primary": self.primary, "metrics": self.metrics, "items": self.items,
+                "changed_columns": self.changed_columns, "latency_unit": "call",
+                "data": {"source": d.source, "n": len(d), "fingerprint": d.fingerprint(), "dropped": d.dropped,
+                         "slices": {k: sorted(set(v)) for k, v in d.slices.items()}}}
+
+    def score(self, module, name: str) -> Predictions:
+        return predict(module, self.model, self.data, self.s.eval_batch_size, self.s.verbose, desc=f"evaluate {name}")
+
+    def summary(self, r: Predictions) -> dict:
+        return {"accuracy": metrics.accuracy(r.labels, r.pred),
+                "macro_f1": metrics.macro_f1(r.labels, r.pred, len(self.model.labels))}
+
+    def compare(self, base: Predictions, cand: Predictions) -> dict:
+        s, y, pb, pc = self.s, base.labels, base.pred, cand.pred
+        return {"metrics": metrics.paired_bootstrap(y, pb, pc, s.n_boot, s.seed),
+                "mcnemar": metrics.mcnemar(y, pb, pc),
+                "slices": metrics.slice_deltas(y, pb, pc, self.data.slices, s.n_boot, s.seed),
+                "agreement": float((pb == pc).mean()), "mean_kl": mean_kl(base.probs, cand.probs),
+                "changed": self.changed(base, cand, s.max_changed), "n_changed": int((pb != pc).sum())}
+
+    def changed(self, base: Predictions, cand: Predictions, limit: int) -> list[dict]:
+        """Every example whose predicted class changed, largest probability shift first."""
+        data, labels = self.data, self.model.labels
+        pb, pc = base.pred, cand.pred
+        idx = np.flatnonzero(pb != pc)
+        shift = np.abs(base.probs[idx] - cand.probs[idx]).sum(axis=1)
+        return [{"id": data.ids[i], "text": data.texts[i][:400], "label": data.labels[i],
+                 "baseline": labels[pb[i]], "baseline_prob": float(base.probs[i, pb[i]]),
+                 "candidate": labels[pc[i]], "candidate_prob": float(cand.probs[i, pc[i]]),
+                 "slices": {k: v[i] for k, v in data.slices.items()}}
+                for i in idx[np.argsort(-shift)][:limit]]
+
+    def speed(self, modules: dict) -> dict[str, dict]:
+        s = self.s
+        return perf.measure(modules, self.model, self.data.texts, s.batch_sizes, min_reps=s.perf_min_reps,
+                            budget_s=s.perf_budget_s)

@@ -1,0 +1,373 @@
+"""Prompted tasks for fine-tuned causal LMs: prompt -> answer, scored the way
+the user's product scores it.
+
+Data: a table (JSONL/CSV/Parquet) with a prompt column, a reference column,
+optionally a choices column (a list of strings that holds the reference), and
+any number of slice columns.
+
+Metrics, per example, so a comparison can pair them:
+- `exact_match`: the greedy answer (up to the first newline) equals the
+  reference after normalisation (case, punctuation, articles, whitespace);
+- `choice_accuracy`: with choices, the choice with the highest log-likelihood
+  after the prompt is the reference (one forward pass per choice, no
+  generation: how evaluation harnesses score multiple choice);
+- `token_f1`: token-level F1 of answer against reference (free text).
+Secondary, on the reference's tokens after the prompt (teacher-forced):
+reference perplexity, KL(baseline || candidate) and the same-top-token rate.
+
+Prompts longer than the model's context are truncated from the left, counted
+in the report. `chat_template` wraps each prompt in the tokenizer's chat
+template (as one user turn), never silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import QuantgateError, require
+from ..evaluate import metrics
+from ..progress import progress
+from . import metric
+
+
+@dataclass
+class PromptSet:
+    prompts: list[str]
+    references: list[str]
+    ids: list[str]
+    choices: list[list[str]] | None = None
+    slices: dict[str, list[str]] = field(default_factory=dict)
+    source: str = ""
+    dropped: int = 0
+
+    def __post_init__(self):
+        n = len(self.prompts)
+        require(n > 0, f"{self.source or 'prompted-task data'} holds no prompts")
+        require(len(self.references) == n and len(self.ids) == n, "prompts, references and ids must have one length")
+        for k, v in self.slices.items():
+            require(len(v) == n, f"slice column {k!r} has {len(v)} values for {n} prompts")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def head(self, n: int) -> "PromptSet":
+        k = min(n, len(self))
+        return PromptSet(self.prompts[:k], self.references[:k], self.ids[:k],
+                         None if self.choices is None else self.choices[:k],
+                         {c: v[:k] for c, v in self.slices.items()}, f"{self.source}[:{n}]", self.dropped)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for i, (p, r) in enumerate(zip(self.prompts, self.references)):
+            h.update(p.encode()); h.update(b"\x00"); h.update(r.encode()); h.update(b"\x01")
+            if self.choices is not None:
+                h.update("\x02".join(self.choices[i]).encode())
+        return h.hexdigest()[:16]
+
+
+def load_prompts(path: str | Path, prompt_col: str = "prompt", reference_col: str = "reference",
+                 choices_col: str | None = None, slice_cols: list[str] | tuple[str, ...] = (),
+                 id_col: str | None = None) -> PromptSet:
+    """Read a prompted-task file; every problem is one clear error."""
+    from ..data import length_slice, read_frame
+    p = Path(path)
+    df = read_frame(p)
+    require(len(df) > 0, f"{p} has no rows")
+    cols = ", ".join(map(str, df.columns))
+    for role, c in [("--prompt-col", prompt_col), ("--reference-col", reference_col)] \
+            + ([("--choices-col", choices_col)] if choices_col else []) + [("--slice-col", s) for s in slice_cols] \
+            + ([("--id-col", id_col)] if id_col else []):
+        require(c in df.columns, f"{p} has no column {c!r} (named by {role}); its columns are: {cols}")
+    rows = len(df)
+    keep = df[prompt_col].notna() & df[reference_col].notna()
+    keep &= df[prompt_col].astype(str).str.strip().astype(bool)
+    df = df[keep]
+    require(len(df) > 0, f"{p}: every row has an empty {prompt_col!r} or {reference_col!r}")
+    refs = [str(r) for r in df[reference_col]]
+    empty = [i for i, r in enumerate(refs) if not r.strip()]
+    if empty:
+        raise QuantgateError(f"{p}: row {df.index[empty[0]]} has an empty reference in {reference_col!r} "
+                             f"({len(empty)} such rows); every prompt needs its expected answer")
+    choices = None
+    if choices_col:
+        choices = []
+        for row, c in zip(df.index, df[choices_col]):
+            c = list(c) if isinstance(c, (list, tuple, np.ndarray)) else c
+            require(isinstance(c, list) and len(c) >= 2 and all(isinstance(x, str) and x.strip() for x in c),
+                    f"{p}: row {row}: {choices_col!r} must be a list of at least two non-empty strings, got {c!r}")
+            choices.append(c)
+        bad = [(row, r) for row, r, c in zip(df.index, refs, choices) if r not in c]
+        if bad:
+            raise QuantgateError(f"{p}: row {bad[0][0]}: the reference {bad[0][1]!r} is not one of its choices "
+                                 f"({len(bad)} such rows)")
+    dropped = rows - len(df)
+    if dropped:
+        import sys
+        print(f"{p}: {dropped} of {rows} rows skipped (empty or missing {prompt_col!r})", file=sys.stderr)
+    prompts = [str(x) for x in df[prompt_col]]
+    ids = [str(v) for v in (df[id_col] if id_col else df.index)]
+    slices = {s: [str(v) for v in df[s]] for s in slice_cols}
+    slices.setdefault("length", length_slice(prompts))
+    return PromptSet(prompts, refs, ids, choices, slices, str(p), dropped)
+
+
+# -- the BBC topic task (the bundled fine-tuned LM's task) ---------------------
+
+TOPIC_TEMPLATE = "Article: {text}\nTopic:"
+TOPIC_WORDS = 32        # words of the article's opening in each prompt
+
+
+def topic_prompt(text: str, words: int = TOPIC_WORDS) -> str:
+    return TOPIC_TEMPLATE.format(text=" ".join(text.split()[:words]))
+
+
+def bbc_topic_prompts(ds, words: int = TOPIC_WORDS) -> PromptSet:
+    """BBC articles as a prompted task: the article's opening -> its topic word;
+    sliced by topic and by the article's length. Ordered by a hash of the id, so
+    the first N prompts mix every topic."""
+    order = sorted(range(len(ds)), key=lambda i: hashlib.sha256(ds.ids[i].encode()).hexdigest())
+    return PromptSet([topic_prompt(ds.texts[i], words) for i in order], [ds.labels[i] for i in order],
+                     [ds.ids[i] for i in order],
+                     slices={"topic": [ds.labels[i] for i in order], "length": [ds.slices["length"][i] for i in order]},
+                     source=f"{ds.source} as topic prompts ({words} words)")
+
+
+# -- scoring ------------------------------------------------------------------
+
+def normalize(text: str) -> str:
+    """SQuAD-style: lower case, no punctuation, no articles, single spaces."""
+    t = text.lower()
+    t = "".join(ch for ch in t if ch not in set(string.punctuation))
+    t = re.sub(r"\b(a|an|the)\b", " ", t)
+    return " ".join(t.split())
+
+
+def token_f1(answer: str, reference: str) -> float:
+    a, r = normalize(answer).split(), normalize(reference).split()
+    if not a or not r:
+        return float(a == r)
+    common = sum((Counter(a) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    prec, rec = common / len(a), common / len(r)
+    return 2 * prec * rec / (prec + rec)
+
+
+def _continuation(prompt: str, text: str) -> str:
+    """The answer as it follows the prompt: one space between them unless either side has one."""
+    return text if (not prompt or prompt[-1].isspace() or text[:1].isspace()) else " " + text
+
+
+@dataclass
+class Answers:
+    answers: list[str]
+    correct: np.ndarray          # [n] 0/1 on the primary metric (exact match or choice accuracy)
+    f1: np.ndarray | None        # [n] token F1 (free text)
+    ref_nll: np.ndarray          # [n] summed NLL of the reference tokens
+    ref_tokens: np.ndarray       # [n] reference token counts
+    kl: np.ndarray               # [n] mean KL(baseline || this) over reference tokens; 0 for the baseline
+    same_top: np.ndarray         # [n] share of reference positions with the baseline's top token
+    logprobs: list[torch.Tensor] | None = None    # the baseline's, at the reference positions (fp16)
+
+
+class PromptedTask:
+    kind = "prompted"
+    changed_columns = [("id", "id"), ("prompt", "prompt"), ("reference", "reference"), ("baseline", "baseline answer"),
+                       ("candidate", "candidate answer"), ("right", "right")]
+    items = "prompts"
+
+    def __init__(self, lm, data: PromptSet, settings):
+        s = self.s = settings
+        self.lm, self.data, self.tok = lm, data, lm.tokenizer
+        self.choice = data.choices is not None
+        want = getattr(s, "task_metric", None) or ("choice_accuracy" if self.choice else "exact_match")
+        allowed = ("choice_accuracy",) if self.choice else ("exact_match", "token_f1")
+        require(want in allowed, f"task metric {want!r} does not fit this data: "
+                                 f"{'with' if self.choice else 'without'} choices it is one of {', '.join(allowed)}")
+        self.primary = want
+        self.metrics = ([metric("choice_accuracy", "choice accuracy")] if self.choice else
+                        [metric("exact_match", "exact match"), metric("token_f1", "token F1")])
+        if want == "token_f1":
+            self.metrics.reverse()
+        self.metrics.append(metric("reference_perplexity", "reference perplexity", "value", lower_is_better=True))
+        self.prompts, self.truncated = self._prompts()
+        self.base: Answers | None = None
+        self.base_module = None
+
+    # -- inputs ------------------------------------------------------------------
+    def _prompts(self) -> tuple[list[list[int]], int]:
+        """Token ids of every prompt (chat template applied if asked), truncated from the left to fit the context."""
+        tok, s = self.tok, self.s
+        texts = self.data.prompts
+        if getattr(s, "chat_template", False):
+            require(getattr(tok, "chat_template", None),
+                    "--chat-template was given, but this model's tokenizer has no chat template")
+            texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                             add_generation_prompt=True) for p in texts]
+        self.texts = texts
+        limit = getattr(self.lm.module.config, "max_position_embeddings", None) or 2048
+        longest_ref = max(len(tok(_continuation("x", r), add_special_tokens=False)["input_ids"])
+                          for r in (self.data.references if not self.choice else [c for cs in self.data.choices for c in cs]))
+        room = limit - max(s.answer_tokens, longest_ref) - 1
+        require(room >= 8, f"the model's context ({limit} tokens) leaves no room for a prompt and its answer")
+        out, cut = [], 0
+        for t in texts:
+            ids = tok(t)["input_ids"]
+            if len(ids) > room:
+                ids, cut = ids[-room:], cut + 1
+            out.append(ids)
+        return out, cut
+
+    def describe(self) -> dict:
+        d = self.data
+        return {"kind": self.kind, "primary": self.primary, "metrics": self.metrics, "items": self.items,
+                "changed_columns": self.changed_columns, "latency_unit": "token",
+                "data": {"source": d.source, "n": len(d), "fingerprint": d.fingerprint(), "dropped": d.dropped,
+                         "truncated": self.truncated, "chat_template": bool(getattr(self.s, "chat_template", False)),
+                         "answer_tokens": self.s.answer_tokens, "choices": self.choice,
+                         "answers": "log-likelihood of each choice" if self.choice else
+                         "greedy, transformers generate, batched with left padding",
+                         "slices": {k: sorted(set(v)) for k, v in d.slices.items()}}}
+
+    # -- model runs ----------------------------------------------------------------
+    @torch.inference_mode()
+    def _teacher_forced(self, module, pairs: list[tuple[list[int], list[int]]], desc: str) -> list[torch.Tensor]:
+        """Log-probabilities [len(cont), vocab] at each continuation token, for (prompt ids, continuation ids) pairs."""
+        out, bs = [], self.s.eval_batch_size
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        dev = next(module.parameters()).device
+        with progress(total=len(pairs), desc=desc, enabled=self.s.verbose) as bar:
+            for i in range(0, len(pairs), bs):
+                chunk = pairs[i:i + bs]
+                seqs = [p + c for p, c in chunk]
+                width = max(map(len, seqs))
+                ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+                am = torch.zeros_like(ids)
+                for j, sq in enumerate(seqs):
+                    ids[j, :len(sq)] = torch.tensor(sq)
+                    am[j, :len(sq)] = 1
+                logits = module(input_ids=ids.to(dev), attention_mask=am.to(dev)).logits.float().cpu()
+                for j, (p, c) in enumerate(chunk):
+                    out.append(torch.log_softmax(logits[j, len(p) - 1:len(p) - 1 + len(c)], dim=-1))
+                bar.update(len(chunk))
+        return out
+
+    @torch.inference_mode()
+    def _generate(self, module, desc: str) -> list[str]:
+        tok, bs = self.tok, self.s.eval_batch_size
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        dev = next(module.parameters()).device
+        answers = []
+        with progress(total=len(self.prompts), desc=desc, enabled=self.s.verbose) as bar:
+            for i in range(0, len(self.prompts), bs):
+                chunk = self.prompts[i:i + bs]
+                width = max(map(len, chunk))
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                am = torch.zeros_like(ids)
+                for j, p in enumerate(chunk):           # left padding: every prompt ends at the last column
+                    ids[j, width - len(p):] = torch.tensor(p)
+                    am[j, width - len(p):] = 1
+                gen = module.generate(input_ids=ids.to(dev), attention_mask=am.to(dev), do_sample=False,
+                                      max_new_tokens=self.s.answer_tokens, pad_token_id=pad)[:, width:]
+                for row in gen.cpu().tolist():
+                    text = tok.decode(row, skip_special_tokens=True)
+                    answers.append(text.split("\n")[0].strip())
+                bar.update(len(chunk))
+        return answers
+
+    def _ids(self, text: str, prompt: str) -> list[int]:
+        return self.tok(_continuation(prompt, text), add_special_tokens=False)["input_ids"]
+
+    def score(self, module, name: str) -> Answers:
+        d = self.data
+        refs = [self._ids(r, p) for r, p in zip(d.references, self.texts)]
+        if self.choice:
+            flat = [(i, c) for i, cs in enumerate(d.choices) for c in cs]
+            lps = self._teacher_forced(module, [(self.prompts[i], self._ids(c, self.texts[i])) for i, c in flat],
+                                       f"choices {name}")
+            by: dict[int, list[tuple[float, str, torch.Tensor]]] = {}
+            for (i, c), lp in zip(flat, lps):
+                cont = torch.tensor(self._ids(c, self.texts[i]))
+                by.setdefault(i, []).append((float(lp.gather(-1, cont[:, None]).sum()), c, lp))
+            answers = [max(by[i], key=lambda t: t[0])[1] for i in range(len(d))]
+            ref_lp = [next(lp for _, c, lp in by[i] if c == d.references[i]) for i in range(len(d))]
+            correct = np.array([a == r for a, r in zip(answers, d.references)], dtype=float)
+            f1 = None
+        else:
+            answers = self._generate(module, f"answers {name}")
+            ref_lp = self._teacher_forced(module, list(zip(self.prompts, refs)), f"references {name}")
+            f1 = np.array([token_f1(a, r) for a, r in zip(answers, d.references)])
+            correct = np.array([normalize(a) == normalize(r) for a, r in zip(answers, d.references)], dtype=float)
+        nll = np.array([-float(lp.gather(-1, torch.tensor(r)[:, None]).sum()) for lp, r in zip(ref_lp, refs)])
+        counts = np.array([len(r) for r in refs], dtype=float)
+        if self.base is None:
+            kl, same = np.zeros(len(d)), np.ones(len(d))
+        else:
+            kl, same = [], []
+            for b, c in zip(self.base.logprobs, ref_lp):
+                b = b.float()
+                kl.append(float((b.exp() * (b - c)).sum(-1).mean()))
+                same.append(float((b.argmax(-1) == c.argmax(-1)).float().mean()))
+            kl, same = np.array(kl), np.array(same)
+        r = Answers(answers, correct, f1, nll, counts, kl, same)
+        if self.base is None:
+            r.logprobs = [lp.half() for lp in ref_lp]
+            self.base = r
+        return r
+
+    # -- results -------------------------------------------------------------------
+    def _scores(self, r: Answers) -> dict[str, np.ndarray]:
+        out = {"choice_accuracy" if self.choice else "exact_match": r.correct}
+        if r.f1 is not None:
+            out["token_f1"] = r.f1
+        return out
+
+    def summary(self, r: Answers) -> dict:
+        out = {k: float(v.mean()) for k, v in self._scores(r).items()}
+        out["reference_perplexity"] = math.exp(r.ref_nll.sum() / r.ref_tokens.sum())
+        return out
+
+    def compare(self, base: Answers, cand: Answers) -> dict:
+        s, d = self.s, self.data
+        sb, sc = self._scores(base), self._scores(cand)
+        m = {k: metrics.paired_mean(sb[k], sc[k], s.n_boot, s.seed) for k in sb}
+        m["reference_perplexity"] = metrics.perplexity_ratio(base.ref_nll, cand.ref_nll, base.ref_tokens, s.n_boot, s.seed)
+        slices = {}
+        for col, values in d.slices.items():
+            values = np.asarray(values)
+            rows = []
+            for v in sorted(set(values.tolist())):
+                mask = values == v
+                rows.append({"value": v, "n": int(mask.sum()),
+                             **{k: metrics.paired_mean(sb[k][mask], sc[k][mask], s.n_boot, s.seed) for k in sb}})
+            slices[col] = rows
+        y = np.ones(len(d), dtype=int)
+        changed = []
+        for i in np.flatnonzero(np.array(base.answers, dtype=object) != np.array(cand.answers, dtype=object)):
+            rb, rc = bool(base.correct[i]), bool(cand.correct[i])
+            changed.append({"id": d.ids[i], "prompt": d.prompts[i][-400:], "reference": d.references[i],
+                            "baseline": base.answers[i], "candidate": cand.answers[i],
+                            "baseline_correct": rb, "candidate_correct": rc,
+                            "right": "both" if rb and rc else "baseline" if rb else "candidate" if rc else "neither",
+                            "slices": {k: v[i] for k, v in d.slices.items()}})
+        order = {"baseline": 0, "candidate": 1, "neither": 2, "both": 3}
+        changed.sort(key=lambda e: order[e["right"]])
+        return {"metrics": m, "mcnemar": metrics.mcnemar(y, base.correct.astype(int), cand.correct.astype(int)),
+                "slices": slices, "agreement": float(np.mean([a == b for a, b in zip(base.answers, cand.answers)])),
+                "mean_kl": float(cand.kl.mean()), "same_top": float(cand.same_top.mean()),
+                "changed": changed[: s.max_changed], "n_changed": len(changed)}
+
+    def speed(self, modules: dict) -> dict[str, dict]:
+        from .causal_lm import decode_speed
+        s = self.s
+        return decode_speed(modules, self.tok, self.texts[0], s.batch_sizes, s.decode_steps, s.decode_rounds,
+                            s.runtime)
