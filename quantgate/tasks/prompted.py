@@ -162,6 +162,22 @@ def token_f1(answer: str, reference: str) -> float:
     return 2 * prec * rec / (prec + rec)
 
 
+@torch.inference_mode()
+def _continuation_logprobs(module, ids: torch.Tensor, am: torch.Tensor, rows: list[tuple[int, int, int]]) -> list[torch.Tensor]:
+    """Log-probabilities at the continuation positions only: (row, first position, count) per sequence.
+    The output head runs on those positions alone (it is a fifth of a small model's work over every
+    position, and the full [batch, length, vocab] log-softmax is hundreds of MB); models whose forward
+    does more after the head (logit soft-capping) run whole."""
+    decoder, head = module.get_decoder(), module.get_output_embeddings()
+    if decoder is None or head is None or getattr(module.config, "final_logit_softcapping", None):
+        logits = module(input_ids=ids, attention_mask=am).logits
+        return [torch.log_softmax(logits[j, s:s + n].float(), dim=-1).cpu() for j, s, n in rows]
+    h = decoder(input_ids=ids, attention_mask=am).last_hidden_state
+    sel = torch.cat([h[j, s:s + n] for j, s, n in rows])
+    lp = torch.log_softmax(head(sel).float(), dim=-1).cpu()
+    return list(lp.split([n for _, _, n in rows]))
+
+
 def _continuation(prompt: str, text: str) -> str:
     """The answer as it follows the prompt: one space between them unless either side has one."""
     return text if (not prompt or prompt[-1].isspace() or text[:1].isspace()) else " " + text
@@ -235,7 +251,8 @@ class PromptedTask:
                          "truncated": self.truncated, "chat_template": bool(getattr(self.s, "chat_template", False)),
                          "answer_tokens": self.s.answer_tokens, "choices": self.choice,
                          "answers": "log-likelihood of each choice" if self.choice else
-                         "greedy, transformers generate, batched with left padding",
+                         "greedy (read off the reference's teacher-forced pass where greedy follows it; "
+                         "else transformers generate, batched with left padding)",
                          "slices": {k: sorted(set(v)) for k, v in d.slices.items()}}}
 
     # -- model runs ----------------------------------------------------------------
@@ -255,21 +272,22 @@ class PromptedTask:
                 for j, sq in enumerate(seqs):
                     ids[j, :len(sq)] = torch.tensor(sq)
                     am[j, :len(sq)] = 1
-                logits = module(input_ids=ids.to(dev), attention_mask=am.to(dev)).logits.float().cpu()
-                for j, (p, c) in enumerate(chunk):
-                    out.append(torch.log_softmax(logits[j, len(p) - 1:len(p) - 1 + len(c)], dim=-1))
+                rows = [(j, len(p) - 1, len(c)) for j, (p, c) in enumerate(chunk)]
+                out.extend(_continuation_logprobs(module, ids.to(dev), am.to(dev), rows))
                 bar.update(len(chunk))
         return out
 
     @torch.inference_mode()
-    def _generate(self, module, desc: str) -> list[str]:
+    def _generate(self, module, which: list[int], desc: str) -> dict[int, str]:
+        """Greedy answers of the prompts `which`: transformers' generate, batched with left padding."""
         tok, bs = self.tok, self.s.eval_batch_size
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         dev = next(module.parameters()).device
-        answers = []
-        with progress(total=len(self.prompts), desc=desc, enabled=self.s.verbose) as bar:
-            for i in range(0, len(self.prompts), bs):
-                chunk = self.prompts[i:i + bs]
+        answers = {}
+        with progress(total=len(which), desc=desc, enabled=self.s.verbose) as bar:
+            for i in range(0, len(which), bs):
+                idx = which[i:i + bs]
+                chunk = [self.prompts[k] for k in idx]
                 width = max(map(len, chunk))
                 ids = torch.full((len(chunk), width), pad, dtype=torch.long)
                 am = torch.zeros_like(ids)
@@ -278,11 +296,35 @@ class PromptedTask:
                     am[j, width - len(p):] = 1
                 gen = module.generate(input_ids=ids.to(dev), attention_mask=am.to(dev), do_sample=False,
                                       max_new_tokens=self.s.answer_tokens, pad_token_id=pad)[:, width:]
-                for row in gen.cpu().tolist():
-                    text = tok.decode(row, skip_special_tokens=True)
-                    answers.append(text.split("\n")[0].strip())
+                for k, row in zip(idx, gen.cpu().tolist()):
+                    answers[k] = self._answer(row)
                 bar.update(len(chunk))
         return answers
+
+    def _answer(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True).split("\n")[0].strip()
+
+    def _stops(self) -> set[int]:
+        """Tokens that end a greedy answer: end of text, or a token that starts a new line."""
+        if not hasattr(self, "_stop_ids"):
+            tok = self.tok
+            eos = tok.eos_token_id
+            ids = {eos} if isinstance(eos, int) else set(eos or [])
+            ids |= {i for i in range(len(tok)) if tok.decode([i]).startswith("\n")}
+            self._stop_ids = ids
+        return self._stop_ids
+
+    def _along_reference(self, lps: list[torch.Tensor], refs: list[list[int]]) -> dict[int, str]:
+        """Greedy answers read off the teacher-forced pass over prompt + reference + end of text:
+        where every greedy token equals the reference's and the next one ends the answer (or the
+        answer-length limit is reached), greedy decoding would have produced the reference. The
+        others are generated."""
+        out, limit, stops = {}, self.s.answer_tokens, self._stops()
+        for i, (lp, r) in enumerate(zip(lps, refs)):
+            k = min(len(r), limit)
+            if lp[:k].argmax(-1).tolist() == r[:k] and (k == limit or int(lp[k].argmax()) in stops):
+                out[i] = self._answer(r[:k])
+        return out
 
     def _ids(self, text: str, prompt: str) -> list[int]:
         return self.tok(_continuation(prompt, text), add_special_tokens=False)["input_ids"]
@@ -303,8 +345,13 @@ class PromptedTask:
             correct = np.array([a == r for a, r in zip(answers, d.references)], dtype=float)
             f1 = None
         else:
-            answers = self._generate(module, f"answers {name}")
-            ref_lp = self._teacher_forced(module, list(zip(self.prompts, refs)), f"references {name}")
+            eos = self.tok.eos_token_id if isinstance(self.tok.eos_token_id, int) else 0
+            lps = self._teacher_forced(module, [(p, r + [eos]) for p, r in zip(self.prompts, refs)], f"references {name}")
+            ref_lp = [lp[:len(r)] for lp, r in zip(lps, refs)]
+            found = self._along_reference(lps, refs)
+            found |= self._generate(module, [i for i in range(len(d)) if i not in found], f"answers {name}")
+            answers = [found[i] for i in range(len(d))]
+            self.generated = len(d) - len(self._along_reference(lps, refs))
             f1 = np.array([token_f1(a, r) for a, r in zip(answers, d.references)])
             correct = np.array([normalize(a) == normalize(r) for a, r in zip(answers, d.references)], dtype=float)
         nll = np.array([-float(lp.gather(-1, torch.tensor(r)[:, None]).sum()) for lp, r in zip(ref_lp, refs)])
