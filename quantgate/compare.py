@@ -169,7 +169,7 @@ class Comparer:
         s = self.settings = settings or Settings()
         self.task = task = tasks.for_model(model, data, s)
         if s.batch_sizes is None:
-            s.batch_sizes = (1, 32) if task.kind == "sequence-classification" else (1, 8)
+            s.batch_sizes = task.batch_sizes
         self.model, self.data, self.calibration, self.train = model, data, calibration, train
         self.quantized: dict[str, Quantized] = {}
         torch.manual_seed(s.seed)

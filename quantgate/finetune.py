@@ -57,6 +57,35 @@ def autocast(device: str, precision: str):
     return torch.autocast(device_type=device, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
+def _optimizer_step(loss, opt, scaler, sched) -> float:
+    """One mixed-precision step (the gradient scaler is a no-op outside fp16); returns the loss."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+    return loss.item()
+
+
+def _save_trained(model, tok, info: dict, out: Path, replace_ours: bool) -> None:
+    """Model, tokenizer and train_info.json written beside `out`, then renamed: an interrupted
+    run leaves no half model. `replace_ours`: `out` is quantgate's cache folder, which an
+    earlier incomplete entry may hold; a user's folder is never replaced."""
+    from .report.files import follow_umask
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    follow_umask(tmp)
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
+        if replace_ours and out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def finetune(train: Dataset, base: str | Path | None = None, epochs: int = 1, batch_size: int = 16,
              lr: float = 1e-4, max_length: int = 128, seed: int = 0, precision: str = "auto",
              out: str | Path | None = None, verbose: bool = True) -> Path:
@@ -84,7 +113,7 @@ def finetune(train: Dataset, base: str | Path | None = None, epochs: int = 1, ba
         if verbose:
             print(f"fine-tuned model found in cache: {out}")
         return out
-    from .report.files import check_out_path, follow_umask
+    from .report.files import check_out_path
     require(mine or not out.exists(), f"--out {out} already exists: choose a new folder")
     check_out_path(out)
 
@@ -110,32 +139,15 @@ def finetune(train: Dataset, base: str | Path | None = None, epochs: int = 1, ba
                 ids, am, yy = enc["input_ids"][idx].to(device), enc["attention_mask"][idx].to(device), y[idx].to(device)
                 with autocast(device, precision):
                     loss = torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=am).logits.float(), yy)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                losses.append(loss.item())
-                bar.update(1, loss=f"{loss.item():.3f}")
+                losses.append(_optimizer_step(loss, opt, scaler, sched))
+                bar.update(1, loss=f"{losses[-1]:.3f}")
     model.eval().to("cpu")
     info = {"base": str(base), "precision": precision, "device": device, "epochs": epochs, "batch_size": batch_size,
             "lr": lr, "max_length": max_length, "seed": seed, "train_examples": len(train),
             "train_fingerprint": train.fingerprint(), "labels": labels, "seconds": round(time.time() - t0, 1),
             "loss_first": round(sum(losses[:10]) / len(losses[:10]), 4),
             "loss_last": round(sum(losses[-10:]) / len(losses[-10:]), 4)}
-    # Write beside the destination, then rename: an interrupted run leaves no half model.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
-    follow_umask(tmp)
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
-        if mine and out.exists():          # an earlier, incomplete cache entry of ours
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _save_trained(model, tok, info, out, mine)
     if verbose:
         print(f"fine-tuned in {info['seconds']}s (loss {info['loss_first']} -> {info['loss_last']}); saved to {out}")
     return out
@@ -158,7 +170,6 @@ def finetune_lm(train, base: str | Path | None = None, examples: int = 320, step
     from transformers.utils import logging as hf_logging
 
     from .models import default_lm_dir
-    from .report.files import follow_umask
     for name, v in (("examples", examples), ("steps", steps), ("batch size", batch_size), ("rank", rank)):
         require(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
     require(len(train) > 0, "training prompts are empty")
@@ -208,31 +219,15 @@ def finetune_lm(train, base: str | Path | None = None, examples: int = 320, step
                 am[j, :n] = 1
             with autocast(device, precision):
                 loss = model(input_ids=ids.to(device), attention_mask=am.to(device), labels=labels.to(device)).loss
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            losses.append(loss.item())
-            bar.update(1, loss=f"{loss.item():.3f}")
+            losses.append(_optimizer_step(loss, opt, scaler, sched))
+            bar.update(1, loss=f"{losses[-1]:.3f}")
     merged = model.merge_and_unload().eval().to("cpu").float()
     info = {"base": str(base), "method": f"LoRA r={rank} (peft), merged", "precision": precision, "device": device,
             "steps": steps, "batch_size": batch_size, "lr": lr, "examples": len(seqs), "seed": seed,
             "train": {"source": train.source, "fingerprint": train.fingerprint(), "n": len(train)},
             "seconds": round(time.time() - t0, 1), "loss_first": round(sum(losses[:5]) / len(losses[:5]), 4),
             "loss_last": round(sum(losses[-5:]) / len(losses[-5:]), 4)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
-    follow_umask(tmp)
-    try:
-        merged.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
-        if out.exists():                 # an earlier, incomplete cache entry of ours
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _save_trained(merged, tok, info, out, replace_ours=True)
     if verbose:
         print(f"fine-tuned in {info['seconds']}s (answer loss {info['loss_first']} -> {info['loss_last']}); saved to {out}")
     return out

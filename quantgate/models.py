@@ -200,12 +200,14 @@ def load_causal_lm(path: str | Path | None = None, dtype: torch.dtype = torch.fl
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     p = check_model_dir(path if path is not None else default_lm_dir())
     cfg = json.loads((p / "config.json").read_text())
     archs = cfg.get("architectures") or []
-    require(any(a.endswith("ForCausalLM") for a in archs),
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())     # GPT2LMHeadModel is one too, not only *ForCausalLM
+    require(any(a in causal or a.endswith("ForCausalLM") for a in archs),
             f"{p} is not a causal language model (architectures: {archs or 'none'}); "
-            "give a directory saved from an *ForCausalLM model")
+            "give a directory saved from a causal LM (AutoModelForCausalLM)")
     weights = [f for f in p.iterdir() if f.suffix in (".safetensors", ".bin")]
     require(weights, f"{p} has no weight files (*.safetensors or *.bin)")
     hf_logging.set_verbosity_error()

@@ -178,3 +178,26 @@ def test_prompts_longer_than_the_context_are_cut_from_the_left_and_counted(tuned
     long = "word " * (limit + 100) + "Topic:"
     t = PromptedTask(tuned_lm, PromptSet([long, "Article: short\nTopic:"], ["tech", "sports"], ["a", "b"]), Settings())
     assert t.truncated == 1 and len(t.prompts[0]) < limit and t.prompts[1] == tuned_lm.tokenizer(t.texts[1])["input_ids"]
+
+
+def test_any_causal_lm_family_runs_the_same_comparison(tmp_path):
+    """A GPT-2 (not a Llama: no quantgate decoder) with the bundled tokenizer: the same prompted
+    comparison runs, on transformers' generate, and the report says which runtime ran."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from quantgate.compare import Settings, compare
+    from quantgate.models import default_lm_dir, load_causal_lm
+    from quantgate.recipes import WeightOnly
+    from quantgate.tasks.prompted import PromptSet
+    tok = AutoTokenizer.from_pretrained(default_lm_dir())
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=64, n_layer=2, n_head=2,
+                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(tmp_path / "g")
+    tok.save_pretrained(tmp_path / "g")
+    lm = load_causal_lm(tmp_path / "g")
+    ps = PromptSet([f"Article: {w}\nTopic:" for w in "abcdef"], ["tech", "sports"] * 3, list("123456"))
+    d = compare(lm, ps, [WeightOnly(bits=8)], None,
+                Settings(batch_sizes=(1,), decode_steps=2, decode_rounds=1, n_boot=100, verbose=False)).to_dict()
+    assert d["baseline"]["perf"]["runtime"] == d["candidates"][0]["perf"]["runtime"] == "transformers generate"
+    assert d["task"]["primary"] == "exact_match" and len(d["candidates"][0]["slices"]["length"]) >= 1

@@ -121,18 +121,11 @@ def render(d: dict) -> str:
     specs = t["metrics"]
     primary = next(m for m in specs if m["name"] == t["primary"])
     base, cands, data = d["baseline"], d["candidates"], d["data"]
-    raw_text = t["kind"] == "language-modelling"
+    per_example = any(c["mcnemar"] for c in cands) or bool(data.get("slices"))   # not raw-text windows
     per_token = t.get("latency_unit") == "token"
+    tokens = t.get("token_evidence", False)
     bss = list(base["perf"]["batch_sizes"])
-    if raw_text:
-        what = (f"{data['n']} windows of {data['context']} tokens (stride {data['stride']}, no carried context), "
-                f"{data['prompts']} prompts x {data['new_tokens']} greedy tokens")
-    elif t["kind"] == "prompted":
-        what = (f"{data['n']} prompts; answers: {data['answers']}"
-                + (f"; {data['truncated']} prompt(s) truncated from the left to fit the context" if data.get("truncated") else "")
-                + ("; chat template applied" if data.get("chat_template") else ""))
-    else:
-        what = f"{data['n']} examples"
+    what = t["about"]
     if data.get("dropped"):
         what += f"; {data['dropped']} row(s) of the file skipped for an empty text or label"
     h = _head(d, what)
@@ -142,8 +135,8 @@ def render(d: dict) -> str:
     h.append("<h2>Summary</h2><div><table id=summary><thead><tr><th>candidate</th>"
              f"<th>{escape(primary['label'])}{' %' if primary['kind'] == 'share' else ''}</th>"
              + "".join(f"<th>Δ {escape(m['label'])}{', points' if m['kind'] == 'share' else ''} [95% CI]</th>" for m in specs)
-             + ("" if raw_text else "<th>McNemar p</th>") + "<th>changed</th>"
-             + ("<th>KL vs fp32</th><th>same top token %</th>" if t["kind"] != "sequence-classification" else "")
+             + ("<th>McNemar p</th>" if per_example else "") + "<th>changed</th>"
+             + ("<th>KL vs fp32</th><th>same top token %</th>" if tokens else "")
              + "".join(f"<th>{lat} p50 / p95 / p99 @{b}</th><th>{thru} @{b}</th>" for b in bss)
              + "<th>weights MB</th><th>quantize s</th></tr></thead><tbody>")
 
@@ -151,7 +144,7 @@ def render(d: dict) -> str:
         return "".join(f"<td>{p['batch_sizes'][b]['p50_ms']:.1f} / {p['batch_sizes'][b]['p95_ms']:.1f} / "
                        f"{p['batch_sizes'][b]['p99_ms']:.1f}</td><td>{p['batch_sizes'][b]['throughput_per_s']:.1f}</td>"
                        for b in bss)
-    blanks = len(specs) + (0 if raw_text else 1) + 1 + (2 if t["kind"] != "sequence-classification" else 0)
+    blanks = len(specs) + (1 if per_example else 0) + 1 + (2 if tokens else 0)
     h.append(f"<tr><td>fp32 (baseline)</td><td>{_value(base[primary['name']], primary)}</td>" + "<td></td>" * blanks
              + f"{perf_cells(base['perf'])}<td>{base['weight_bytes'] / 2**20:.1f}</td><td></td></tr>")
     for c in cands:
@@ -159,9 +152,9 @@ def render(d: dict) -> str:
         h.append(f"<tr class=candidate><td>{escape(c['name'])}</td>"
                  f"<td>{_value(c['metrics'][primary['name']]['candidate'], primary)}</td>"
                  + "".join(_delta(c["metrics"][m["name"]], m) for m in specs)
-                 + ("" if raw_text else f"<td>{c['mcnemar']['p_value']:.3f}</td>")
+                 + ((f"<td>{c['mcnemar']['p_value']:.3f}</td>" if c["mcnemar"] else "<td></td>") if per_example else "")
                  + f"<td>{c['n_changed']}</td>"
-                 + (f"<td>{c['mean_kl']:.4f}</td><td>{100 * same:.1f}</td>" if t["kind"] != "sequence-classification" else "")
+                 + (f"<td>{c['mean_kl']:.4f}</td><td>{100 * same:.1f}</td>" if tokens else "")
                  + f"{perf_cells(c['perf'])}<td>{c['weight_bytes'] / 2**20:.1f}</td><td>{c['quantize_seconds']:.1f}</td></tr>")
     h.append("</tbody></table></div><p class=muted>Intervals: paired bootstrap over "
              f"{escape(t.get('items', 'examples'))}. "
@@ -221,8 +214,7 @@ def render(d: dict) -> str:
         h.append(calibration_section(d["calibration_checks"]))
 
     columns = t.get("changed_columns") or []
-    title = {"prompted": "Changed answers", "language-modelling": "Changed generations"}.get(t["kind"], "Changed predictions")
-    h.append(_changed_table_head(title, cands, tuple(label for _, label in columns)))
+    h.append(_changed_table_head(t.get("changed_title", "Changed examples"), cands, tuple(label for _, label in columns)))
     for c in cands:
         for e in c["changed"]:
             cells = []

@@ -38,8 +38,9 @@ def task_of(d: dict) -> dict:
     """The comparison's task description (a classifier comparison saved before tasks existed carries none)."""
     from ..tasks.classification import Classification
     return d.get("task") or {"kind": "sequence-classification", "primary": "accuracy", "items": "examples",
-                             "metrics": Classification.metrics, "latency_unit": "call",
-                             "changed_columns": Classification.changed_columns}
+                             "metrics": Classification.metrics, "latency_unit": "call", "token_evidence": False,
+                             "changed_columns": Classification.changed_columns, "changed_title": "Changed predictions",
+                             "about": f"{d.get('data', {}).get('n', '?')} examples"}
 
 
 def worst_slice(c: dict, primary: str) -> dict | None:
@@ -73,39 +74,32 @@ def table(d: dict, slices: bool = False) -> str:
     primary = specs[t["primary"]]
     others = [m for m in t["metrics"] if m["name"] != t["primary"]]
     base, data = d["baseline"], d["data"]
-    raw_text = t["kind"] == "language-modelling"
+    per_example = any(c["mcnemar"] for c in d["candidates"]) or bool(data.get("slices"))   # not raw-text windows
     bss = list(base["perf"]["batch_sizes"])
     unit = "ms/tok" if t.get("latency_unit") == "token" else "ms"
     head = ["candidate", primary["label"] + (" %" if primary["kind"] == "share" else ""),
             f"Δ {primary['label']} [95% CI]"] + [f"Δ {m['label']}" for m in others]
-    head += ([] if raw_text else ["worst slice: Δ [95% CI]", "McNemar p"]) + ["changed"]
+    head += (["worst slice: Δ [95% CI]", "McNemar p"] if per_example else []) + ["changed"]
     head += [f"{unit} p50/p99 @{b}" for b in bss] + [f"x thru @{b}" for b in bss] + ["weights MB"]
     bp = base["perf"]["batch_sizes"]
     rows = [["fp32 (baseline)", fmt_value(base[primary["name"]], primary), ""] + ["" for _ in others]
-            + ([] if raw_text else ["", ""]) + [""]
+            + (["", ""] if per_example else []) + [""]
             + [f"{bp[b]['p50_ms']:.1f}/{bp[b]['p99_ms']:.1f}" for b in bss] + ["1.00" for _ in bss]
             + [_mb(base["weight_bytes"])]]
     for c in d["candidates"]:
         m, cp = c["metrics"], c["perf"]["batch_sizes"]
         w = worst_slice(c, primary["name"])
         worst = f"{w['column']}={w['value']} (n={w['n']}) {fmt_delta(w[primary['name']], primary)}" if w else "-"
-        out_of = data.get("prompts", data["n"]) if raw_text else data["n"]
+        out_of = data["n"] if per_example else data.get("prompts", data["n"])
         rows.append([c["name"], fmt_value(m[primary["name"]]["candidate"], primary), fmt_delta(m[primary["name"]], primary)]
                     + [fmt_delta(m[o["name"]], o, interval=False) for o in others]
-                    + ([] if raw_text else [worst, f"{c['mcnemar']['p_value']:.2f}"]) + [f"{c['n_changed']}/{out_of}"]
+                    + ([worst, f"{c['mcnemar']['p_value']:.2f}" if c["mcnemar"] else "-"] if per_example else [])
+                    + [f"{c['n_changed']}/{out_of}"]
                     + [f"{cp[b]['p50_ms']:.1f}/{cp[b]['p99_ms']:.1f}" for b in bss]
                     + [f"{cp[b]['throughput_per_s'] / bp[b]['throughput_per_s']:.2f}" for b in bss]
                     + [_mb(c["weight_bytes"])])
-    out = []
-    runtime = base["perf"].get("runtime", "transformers generate")
-    if raw_text:
-        out.append(f"perplexity on {data['n']} windows of {data['context']} tokens; decode with a KV cache, "
-                   f"runtime: {runtime}")
-    elif t["kind"] == "prompted":
-        out.append(f"{data['n']} prompts of {data['source']}; answers: {data['answers']}; decode latency per token "
-                   f"with a KV cache, runtime: {runtime}"
-                   + (f"; {data['truncated']} prompt(s) truncated from the left to fit the context"
-                      if data.get("truncated") else ""))
+    out = [t["about"] + (f"; decode latency per token with a KV cache, runtime: {base['perf']['runtime']}"
+                         if base["perf"].get("runtime") else "")]
     out += _grid(head, rows)
     from .html import qat_line
     for c in d["candidates"]:

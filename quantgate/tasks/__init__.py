@@ -9,8 +9,9 @@ any of them through it.
     task.speed({"fp32": model.module, name: candidate})   # latency / throughput per batch size
 
 Every task also says what it reports (`describe()`: `kind`, `primary` metric,
-`metrics` with how each is read, the columns of its changed examples) so the
-upper layers need no branch per task.
+`metrics` with how each is read, the columns of its changed examples, the unit
+of its latency) and its default latency `batch_sizes`, so the upper layers need
+no branch per task.
 
 Kinds: `sequence-classification` (classification.py), `language-modelling` on
 raw text (causal_lm.py: perplexity, KL, same top token, the generation diff),

@@ -227,6 +227,7 @@ class LanguageModelling:
     changed_columns = [("prompt", "prompt"), ("first_diff", "first different token"), ("baseline", "baseline"),
                        ("candidate", "candidate")]
     items = "windows"
+    batch_sizes = (1, 8)
 
     def __init__(self, lm, texts: list[str], settings, source: str = ""):
         s = self.s = settings
@@ -240,7 +241,10 @@ class LanguageModelling:
         import hashlib
         w = self.windows
         return {"kind": self.kind, "primary": self.primary, "metrics": self.metrics, "items": self.items,
-                "changed_columns": self.changed_columns, "latency_unit": "token",
+                "changed_columns": self.changed_columns, "changed_title": "Changed generations", "latency_unit": "token",
+                "token_evidence": True,
+                "about": f"perplexity on {int(w.shape[0])} windows of {self.s.context} tokens (stride {self.s.context}, "
+                         f"no carried context), {len(self.prompts)} prompts x {self.s.new_tokens} greedy tokens",
                 "data": {"source": self.source, "n": int(w.shape[0]), "tokens": int(w.numel()),
                          "context": self.s.context, "stride": self.s.context,
                          "fingerprint": hashlib.sha256(w.numpy().tobytes()).hexdigest()[:16],

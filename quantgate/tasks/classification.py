@@ -61,6 +61,7 @@ class Classification:
     changed_columns = [("id", "id"), ("label", "label"), ("baseline", "baseline"), ("baseline_prob", "p"),
                        ("candidate", "candidate"), ("candidate_prob", "p"), ("text", "text")]
     items = "examples"
+    batch_sizes = (1, 32)          # latency, when the settings name none
 
     def __init__(self, model: Model, data: Dataset, settings):
         require(len(data) > 0, "evaluation data is empty")
@@ -69,7 +70,8 @@ class Classification:
     def describe(self) -> dict:
         d = self.data
         return {"kind": self.kind, "primary": self.primary, "metrics": self.metrics, "items": self.items,
-                "changed_columns": self.changed_columns, "latency_unit": "call",
+                "changed_columns": self.changed_columns, "changed_title": "Changed predictions", "latency_unit": "call",
+                "token_evidence": False, "about": f"{len(d)} examples of {d.source or 'the evaluation data'}",
                 "data": {"source": d.source, "n": len(d), "fingerprint": d.fingerprint(), "dropped": d.dropped,
                          "slices": {k: sorted(set(v)) for k, v in d.slices.items()}}}
 

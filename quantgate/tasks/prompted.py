@@ -55,6 +55,8 @@ class PromptSet:
         require(len(self.references) == n and len(self.ids) == n, "prompts, references and ids must have one length")
         for k, v in self.slices.items():
             require(len(v) == n, f"slice column {k!r} has {len(v)} values for {n} prompts")
+        from ..data import length_slice
+        self.slices.setdefault("length", length_slice(self.prompts))     # always a length slice, at the data's tertiles
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -78,7 +80,7 @@ def load_prompts(path: str | Path, prompt_col: str = "prompt", reference_col: st
                  choices_col: str | None = None, slice_cols: list[str] | tuple[str, ...] = (),
                  id_col: str | None = None) -> PromptSet:
     """Read a prompted-task file; every problem is one clear error."""
-    from ..data import length_slice, read_frame
+    from ..data import read_frame
     p = Path(path)
     df = read_frame(p)
     require(len(df) > 0, f"{p} has no rows")
@@ -116,7 +118,6 @@ def load_prompts(path: str | Path, prompt_col: str = "prompt", reference_col: st
     prompts = [str(x) for x in df[prompt_col]]
     ids = [str(v) for v in (df[id_col] if id_col else df.index)]
     slices = {s: [str(v) for v in df[s]] for s in slice_cols}
-    slices.setdefault("length", length_slice(prompts))
     return PromptSet(prompts, refs, ids, choices, slices, str(p), dropped)
 
 
@@ -200,6 +201,7 @@ class PromptedTask:
     changed_columns = [("id", "id"), ("prompt", "prompt"), ("reference", "reference"), ("baseline", "baseline answer"),
                        ("candidate", "candidate answer"), ("right", "right")]
     items = "prompts"
+    batch_sizes = (1, 8)
 
     def __init__(self, lm, data: PromptSet, settings):
         s = self.s = settings
@@ -217,7 +219,6 @@ class PromptedTask:
         self.metrics.append(metric("reference_perplexity", "reference perplexity", "value", lower_is_better=True))
         self.prompts, self.truncated = self._prompts()
         self.base: Answers | None = None
-        self.base_module = None
 
     # -- inputs ------------------------------------------------------------------
     def _prompts(self) -> tuple[list[list[int]], int]:
@@ -236,8 +237,9 @@ class PromptedTask:
         room = limit - max(s.answer_tokens, longest_ref) - 1
         require(room >= 8, f"the model's context ({limit} tokens) leaves no room for a prompt and its answer")
         out, cut = [], 0
+        templated = bool(getattr(s, "chat_template", False))     # the template brings its own special tokens
         for t in texts:
-            ids = tok(t)["input_ids"]
+            ids = tok(t, add_special_tokens=not templated)["input_ids"]
             if len(ids) > room:
                 ids, cut = ids[-room:], cut + 1
             out.append(ids)
@@ -245,14 +247,19 @@ class PromptedTask:
 
     def describe(self) -> dict:
         d = self.data
+        answers = ("log-likelihood of each choice" if self.choice else
+                   "greedy (read off the reference's teacher-forced pass where greedy follows it; "
+                   "else transformers generate, batched with left padding)")
+        about = (f"{len(d)} prompts of {d.source}; answers: {answers}"
+                 + (f"; {self.truncated} prompt(s) truncated from the left to fit the context" if self.truncated else "")
+                 + ("; chat template applied" if getattr(self.s, "chat_template", False) else ""))
         return {"kind": self.kind, "primary": self.primary, "metrics": self.metrics, "items": self.items,
-                "changed_columns": self.changed_columns, "latency_unit": "token",
+                "changed_columns": self.changed_columns, "changed_title": "Changed answers", "latency_unit": "token",
+                "token_evidence": True, "about": about,
                 "data": {"source": d.source, "n": len(d), "fingerprint": d.fingerprint(), "dropped": d.dropped,
                          "truncated": self.truncated, "chat_template": bool(getattr(self.s, "chat_template", False)),
                          "answer_tokens": self.s.answer_tokens, "choices": self.choice,
-                         "answers": "log-likelihood of each choice" if self.choice else
-                         "greedy (read off the reference's teacher-forced pass where greedy follows it; "
-                         "else transformers generate, batched with left padding)",
+                         "answers": answers,
                          "slices": {k: sorted(set(v)) for k, v in d.slices.items()}}}
 
     # -- model runs ----------------------------------------------------------------
@@ -351,7 +358,6 @@ class PromptedTask:
             found = self._along_reference(lps, refs)
             found |= self._generate(module, [i for i in range(len(d)) if i not in found], f"answers {name}")
             answers = [found[i] for i in range(len(d))]
-            self.generated = len(d) - len(self._along_reference(lps, refs))
             f1 = np.array([token_f1(a, r) for a, r in zip(answers, d.references)])
             correct = np.array([normalize(a) == normalize(r) for a, r in zip(answers, d.references)], dtype=float)
         nll = np.array([-float(lp.gather(-1, torch.tensor(r)[:, None]).sum()) for lp, r in zip(ref_lp, refs)])
