@@ -57,6 +57,14 @@ def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32, max_
                                f"{-100 * acc['ci_low']:.2f})",
                                "keep the most sensitive layers in float (recipe exclude), or try a gentler recipe"))
         k = 100 if spec["kind"] == "share" else 1
+        m = c.metrics.get(primary)
+        if m and (m["ci_high"] < 0 if spec["lower_is_better"] else m["ci_low"] > 0):
+            out.append(warning("info", "better-than-baseline", c.name,
+                               f"{spec['label']} is significantly better than fp32 ({k * m['delta']:+.2f} "
+                               f"[{k * m['ci_low']:+.2f}, {k * m['ci_high']:+.2f}]): for the same model with rounded "
+                               "weights this is most likely this evaluation set's noise or a regularising effect, "
+                               "not a gain to count on",
+                               "check it on more (or other) held-out data before relying on it"))
         drops = sorted(slice_drops(c, primary), key=lambda r: r["delta"])
         if drops:
             def one(r):

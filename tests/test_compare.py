@@ -126,3 +126,18 @@ def test_timing_under_load_is_flagged():
     spread = {"fp32": {"batch_sizes": {"1": {"p50_ms": 10.0, "p99_ms": 45.0}}}}
     assert contention({"other_processes_cores": 0.0, "steal_cores": 0.0}, spread) == ["p99 is 4.5x p50 for fp32 at batch 1"]
     assert contention({"other_processes_cores": 0.0, "steal_cores": 0.0}, quiet) == []
+
+
+def test_peak_memory_sees_a_transient_allocation():
+    """A 300 MB buffer allocated and freed inside the block is in the peak (the kernel's
+    counter where there is one; a 20 ms sampler could miss it), and an inner sampler
+    does not disturb the outer one."""
+    import numpy as np
+
+    from quantgate.evaluate.perf import RssSampler
+    with RssSampler() as outer:
+        with RssSampler() as inner:
+            a = np.ones(300 * 2**20 // 8)
+            del a
+    assert outer.summary()["rss_growth_mb"] > 250
+    assert inner.summary()["peak_from"].startswith("sampled")

@@ -201,3 +201,25 @@ def test_any_causal_lm_family_runs_the_same_comparison(tmp_path):
                 Settings(batch_sizes=(1,), decode_steps=2, decode_rounds=1, n_boot=100, verbose=False)).to_dict()
     assert d["baseline"]["perf"]["runtime"] == d["candidates"][0]["perf"]["runtime"] == "transformers generate"
     assert d["task"]["primary"] == "exact_match" and len(d["candidates"][0]["slices"]["length"]) >= 1
+
+
+def test_a_candidate_significantly_better_than_fp32_gets_a_note():
+    from quantgate.diagnose import diagnose
+    from quantgate.evaluate import metrics
+    comp = _synthetic(drop_rare=False)
+    c = comp.candidates[0]
+    c.metrics = metrics.paired_bootstrap(*_better_arrays(), 2000, 0)
+    notes = [w for w in diagnose(comp) if w["code"] == "better-than-baseline"]
+    assert len(notes) == 1 and notes[0]["severity"] == "info" and "noise" in notes[0]["message"]
+    assert not [w for w in diagnose(_synthetic(drop_rare=True)) if w["code"] == "better-than-baseline"]
+
+
+def _better_arrays():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 1000)
+    pb = y.copy()
+    wrong = rng.choice(1000, 100, replace=False)
+    pb[wrong] = (y[wrong] + 1) % 4
+    pc = pb.copy()
+    pc[wrong[:40]] = y[wrong[:40]]          # the candidate fixes 40 of the baseline's 100 errors
+    return y, pb, pc
