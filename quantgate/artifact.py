@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import require
+from .errors import QuantgateError, require
 from .methods.common import Quantized, module_tensors
 from .models import CausalLM, Model
 
@@ -32,6 +32,55 @@ def content_hash(tensors: dict[str, torch.Tensor], recipe: dict, base_sha: str, 
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:20]
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file in an artifact folder but the manifest and hidden files (the registry's marker)."""
+    out = {}
+    for p in sorted(Path(folder).rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel != "manifest.json" and not p.name.startswith("."):
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            out[rel] = h.hexdigest()
+    return out
+
+
+def read_manifest(folder: Path) -> dict:
+    """An artifact's manifest.json, or one clear error if it is missing or not valid JSON."""
+    p = Path(folder) / "manifest.json"
+    require(p.is_file(), f"{folder} is not a quantgate artifact (no manifest.json)")
+    try:
+        m = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise QuantgateError(f"{p} is damaged (not valid JSON: {e}); re-save the artifact, "
+                             "or export another version") from None
+    require(isinstance(m, dict) and isinstance(m.get("content_hash"), str),
+            f"{p} is not a quantgate manifest (no content_hash); re-save the artifact")
+    return m
+
+
+def verify_files(folder: Path, manifest: dict | None = None) -> list[str]:
+    """Files of an artifact that are missing or differ from the hashes its manifest recorded at save time."""
+    m = manifest or read_manifest(folder)
+    want = m.get("files")
+    if not isinstance(want, dict):
+        return []           # saved before quantgate recorded file hashes
+    have = file_hashes(Path(folder))
+    problems = [f"{name} is missing" for name in want if name not in have]
+    problems += [f"{name} differs from the hash recorded at save time (damaged or edited)"
+                 for name in want if name in have and have[name] != want[name]]
+    return problems
+
+
+def open_artifact(folder: str | Path, manifest: dict | None = None) -> dict:
+    """The manifest of an artifact whose files all match the hashes recorded at save time; else one clear error."""
+    m = manifest or read_manifest(folder)
+    bad = verify_files(folder, m)
+    require(not bad, f"{folder} is damaged: {'; '.join(bad[:3])}; re-save the artifact")
+    return m
 
 
 def write(q: Quantized, model: Model, folder: Path, evidence: dict | None = None, extra: dict | None = None) -> dict:
@@ -71,7 +120,6 @@ def write(q: Quantized, model: Model, folder: Path, evidence: dict | None = None
         if q.extra.get("training"):
             manifest["training"] = q.extra["training"]
     (folder / "recipe.yaml").write_text(q.recipe.to_yaml())
-    from .registry import file_hashes
     manifest["files"] = file_hashes(folder)       # checked by `registry check`, export and load
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
@@ -124,11 +172,8 @@ def load_lm(path: str | Path) -> CausalLM:
     from .methods.nf4 import NF4Linear
     from .methods.weight_only import WeightOnlyLinear, set_module
 
-    from .registry import read_manifest, verify_files
     p = Path(path)
-    manifest = read_manifest(p)
-    bad = verify_files(p, manifest)
-    require(not bad, f"{p} is damaged: {'; '.join(bad[:3])}; re-save the artifact")
+    manifest = open_artifact(p)
     require(manifest.get("layers") is not None,
             f"{p} holds no language-model layer formats: it was not saved from a causal LM")
     hf_logging.set_verbosity_error()

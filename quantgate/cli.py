@@ -252,14 +252,15 @@ def cmd_monitor(a) -> int:
     from .data import load_texts
     from .models import load_classifier
     from .monitor import DriftMonitor
-    from .registry import Registry, read_manifest, verify_files
+    from .artifact import open_artifact, read_manifest
+    from .registry import Registry
     folder = Path(a.artifact)
-    if not folder.is_dir():
+    if folder.is_dir():
+        manifest = open_artifact(folder)
+    else:
         folder = Registry(a.registry, create=False).verify(a.artifact)
+        manifest = read_manifest(folder)
     mf = folder / "manifest.json"
-    manifest = read_manifest(folder)
-    bad = verify_files(folder, manifest)
-    require(not bad, f"{folder} is damaged: {'; '.join(bad[:3])}")
     base = manifest.get("base_model") or {}
     require(isinstance(base, dict) and base.get("path") is not None and base.get("sha"),
             f"{mf} records no base model (base_model.path and sha): it was not saved by quantgate")
@@ -368,14 +369,11 @@ def cmd_demo(a) -> int:
 def _lm_texts(a):
     """(calibration Dataset, training Dataset) for a language model: files of
     texts, or the bundled BBC train articles."""
-    from .data import Dataset, bbc_splits, load_texts
+    from .data import bbc_splits, load_texts
     s = None if a.calibration and getattr(a, "train", None) else bbc_splits()
 
     def ds(path, fallback):
-        if path:
-            texts = load_texts(path, a.text_col)
-            return Dataset(texts, ["-"] * len(texts), [str(i) for i in range(len(texts))], source=str(path))
-        return fallback
+        return _texts(load_texts(path, a.text_col), path) if path else fallback
     return ds(a.calibration, s and s["train"]), ds(getattr(a, "train", None), s and s["train"])
 
 
@@ -391,17 +389,26 @@ def _lm_recipe(a, spec: str):
 
 def _lm_eval(a):
     """The evaluation data of an LM comparison: a prompted-task file (--task), raw
-    text (--data), or for the bundled fine-tuned model its task, BBC topic prompts
-    of the held-out test articles."""
+    text (--data, or the BBC test articles for a --model of the user's), or for the
+    bundled fine-tuned model its task, BBC topic prompts of the held-out test articles."""
+    from .data import bbc_splits
     if a.task:
         from .tasks.prompted import load_prompts
         return load_prompts(a.task, a.prompt_col, a.reference_col, a.choices_col, a.slice_col, a.id_col)
-    if a.data or a.model:
-        from .data import bbc_splits, load_texts
-        return load_texts(a.data, a.text_col) if a.data else list(bbc_splits()["test"].texts)
-    from .data import bbc_splits
+    if a.data:
+        from .data import load_texts
+        return _texts(load_texts(a.data, a.text_col), a.data)
+    if a.model:
+        return _texts(bbc_splits()["test"].texts, "BBC News test split (held out)")
     from .tasks.prompted import bbc_topic_prompts
     return bbc_topic_prompts(bbc_splits()["test"])
+
+
+def _texts(texts, source):
+    """Unlabelled texts as a Dataset (calibration, QLoRA training, raw-text evaluation)."""
+    from .data import Dataset
+    texts = list(texts)
+    return Dataset(texts, ["-"] * len(texts), [str(i) for i in range(len(texts))], source=str(source))
 
 
 def _lm_model(a):
@@ -457,10 +464,7 @@ def cmd_lm(a) -> int:
                  answer_tokens=a.answer_tokens, task_metric=a.task_metric, chat_template=a.chat_template,
                  threads=a.threads)
     a.fail_on_slower = False
-    comp = compare(lm, evaluation, recipes, cal, s, train=train)
-    if not isinstance(evaluation, PromptSet):
-        comp.data["source"] = a.data or "BBC News test split (held out)"
-    return _finish(comp, a, out)
+    return _finish(compare(lm, evaluation, recipes, cal, s, train=train), a, out)
 
 
 def build_parser() -> argparse.ArgumentParser:

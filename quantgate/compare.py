@@ -141,15 +141,14 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def qat_recovery(model: Model, q: Quantized, task, calibration: Dataset | None, base, cand: Candidate,
-                 s: Settings) -> dict:
+def qat_recovery(model: Model, q: Quantized, task, calibration: Dataset | None, acc_fp: float,
+                 cand: Candidate) -> dict:
     """How much of the post-training loss QAT recovered, against PTQ with the same formats."""
     from .methods.qat import ptq_same_config
     require(calibration is not None and len(calibration) > 0,
             "QAT's recovery is measured against post-training quantization, which needs calibration data")
     ptq = ptq_same_config(model, q.recipe, calibration, list(q.float_layers))
     acc_ptq = task.summary(task.score(ptq, "PTQ reference"))["accuracy"]
-    acc_fp = task.summary(base)["accuracy"]
     acc_qat = cand.metrics["accuracy"]["candidate"]
     lost = acc_fp - acc_ptq
     return {"ptq_accuracy": acc_ptq, "qat_accuracy": acc_qat, "baseline_accuracy": acc_fp,
@@ -219,7 +218,8 @@ class Comparer:
                          calibration=q.calibration, weight_bytes=q.weight_bytes or tensor_bytes(q.module),
                          perf=mem.summary() | mem_q, extra=extra, **self.task.compare(self.base, res))
         if q.recipe.measured_against_ptq:
-            cand.extra["qat"] = qat_recovery(self.model, q, self.task, self.calibration, self.base, cand, self.settings)
+            cand.extra["qat"] = qat_recovery(self.model, q, self.task, self.calibration, self.comp.baseline["accuracy"],
+                                             cand)
         self.comp.candidates.append(cand)
         self.quantized[q.name] = q
         return cand

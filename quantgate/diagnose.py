@@ -25,9 +25,9 @@ def slice_drops(c, primary: str, alpha: float = 0.05) -> list[dict]:
 
 
 def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32, max_ppl_rise: float = 0.1) -> list[dict]:
-    from .report.terminal import task_of
+    from .tasks import description
     out = []
-    task = task_of({"task": comp.task} if comp.task else {})
+    task = description(comp.task)
     primary = task["primary"]
     spec = next(m for m in task["metrics"] if m["name"] == primary)
     base_bs = comp.baseline["perf"]["batch_sizes"]

@@ -89,8 +89,8 @@ def _as_drop(m: dict, spec: dict) -> tuple[dict, str, str]:
 
 def check(cand: dict, baseline: dict, budget: Budget, n: int, task: dict | None = None) -> dict:
     """Every constraint of the budget for one candidate of a comparison (as dicts)."""
-    from .report.terminal import task_of
-    t = task if task is not None else task_of({})
+    from .tasks import description
+    t = description(task)
     name = budget.metric or t["primary"]
     spec = next(m for m in t["metrics"] if m["name"] == name)
     items = t.get("items", "examples")
@@ -150,8 +150,8 @@ def gate(comparison: dict, budget: Budget, names: list[str] | None = None) -> Ga
     unknown = [n for n in names if n not in cands]
     if unknown:
         raise QuantgateError(f"no candidate {unknown[0]!r} in this comparison; it has: {', '.join(cands) or 'none'}")
-    from .report.terminal import task_of
-    t = task_of(comparison)
+    from .tasks import description
+    t = description(comparison.get("task"))
     known = [m["name"] for m in t["metrics"]]
     require(budget.metric is None or budget.metric in known,
             f"this comparison ({t['kind']}) has no metric {budget.metric!r}; it has: {', '.join(known)}")

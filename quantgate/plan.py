@@ -52,13 +52,13 @@ def _objectives(c: dict, sizes: list[str]) -> list[float]:
 
 def choose(comp: dict, budget: Budget) -> dict:
     """Gate every candidate of a finished comparison and choose (pure: no measuring)."""
-    from .report.terminal import task_of
+    from .tasks import description
     n = comp["data"]["n"]
     base = comp["baseline"]
     if budget.metric is None:
-        budget = dataclasses.replace(budget, metric=task_of(comp)["primary"])
+        budget = dataclasses.replace(budget, metric=description(comp.get("task"))["primary"])
     sizes = [str(b) for b in budget.batch_sizes] or list(base["perf"]["batch_sizes"])
-    results = {c["name"]: check(c, base, budget, n, task_of(comp)) for c in comp["candidates"]}
+    results = {c["name"]: check(c, base, budget, n, description(comp.get("task"))) for c in comp["candidates"]}
     cands = {c["name"]: c for c in comp["candidates"]}
     ref = _objectives(base, sizes)
     passing = [k for k, r in results.items() if r["passed"]]

@@ -35,7 +35,6 @@ file that differs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -46,6 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .artifact import read_manifest, verify_files
 from .errors import QuantgateError, require
 
 SCHEMA = """
@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS versions (
 JSON_COLUMNS = ("recipe", "calibration", "environment", "evaluation")
 STALE_TMP_S = 3600
 MARKER = ".quantgate-artifact"     # in every folder quantgate creates under artifacts/: "<pid> <start time>"
+# (hidden, so an artifact's file hashes leave it out)
 
 
 def slug(name: str) -> str:
@@ -83,47 +84,6 @@ def _crash_point(where: str) -> None:
 
 def default_root() -> Path:
     return Path(os.environ.get("QUANTGATE_REGISTRY", Path.home() / ".cache" / "quantgate" / "registry"))
-
-
-def file_hashes(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file in an artifact folder but the manifest and the marker."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).as_posix()
-        if p.is_file() and rel not in ("manifest.json", MARKER):
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            out[rel] = h.hexdigest()
-    return out
-
-
-def read_manifest(folder: Path) -> dict:
-    """An artifact's manifest.json, or one clear error if it is missing or not valid JSON."""
-    p = Path(folder) / "manifest.json"
-    require(p.is_file(), f"{folder} is not a quantgate artifact (no manifest.json)")
-    try:
-        m = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise QuantgateError(f"{p} is damaged (not valid JSON: {e}); re-save the artifact, "
-                             "or export another version") from None
-    require(isinstance(m, dict) and isinstance(m.get("content_hash"), str),
-            f"{p} is not a quantgate manifest (no content_hash); re-save the artifact")
-    return m
-
-
-def verify_files(folder: Path, manifest: dict | None = None) -> list[str]:
-    """Files of an artifact that are missing or differ from the hashes its manifest recorded at save time."""
-    m = manifest or read_manifest(folder)
-    want = m.get("files")
-    if not isinstance(want, dict):
-        return []           # saved before quantgate recorded file hashes
-    have = file_hashes(Path(folder))
-    problems = [f"{name} is missing" for name in want if name not in have]
-    problems += [f"{name} differs from the hash recorded at save time (damaged or edited)"
-                 for name in want if name in have and have[name] != want[name]]
-    return problems
 
 
 def mark(folder: Path) -> None:
@@ -151,10 +111,11 @@ class Registry:
         require(not self.artifacts.exists() or self.artifacts.is_dir(),
                 f"{self.artifacts} is a file, not a registry's artifacts folder: choose another --registry")
         require(not self.db.exists() or self.db.is_file(), f"{self.db} is not a file: choose another --registry")
-        if not create:
-            require(self.db.is_file() or self._marked_folders(),
-                    f"no registry at {self.root} (no registry.sqlite): check the path, or save a version there first")
         fresh = not self.db.exists()
+        ours = self._marked_folders() if fresh else []
+        if not create:
+            require(not fresh or ours,
+                    f"no registry at {self.root} (no registry.sqlite): check the path, or save a version there first")
         if create:
             self.artifacts.mkdir(parents=True, exist_ok=True)
         try:
@@ -163,8 +124,8 @@ class Registry:
         except sqlite3.DatabaseError as e:
             raise QuantgateError(f"{self.db} is not a quantgate registry database ({e}); move it aside: the "
                                  "registry is rebuilt from the artifacts' manifests on the next use") from None
-        if fresh and self._marked_folders():
-            self.recovered = self._recover()
+        if ours:
+            self.recovered = self._recover(ours)
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.db, timeout=120, isolation_level=None)
@@ -177,13 +138,13 @@ class Registry:
         return sorted(p for p in self.artifacts.iterdir()
                       if p.is_dir() and not p.name.startswith(".tmp-") and (p / MARKER).is_file())
 
-    def _recover(self) -> list[str]:
+    def _recover(self, folders: list[Path]) -> list[str]:
         """Rows for the artifacts of a registry whose database was lost, rebuilt from their manifests.
         A folder whose files do not match its manifest's hashes is left alone and not registered."""
         done = []
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
-            for p in self._marked_folders():
+            for p in folders:
                 try:
                     m = read_manifest(p)
                 except QuantgateError:
@@ -302,15 +263,13 @@ class Registry:
 
     def verify(self, version: str) -> Path:
         """The version's folder, after checking every file against the hashes recorded at save time."""
+        from .artifact import open_artifact
         d = self.get(version)
-        p = Path(d["path"])
-        problems = verify_files(p, d["manifest"])
         require(d["manifest"]["content_hash"] == d["content_hash"],
                 f"{version}: manifest content hash {d['manifest']['content_hash']} is not the registered "
                 f"{d['content_hash']}; the artifact was replaced")
-        require(not problems, f"{version} is damaged: {'; '.join(problems[:3])} (in {p}); "
-                              "re-save it with quantgate quantize --registry")
-        return p
+        open_artifact(d["path"], d["manifest"])
+        return Path(d["path"])
 
     def diff(self, a: str, b: str) -> list[tuple[str, object, object]]:
         """Lineage and evidence fields that differ between two versions: (key, a, b)."""

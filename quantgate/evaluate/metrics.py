@@ -44,10 +44,7 @@ def paired_bootstrap(y, pb, pc, n_boot: int = 2000, seed: int = 0, alpha: float 
     c = int(max(y.max(), pb.max(), pc.max()) + 1) if n else 1
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n)) if n else np.zeros((n_boot, 0), int)
-    out = {}
-    ok_b, ok_c = (y == pb).astype(float), (y == pc).astype(float)
-    d_acc = ok_c[idx].mean(axis=1) - ok_b[idx].mean(axis=1) if n else np.zeros(n_boot)
-    out["accuracy"] = _summary(accuracy(y, pb), accuracy(y, pc), d_acc, alpha)
+    out = {"accuracy": paired_mean(y == pb, y == pc, n_boot, seed, alpha)}    # the same resamples as below
     # confusion matrices of every resample at once: [n_boot, c, c]
     def cms(p):
         codes = (y * c + p)[idx] + (np.arange(n_boot) * c * c)[:, None]

@@ -101,10 +101,6 @@ def _delta(m: dict, spec: dict) -> str:
             f'<span class="muted">[{k * m["ci_low"]:+.2f}, {k * m["ci_high"]:+.2f}]</span></td>')
 
 
-def _value(v: float, spec: dict) -> str:
-    return f"{100 * v:.2f}" if spec["kind"] == "share" else f"{v:.2f}"
-
-
 def _cell(v) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
@@ -116,8 +112,9 @@ def _cell(v) -> str:
 def render(d: dict) -> str:
     """Any task's comparison: the task's metrics with paired intervals, per slice, speed, size and the changed
     examples (or answers, or generations), in the columns the task names."""
-    from .terminal import task_of
-    t = task_of(d)
+    from ..tasks import description
+    from .terminal import fmt_value
+    t = description(d.get("task"))
     specs = t["metrics"]
     primary = next(m for m in specs if m["name"] == t["primary"])
     base, cands, data = d["baseline"], d["candidates"], d["data"]
@@ -145,12 +142,12 @@ def render(d: dict) -> str:
                        f"{p['batch_sizes'][b]['p99_ms']:.1f}</td><td>{p['batch_sizes'][b]['throughput_per_s']:.1f}</td>"
                        for b in bss)
     blanks = len(specs) + (1 if per_example else 0) + 1 + (2 if tokens else 0)
-    h.append(f"<tr><td>fp32 (baseline)</td><td>{_value(base[primary['name']], primary)}</td>" + "<td></td>" * blanks
+    h.append(f"<tr><td>fp32 (baseline)</td><td>{fmt_value(base[primary['name']], primary)}</td>" + "<td></td>" * blanks
              + f"{perf_cells(base['perf'])}<td>{base['weight_bytes'] / 2**20:.1f}</td><td></td></tr>")
     for c in cands:
         same = c.get("same_top") if c.get("same_top") is not None else c["agreement"]
         h.append(f"<tr class=candidate><td>{escape(c['name'])}</td>"
-                 f"<td>{_value(c['metrics'][primary['name']]['candidate'], primary)}</td>"
+                 f"<td>{fmt_value(c['metrics'][primary['name']]['candidate'], primary)}</td>"
                  + "".join(_delta(c["metrics"][m["name"]], m) for m in specs)
                  + ((f"<td>{c['mcnemar']['p_value']:.3f}</td>" if c["mcnemar"] else "<td></td>") if per_example else "")
                  + f"<td>{c['n_changed']}</td>"
@@ -165,11 +162,10 @@ def render(d: dict) -> str:
              + escape(d.get("environment", {}).get("timing", {}).get("threads_why", "")) + "</p>")
 
     if cands:
-        for col in data.get("slices", {}):
-            if col not in cands[0]["slices"]:
-                continue
-            if col == list(data["slices"])[0]:
-                h.append(f"<h2>{escape(primary['label'].capitalize())} change per slice</h2>")
+        cols = [col for col in data.get("slices", {}) if col in cands[0]["slices"]]
+        if cols:
+            h.append(f"<h2>{escape(primary['label'].capitalize())} change per slice</h2>")
+        for col in cols:
             labels = [r["value"] for r in cands[0]["slices"][col]]
             k = 100 if primary["kind"] == "share" else 1
             series = []

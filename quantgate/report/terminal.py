@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..tasks import description
+
 
 def _mb(b: float) -> str:
     return f"{b / 2**20:.1f}"
@@ -34,15 +36,6 @@ def fmt_delta(m: dict, spec: dict, interval: bool = True) -> str:
     return f"{k * m['delta']:+.2f}" + (f" [{k * m['ci_low']:+.2f}, {k * m['ci_high']:+.2f}]" if interval else "")
 
 
-def task_of(d: dict) -> dict:
-    """The comparison's task description (a classifier comparison saved before tasks existed carries none)."""
-    from ..tasks.classification import Classification
-    return d.get("task") or {"kind": "sequence-classification", "primary": "accuracy", "items": "examples",
-                             "metrics": Classification.metrics, "latency_unit": "call", "token_evidence": False,
-                             "changed_columns": Classification.changed_columns, "changed_title": "Changed predictions",
-                             "about": f"{d.get('data', {}).get('n', '?')} examples"}
-
-
 def worst_slice(c: dict, primary: str) -> dict | None:
     """The slice value whose primary metric changed most for the worse."""
     rows = [(col, r) for col, rs in c.get("slices", {}).items() for r in rs if primary in r]
@@ -54,7 +47,7 @@ def worst_slice(c: dict, primary: str) -> dict | None:
 
 def slice_table(d: dict) -> str:
     """Every slice value of every candidate: the primary metric's change with its interval."""
-    t = task_of(d)
+    t = description(d.get("task"))
     spec = next(m for m in t["metrics"] if m["name"] == t["primary"])
     out = []
     cands = d["candidates"]
@@ -69,7 +62,7 @@ def slice_table(d: dict) -> str:
 
 def table(d: dict, slices: bool = False) -> str:
     """`d` is Comparison.to_dict(), of any task; `slices` adds the full per-slice table."""
-    t = task_of(d)
+    t = description(d.get("task"))
     specs = {m["name"]: m for m in t["metrics"]}
     primary = specs[t["primary"]]
     others = [m for m in t["metrics"] if m["name"] != t["primary"]]

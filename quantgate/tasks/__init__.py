@@ -28,10 +28,22 @@ def metric(name: str, label: str, kind: str = "share", lower_is_better: bool = F
     return {"name": name, "label": label, "kind": kind, "lower_is_better": lower_is_better}
 
 
+def description(task: dict | None) -> dict:
+    """A comparison's task description (its "task" entry); a classifier comparison
+    saved before tasks described themselves carries none."""
+    if task:
+        return task
+    from .classification import Classification
+    return {"kind": Classification.kind, "primary": Classification.primary, "items": Classification.items,
+            "metrics": Classification.metrics, "latency_unit": "call", "token_evidence": False,
+            "changed_columns": Classification.changed_columns, "changed_title": "Changed predictions",
+            "about": "examples"}
+
+
 def for_model(model, data, settings):
     """The task for a model and its evaluation data: a classifier and a labelled
-    Dataset; a causal LM and a PromptSet (prompted task) or a list of texts
-    (language modelling)."""
+    Dataset; a causal LM and a PromptSet (prompted task), or a Dataset or list of
+    texts (language modelling on raw text)."""
     from ..errors import QuantgateError
     from ..models import CausalLM, Model
     if isinstance(model, Model):
@@ -41,7 +53,10 @@ def for_model(model, data, settings):
         from .prompted import PromptSet, PromptedTask
         if isinstance(data, PromptSet):
             return PromptedTask(model, data, settings)
+        from ..data import Dataset
         from .causal_lm import LanguageModelling
+        if isinstance(data, Dataset):
+            return LanguageModelling(model, list(data.texts), settings, source=data.source)
         return LanguageModelling(model, list(data), settings)
     raise QuantgateError("model must be a quantgate Model or CausalLM: use quantgate.models.load_classifier(DIR) "
                          "or load_causal_lm(DIR)")

@@ -15,7 +15,6 @@ measures on them.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import require
+from ..evaluate import metrics
 from ..progress import progress
 
 
@@ -73,16 +73,6 @@ def score_windows(modules: dict[str, torch.nn.Module], windows: torch.Tensor, ve
                     lst.append(v)
             bar.update(1)
     return {k: WindowScores(*(np.array(v) for v in vals)) for k, vals in acc.items()}
-
-
-def perplexity_delta(base_nll: np.ndarray, cand_nll: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Perplexity of each and the ratio's paired 95% bootstrap interval over windows."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(base_nll), size=(n_boot, len(base_nll)))
-    ratio = np.exp(cand_nll[idx].mean(1) - base_nll[idx].mean(1))
-    b, c = math.exp(base_nll.mean()), math.exp(cand_nll.mean())
-    return {"baseline": b, "candidate": c, "delta": c - b, "ratio": c / b,
-            "ci_low": float(b * np.percentile(ratio, 2.5) - b), "ci_high": float(b * np.percentile(ratio, 97.5) - b)}
 
 
 # -- generation ---------------------------------------------------------------
@@ -231,7 +221,7 @@ class LanguageModelling:
 
     def __init__(self, lm, texts: list[str], settings, source: str = ""):
         s = self.s = settings
-        self.lm, self.source = lm, source or getattr(settings, "source", "") or "text"
+        self.lm, self.source = lm, source or "text"
         self.windows = eval_windows(lm.tokenizer, texts, s.context, s.max_windows)
         self.prompts = prompts_from(texts, s.n_prompts)
         self.speed_prompt = self.prompts[0] if self.prompts else texts[0][:200]
@@ -267,7 +257,8 @@ class LanguageModelling:
 
     def compare(self, base: TextResults, cand: TextResults) -> dict:
         diffs = generation_diff(self.lm.tokenizer, self.prompts, base.generations, cand.generations)
-        return {"metrics": {"perplexity": perplexity_delta(base.windows.nll, cand.windows.nll, self.s.n_boot, self.s.seed)},
+        ppl = metrics.perplexity_ratio(base.windows.nll, cand.windows.nll, None, self.s.n_boot, self.s.seed)
+        return {"metrics": {"perplexity": ppl},
                 "mcnemar": {}, "slices": {}, "agreement": float(cand.windows.same_top.mean()),
                 "mean_kl": float(cand.windows.kl.mean()), "changed": diffs, "n_changed": len(diffs)}
 

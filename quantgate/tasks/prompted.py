@@ -28,6 +28,7 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -207,7 +208,7 @@ class PromptedTask:
         s = self.s = settings
         self.lm, self.data, self.tok = lm, data, lm.tokenizer
         self.choice = data.choices is not None
-        want = getattr(s, "task_metric", None) or ("choice_accuracy" if self.choice else "exact_match")
+        want = s.task_metric or ("choice_accuracy" if self.choice else "exact_match")
         allowed = ("choice_accuracy",) if self.choice else ("exact_match", "token_f1")
         require(want in allowed, f"task metric {want!r} does not fit this data: "
                                  f"{'with' if self.choice else 'without'} choices it is one of {', '.join(allowed)}")
@@ -217,28 +218,35 @@ class PromptedTask:
         if want == "token_f1":
             self.metrics.reverse()
         self.metrics.append(metric("reference_perplexity", "reference perplexity", "value", lower_is_better=True))
-        self.prompts, self.truncated = self._prompts()
+        self.texts = self._texts()
+        # the continuations' token ids, once: every model scores the same ones
+        self.refs = [self._ids(r, t) for r, t in zip(data.references, self.texts)]
+        self.choice_ids = None if not self.choice else [[(c, self._ids(c, t)) for c in cs]
+                                                        for cs, t in zip(data.choices, self.texts)]
+        longest = max(len(ids) for ids in ([i for cs in self.choice_ids for _, i in cs] if self.choice else self.refs))
+        self.prompts, self.truncated = self._prompts(longest)
         self.base: Answers | None = None
 
     # -- inputs ------------------------------------------------------------------
-    def _prompts(self) -> tuple[list[list[int]], int]:
-        """Token ids of every prompt (chat template applied if asked), truncated from the left to fit the context."""
+    def _texts(self) -> list[str]:
+        """The prompts as the model sees them: wrapped in the tokenizer's chat template only when asked."""
+        tok = self.tok
+        if not self.s.chat_template:
+            return list(self.data.prompts)
+        require(getattr(tok, "chat_template", None),
+                "--chat-template was given, but this model's tokenizer has no chat template")
+        return [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                for p in self.data.prompts]
+
+    def _prompts(self, longest: int) -> tuple[list[list[int]], int]:
+        """Token ids of every prompt, truncated from the left to leave room for a continuation of `longest` tokens."""
         tok, s = self.tok, self.s
-        texts = self.data.prompts
-        if getattr(s, "chat_template", False):
-            require(getattr(tok, "chat_template", None),
-                    "--chat-template was given, but this model's tokenizer has no chat template")
-            texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                             add_generation_prompt=True) for p in texts]
-        self.texts = texts
         limit = getattr(self.lm.module.config, "max_position_embeddings", None) or 2048
-        longest_ref = max(len(tok(_continuation("x", r), add_special_tokens=False)["input_ids"])
-                          for r in (self.data.references if not self.choice else [c for cs in self.data.choices for c in cs]))
-        room = limit - max(s.answer_tokens, longest_ref) - 1
+        room = limit - max(s.answer_tokens, longest) - 1
         require(room >= 8, f"the model's context ({limit} tokens) leaves no room for a prompt and its answer")
         out, cut = [], 0
-        templated = bool(getattr(s, "chat_template", False))     # the template brings its own special tokens
-        for t in texts:
+        templated = bool(s.chat_template)     # the template brings its own special tokens
+        for t in self.texts:
             ids = tok(t, add_special_tokens=not templated)["input_ids"]
             if len(ids) > room:
                 ids, cut = ids[-room:], cut + 1
@@ -252,12 +260,12 @@ class PromptedTask:
                    "else transformers generate, batched with left padding)")
         about = (f"{len(d)} prompts of {d.source}; answers: {answers}"
                  + (f"; {self.truncated} prompt(s) truncated from the left to fit the context" if self.truncated else "")
-                 + ("; chat template applied" if getattr(self.s, "chat_template", False) else ""))
+                 + ("; chat template applied" if self.s.chat_template else ""))
         return {"kind": self.kind, "primary": self.primary, "metrics": self.metrics, "items": self.items,
                 "changed_columns": self.changed_columns, "changed_title": "Changed answers", "latency_unit": "token",
                 "token_evidence": True, "about": about,
                 "data": {"source": d.source, "n": len(d), "fingerprint": d.fingerprint(), "dropped": d.dropped,
-                         "truncated": self.truncated, "chat_template": bool(getattr(self.s, "chat_template", False)),
+                         "truncated": self.truncated, "chat_template": bool(self.s.chat_template),
                          "answer_tokens": self.s.answer_tokens, "choices": self.choice,
                          "answers": answers,
                          "slices": {k: sorted(set(v)) for k, v in d.slices.items()}}}
@@ -311,22 +319,19 @@ class PromptedTask:
     def _answer(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True).split("\n")[0].strip()
 
-    def _stops(self) -> set[int]:
+    @cached_property
+    def stops(self) -> set[int]:
         """Tokens that end a greedy answer: end of text, or a token that starts a new line."""
-        if not hasattr(self, "_stop_ids"):
-            tok = self.tok
-            eos = tok.eos_token_id
-            ids = {eos} if isinstance(eos, int) else set(eos or [])
-            ids |= {i for i in range(len(tok)) if tok.decode([i]).startswith("\n")}
-            self._stop_ids = ids
-        return self._stop_ids
+        eos = self.tok.eos_token_id
+        ids = {eos} if isinstance(eos, int) else set(eos or [])
+        return ids | {i for i in range(len(self.tok)) if self.tok.decode([i]).startswith("\n")}
 
     def _along_reference(self, lps: list[torch.Tensor], refs: list[list[int]]) -> dict[int, str]:
         """Greedy answers read off the teacher-forced pass over prompt + reference + end of text:
         where every greedy token equals the reference's and the next one ends the answer (or the
         answer-length limit is reached), greedy decoding would have produced the reference. The
         others are generated."""
-        out, limit, stops = {}, self.s.answer_tokens, self._stops()
+        out, limit, stops = {}, self.s.answer_tokens, self.stops
         for i, (lp, r) in enumerate(zip(lps, refs)):
             k = min(len(r), limit)
             if lp[:k].argmax(-1).tolist() == r[:k] and (k == limit or int(lp[k].argmax()) in stops):
@@ -337,16 +342,13 @@ class PromptedTask:
         return self.tok(_continuation(prompt, text), add_special_tokens=False)["input_ids"]
 
     def score(self, module, name: str) -> Answers:
-        d = self.data
-        refs = [self._ids(r, p) for r, p in zip(d.references, self.texts)]
+        d, refs = self.data, self.refs
         if self.choice:
-            flat = [(i, c) for i, cs in enumerate(d.choices) for c in cs]
-            lps = self._teacher_forced(module, [(self.prompts[i], self._ids(c, self.texts[i])) for i, c in flat],
-                                       f"choices {name}")
+            flat = [(i, c, ids) for i, cs in enumerate(self.choice_ids) for c, ids in cs]
+            lps = self._teacher_forced(module, [(self.prompts[i], ids) for i, _, ids in flat], f"choices {name}")
             by: dict[int, list[tuple[float, str, torch.Tensor]]] = {}
-            for (i, c), lp in zip(flat, lps):
-                cont = torch.tensor(self._ids(c, self.texts[i]))
-                by.setdefault(i, []).append((float(lp.gather(-1, cont[:, None]).sum()), c, lp))
+            for (i, c, ids), lp in zip(flat, lps):
+                by.setdefault(i, []).append((float(lp.gather(-1, torch.tensor(ids)[:, None]).sum()), c, lp))
             answers = [max(by[i], key=lambda t: t[0])[1] for i in range(len(d))]
             ref_lp = [next(lp for _, c, lp in by[i] if c == d.references[i]) for i in range(len(d))]
             correct = np.array([a == r for a, r in zip(answers, d.references)], dtype=float)
