@@ -120,9 +120,9 @@ def staged_per_block(blocks: int, ch: int) -> float:
     lm = load_causal_lm()
     windows = lm_windows(lm.tokenizer, list(bbc_splits()["train"].texts), RECIPE.num_samples, RECIPE.seq_len)[0]
     _, layers = G.decoder_blocks(lm.module)
-    args, kwargs = G._block_inputs(lm.module, layers, windows)
-    x = args[0].contiguous()
-    cos, sin = (t[0] for t in kwargs["position_embeddings"])
+    x, calls = G.block_calls(lm.module, layers, windows)
+    x = x.contiguous()
+    cos, sin = (t[0] for t in calls[0][1]["position_embeddings"])
     t = time.perf_counter()
     for layer in layers[:blocks]:
         x = staged_block(layer, x, cos, sin, lm.module.config, ch)

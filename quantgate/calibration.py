@@ -4,7 +4,11 @@ calibration inputs for every method.
 - classifiers: the first `num_samples` examples at the model's fixed length
   (`prepare_calibration`);
 - causal LMs: consecutive token windows of the calibration text (`lm_windows`),
-  also used for QLoRA's training windows.
+  also used for QLoRA's training windows. Held-out evaluation windows are cut
+  the same way (`cut_windows`): every window starts with the beginning-of-
+  sequence token when the tokenizer's own plain encode puts one first (`bos_id`),
+  since families trained that way (Gemma's, Llama 2/3's) use it as an attention
+  sink and score far worse without it.
 
 Both fingerprints share one schema: a content hash of the token ids the model
 actually saw (so a different tokenizer or length is a different fingerprint),
@@ -55,6 +59,16 @@ def prepare_calibration(model, data: Dataset | None, num_samples: int) -> tuple[
     return enc, fp
 
 
+def bos_id(tokenizer) -> int | None:
+    """The token a plain encode puts first (the beginning-of-sequence token),
+    or None where the tokenizer adds none (SmolLM2's, GPT-2's)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    ids = tokenizer("a")["input_ids"]
+    return bos if ids and ids[0] == bos else None
+
+
 def token_stream(tokenizer, texts: list[str], limit: int | None = None) -> torch.Tensor:
     """All texts as one token stream, separated by the end-of-text token (tokenizing
     stops once `limit` tokens are there: calibration needs only the first ones)."""
@@ -69,22 +83,33 @@ def token_stream(tokenizer, texts: list[str], limit: int | None = None) -> torch
     return torch.tensor(ids, dtype=torch.long)
 
 
+def cut_windows(stream: torch.Tensor, length: int, n: int, bos: int | None) -> torch.Tensor:
+    """n consecutive windows of `length` tokens from the stream, each led by `bos` when
+    there is one (then length - 1 tokens of text follow it)."""
+    body = length - (bos is not None)
+    w = stream[:n * body].view(n, body)
+    return w if bos is None else torch.cat([torch.full((n, 1), bos, dtype=w.dtype), w], dim=1)
+
+
 def lm_windows(tokenizer, data: Dataset | list[str] | None, num_samples: int, seq_len: int,
                where: str = "calibration data") -> tuple[torch.Tensor, dict]:
     """[num_samples, seq_len] consecutive windows of the text (a Dataset or a list of texts), and their fingerprint."""
     texts = None if data is None else list(data.texts if isinstance(data, Dataset) else data)
     require(texts is not None and len(texts) > 0 and any(t.strip() for t in texts),
             f"{where} is empty: GPTQ chooses its roundings on calibration text; give --calibration FILE")
-    need = num_samples * seq_len
+    bos = bos_id(tokenizer)
+    body = seq_len - (bos is not None)
+    need = num_samples * body
     stream = token_stream(tokenizer, texts, limit=need)
     require(len(stream) >= need,
             f"{where} is too short: {len(texts)} texts give {len(stream):,} tokens, but {num_samples} samples x "
             f"{seq_len} tokens need {need:,}; give more text, or lower num_samples or seq_len "
-            f"(at most {len(stream) // seq_len} samples of {seq_len} tokens fit)")
-    windows = stream[:need].view(num_samples, seq_len)
+            f"(at most {len(stream) // body} samples of {seq_len} tokens fit)")
+    windows = cut_windows(stream, seq_len, num_samples, bos)
     fp = {"hash": hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16], "count": num_samples,
           "requested": num_samples, "tokenizer": tokenizer_identity(tokenizer), "max_length": seq_len,
-          "source": getattr(data, "source", "texts"), "tokens": int(windows.numel()), "texts": len(texts)}
+          "source": getattr(data, "source", "texts"), "tokens": int(windows.numel()), "texts": len(texts),
+          "bos": bos}
     return windows, fp
 
 

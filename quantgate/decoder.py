@@ -1,5 +1,6 @@
 """Greedy decoding without transformers' per-token overhead, for the model
-families whose layers are plain Llama blocks (Llama, Mistral, Qwen2).
+families whose layers are plain Llama blocks (Llama, Mistral, Qwen2, with
+their sliding-window layers where the config has them).
 
 At batch 1 a decode step of a 135M-parameter model does about 15 ms of matrix
 work in int4 on this CPU; transformers' generic forward adds as much again in
@@ -15,7 +16,15 @@ runs the same modules, numerically the same way, with:
 - rotary embedding applied to the query and key heads together;
 - rotary tables computed once by the model's own rotary module;
 - `F.rms_norm`, and attention as two small matmuls for one query (the
-  flash-attention kernel's set-up costs more than the work at decode sizes).
+  flash-attention kernel's set-up costs more than the work at decode sizes);
+  a sliding-window layer attends to its last `sliding_window` keys, as
+  transformers' mask does.
+
+`unsupported` checks every part the decoder re-implements (normalisation,
+activation, projections, rotary module, attention kind) and names the first
+one that differs, so a family is either run exactly (tests compare greedy
+tokens and logits with transformers' on tiny random models of each family)
+or declined with the reason.
 
 Any other layer type (float `nn.Linear`, torch.ao dynamic int8, NF4, a peft
 LoRA wrapper) is simply called, so every candidate quantgate makes runs here.
@@ -44,12 +53,35 @@ def unsupported(module) -> str | None:
         return f"model type {kind!r} is not one of {', '.join(FAMILIES)}"
     if getattr(cfg, "hidden_act", "silu") != "silu":
         return f"activation {cfg.hidden_act!r} is not silu"
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
-        return "sliding-window attention"
     base = getattr(module, "model", None)
     if base is None or not hasattr(base, "rotary_emb") or not hasattr(module, "lm_head"):
         return "not a *ForCausalLM with model.layers, model.rotary_emb and lm_head"
+    for layer in base.layers:
+        a, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        if a is None or not all(hasattr(a, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):
+            return "a block without separate q/k/v/o projections"
+        if hasattr(a, "q_norm") or hasattr(a, "k_norm"):
+            return "query/key normalisation"
+        if mlp is None or not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+            return "a block without gate/up/down projections"
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            if not hasattr(norm, "variance_epsilon") or type(norm).__name__ not in ("LlamaRMSNorm", "MistralRMSNorm",
+                                                                                      "Qwen2RMSNorm"):
+                return f"normalisation {type(norm).__name__}"
+    if (getattr(cfg, "rope_parameters", None) or {}).get("partial_rotary_factor", 1.0) != 1.0:
+        return "partial rotary embedding"
     return None
+
+
+def windows(cfg) -> list[int | None]:
+    """Each layer's sliding window (keys it attends to, itself included), None for global attention."""
+    n, w = cfg.num_hidden_layers, getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if not w or getattr(cfg, "use_sliding_window", True) is False:
+        return [None] * n
+    if types is None:                  # Mistral: every layer slides
+        return [w] * n
+    return [w if t == "sliding_attention" else None for t in types]
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -120,6 +152,7 @@ class Decoder:
         self.embed, self.head = base.embed_tokens, module.lm_head
         self.norm, self.norm_eps = base.norm.weight, base.norm.variance_epsilon
         self.blocks = [_Block(layer) for layer in base.layers]
+        self.windows = windows(cfg)
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.rotary = base.rotary_emb
@@ -141,7 +174,7 @@ class Decoder:
         x = self.embed(ids).float()
         d = x.shape[-1]
         nh, nkv, hd = self.heads, self.kv_heads, self.head_dim
-        for blk, (kc, vc) in zip(self.blocks, self.cache):
+        for blk, (kc, vc), win in zip(self.blocks, self.cache, self.windows):
             h = F.rms_norm(x, (d,), blk.ln1, blk.eps1)
             y = blk.qkv(h)                                       # [b, t, (nh + 2 nkv) hd]: q | k | v
             qk = rope(y[..., :(nh + nkv) * hd].view(b, t, nh + nkv, hd).transpose(1, 2), cos, sin)
@@ -149,11 +182,16 @@ class Decoder:
             kc[:, :, p0:p1] = qk[:, nh:]
             vc[:, :, p0:p1] = y[..., (nh + nkv) * hd:].view(b, t, nkv, hd).transpose(1, 2)
             if t == 1:      # one query: three small ops beat the flash-attention kernel's set-up
+                lo = max(0, p1 - win) if win else 0
                 qg = q.reshape(b, nkv, -1, hd)                            # query heads grouped by kv head
-                w = torch.softmax((qg @ kc[:, :, :p1].transpose(2, 3)) * blk.scale, dim=-1)
-                att = (w @ vc[:, :, :p1]).view(b, t, -1)
-            else:
-                att = F.scaled_dot_product_attention(q, kc[:, :, :p1], vc[:, :, :p1], is_causal=True, scale=blk.scale,
+                w = torch.softmax((qg @ kc[:, :, lo:p1].transpose(2, 3)) * blk.scale, dim=-1)
+                att = (w @ vc[:, :, lo:p1]).view(b, t, -1)
+            else:           # the prompt (prefill starts at position 0)
+                mask = None
+                if win and p1 > win:     # key k is seen from query j when j - win < k <= j
+                    mask = torch.ones(t, p1, dtype=torch.bool, device=x.device).tril(p0).triu(p0 - win + 1)
+                att = F.scaled_dot_product_attention(q, kc[:, :, :p1], vc[:, :, :p1], attn_mask=mask,
+                                                     is_causal=mask is None, scale=blk.scale,
                                                      enable_gqa=True).transpose(1, 2).reshape(b, t, -1)
             x = x + blk.o(att)
             h = F.rms_norm(x, (d,), blk.ln2, blk.eps2)

@@ -14,13 +14,18 @@ with no per-column group index. With scale_search (the recipe's default), that
 scale comes from the range shrink that rounds the group's weights best rather
 than from min-max.
 
-Calibration activations are captured sequentially: the inputs of the first
-decoder block are recorded once; each block then runs once on all calibration
-windows, and a pre-hook on each of its Linear layers accumulates that layer's
-Hessian from the input it is about to receive, quantizes the weight, and lets
-the call go on with the quantized weight. So every layer sees the outputs of
-the layers already quantized before it (in-block order too), one forward pass
-per block, and the block's outputs feed the next block. Peak memory is the
+Calibration activations are captured sequentially: one pass of the model's
+own forward, with every block replaced by a recorder that passes its input
+through, records the hidden states entering the first block and each block's
+own call arguments (its attention mask, rotary embedding, position ids: blocks
+are not interchangeable in families that alternate sliding-window and global
+attention, each with its own mask and rotary base); each block then runs once
+on all calibration windows with its own arguments, and a pre-hook on each of
+its Linear layers accumulates that layer's Hessian from the input it is about
+to receive, quantizes the weight, and lets the call go on with the quantized
+weight. So every layer sees the outputs of the layers already quantized before
+it (in-block order too), one forward pass per block, and the block's outputs
+feed the next block. Peak memory is the
 model plus one block's work on the calibration batch (estimated, and refused
 with the numbers, before the run).
 """
@@ -220,22 +225,39 @@ class _Capture(Exception):
 
 
 @torch.inference_mode()
-def _block_inputs(module: torch.nn.Module, blocks: torch.nn.ModuleList, windows: torch.Tensor):
-    """The positional and keyword arguments the first block receives for all windows."""
-    seen = {}
+def block_calls(module: torch.nn.Module, blocks: torch.nn.ModuleList, windows: torch.Tensor):
+    """The hidden states entering the first block for all windows, and for every
+    block the other arguments the model's forward gives it: [(args, kwargs)], one
+    per block. The blocks themselves do not run (each passes its input through),
+    so this costs the embedding, the masks and the rotary tables only."""
+    calls: list = [None] * len(blocks)
+    first = {}
 
-    def grab(mod, args, kwargs):
-        seen["args"], seen["kwargs"] = args, kwargs
-        raise _Capture
+    def recorder(i):
+        def forward(*args, **kwargs):
+            kwargs = dict(kwargs)
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            if i == 0:
+                first["hidden"] = hidden
+            calls[i] = (tuple(args[1:]), kwargs)
+            if i == len(blocks) - 1:
+                raise _Capture
+            return hidden
+        return forward
 
-    h = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+    for i, b in enumerate(blocks):
+        b.forward = recorder(i)          # an instance attribute: nn.Module calls it instead of the class's
     try:
         module(input_ids=windows, use_cache=False)
     except _Capture:
         pass
     finally:
-        h.remove()
-    return seen["args"], seen["kwargs"]
+        for b in blocks:
+            del b.forward
+    missing = [i for i, c in enumerate(calls) if c is None]
+    require(not missing, f"GPTQ: the model's forward never called block(s) {missing[:5]} of its decoder stack; "
+                         "this architecture is not supported by the sequential pass")
+    return first["hidden"], calls
 
 
 def apply(model, recipe: GPTQ, calibration=None, train=None) -> Quantized:
@@ -248,13 +270,12 @@ def apply(model, recipe: GPTQ, calibration=None, train=None) -> Quantized:
     in_blocks = {n for n, m in qm.named_modules() if any(m is x for b in blocks for x in b.modules())}
     outside = [n for n in targets if n not in in_blocks]
     t0 = time.perf_counter()
-    args, kwargs = _block_inputs(qm, blocks, windows)
-    hidden = args[0] if args else kwargs.pop("hidden_states")
+    hidden, calls = block_calls(qm, blocks, windows)
     # on a GPU: the hidden states and one block at a time live there; the model stays on the CPU
     dev = torch.device(compute_device(recipe.device, "GPTQ"))
     if dev.type == "cuda":
         check_gpu_memory(src, windows)
-    hidden, args, kwargs = _to(hidden, dev), _to(args[1:], dev), _to(kwargs, dev)
+    hidden = _to(hidden, dev)
     new_layers, errors = [], {}
     with progress(total=len(blocks), desc=f"GPTQ {recipe.name}", enabled=getattr(model, "verbose", True)) as bar:
         for bi, block in enumerate(blocks):
@@ -281,6 +302,7 @@ def apply(model, recipe: GPTQ, calibration=None, train=None) -> Quantized:
                 if id(m) in names:
                     hooks.append(m.register_forward_pre_hook(pre_hook))
             block.to(dev)
+            args, kwargs = _to(calls[bi], dev)
             try:
                 with torch.inference_mode():
                     out = block(hidden, *args, **kwargs)

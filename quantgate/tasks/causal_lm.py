@@ -27,15 +27,17 @@ from ..progress import progress
 
 
 def eval_windows(tokenizer, texts: list[str], context: int, max_windows: int | None = None) -> torch.Tensor:
-    """Non-overlapping windows of `context` tokens of held-out text (the last partial window is dropped)."""
-    from ..calibration import token_stream
+    """Non-overlapping windows of `context` tokens of held-out text (the last partial
+    window is dropped), each led by BOS where the tokenizer adds one (`calibration.bos_id`)."""
+    from ..calibration import bos_id, cut_windows, token_stream
     require(texts, "evaluation text is empty")
     stream = token_stream(tokenizer, texts)
-    n = len(stream) // context
+    bos = bos_id(tokenizer)
+    n = len(stream) // (context - (bos is not None))
     require(n >= 1, f"evaluation text has {len(stream)} tokens, fewer than one window of {context}")
     if max_windows:
         n = min(n, max_windows)
-    return stream[: n * context].view(n, context)
+    return cut_windows(stream, context, n, bos)
 
 
 @torch.inference_mode()
@@ -229,14 +231,18 @@ class LanguageModelling:
 
     def describe(self) -> dict:
         import hashlib
+
+        from ..calibration import bos_id
         w = self.windows
+        bos = bos_id(self.lm.tokenizer)
+        lead = "" if bos is None else f", each led by the BOS token {self.lm.tokenizer.convert_ids_to_tokens(bos)!r}"
         return {"kind": self.kind, "primary": self.primary, "metrics": self.metrics, "items": self.items,
                 "changed_columns": self.changed_columns, "changed_title": "Changed generations", "latency_unit": "token",
                 "token_evidence": True,
                 "about": f"perplexity on {int(w.shape[0])} windows of {self.s.context} tokens (stride {self.s.context}, "
-                         f"no carried context), {len(self.prompts)} prompts x {self.s.new_tokens} greedy tokens",
+                         f"no carried context{lead}), {len(self.prompts)} prompts x {self.s.new_tokens} greedy tokens",
                 "data": {"source": self.source, "n": int(w.shape[0]), "tokens": int(w.numel()),
-                         "context": self.s.context, "stride": self.s.context,
+                         "context": self.s.context, "stride": self.s.context, "bos": bos,
                          "fingerprint": hashlib.sha256(w.numpy().tobytes()).hexdigest()[:16],
                          "prompts": len(self.prompts), "new_tokens": self.s.new_tokens, "slices": {}}}
 

@@ -246,10 +246,12 @@ class PromptedTask:
         require(room >= 8, f"the model's context ({limit} tokens) leaves no room for a prompt and its answer")
         out, cut = [], 0
         templated = bool(s.chat_template)     # the template brings its own special tokens
+        bos = getattr(tok, "bos_token_id", None)
         for t in self.texts:
             ids = tok(t, add_special_tokens=not templated)["input_ids"]
-            if len(ids) > room:
-                ids, cut = ids[-room:], cut + 1
+            if len(ids) > room:      # the start of the prompt goes, its BOS token (where one leads) stays
+                lead = ids[:1] if bos is not None and ids[0] == bos else []
+                ids, cut = lead + ids[len(ids) - room + len(lead):], cut + 1
             out.append(ids)
         return out, cut
 
