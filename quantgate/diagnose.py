@@ -84,11 +84,7 @@ def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32, max_
                                "use the post-training candidate, or retrain with a lower lr / fewer steps"))
         lin_float = list(c.float_layers)
         if lin_float:
-            out.append(warning("info", "float-layers", c.name,
-                               f"{len(lin_float)} linear layer(s) stayed in float: " + ", ".join(
-                                   f"{n} ({c.float_layers[n]})" for n in lin_float[:4]) +
-                               (" ..." if len(lin_float) > 4 else ""),
-                               "expected for tiny heads; otherwise check the recipe's exclude list"))
+            out.append(float_layers_warning(c, comp.baseline))
         cal = c.calibration
         if cal and cal.get("count", min_calibration) < min_calibration:
             out.append(warning("warning", "calibration-small", c.name,
@@ -147,3 +143,31 @@ def calibration_warnings(checks: dict) -> list[dict]:
             if len([w for w in out if w["code"] == "outlier-channels"]) >= 3:
                 break
     return out
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,}"
+
+
+def float_layers_warning(c, baseline: dict) -> dict:
+    """The linear layers left in float, with their size: a head that is a fifth of the
+    model is not the 'tiny head' a classifier has, and it caps the size saving."""
+    sizes = (c.footprint or {}).get("float_layers", {})
+    total = (c.footprint or {}).get("parameters") or 0
+    n_float = sum(sizes.values())
+    share = n_float / total if total else 0.0
+    names = list(c.float_layers)
+    listed = ", ".join(f"{n} ({c.float_layers[n]}{'; ' + _count(sizes[n]) + ' parameters' if n in sizes else ''})"
+                       for n in names[:4]) + (" ..." if len(names) > 4 else "")
+    size = f", {_count(n_float)} parameters ({100 * share:.1f}% of the model)" if sizes else ""
+    if share >= 0.05:
+        ratio = baseline["weight_bytes"] / c.weight_bytes if c.weight_bytes else 0
+        bits = (c.footprint or {}).get("bits_per_param")
+        tied = any(why.startswith("output head tied") for why in c.float_layers.values())
+        remedy = (f"they cap the saving: the candidate is {ratio:.2f}x smaller than fp32"
+                  + (f" at {bits:.1f} bits per parameter" if bits else "") + "; store them in low bits too"
+                  + (" (a tied head: add -head8 or -head4 to the recipe name)" if tied else
+                     " (narrow the recipe's exclude list)") + ", or accept the size")
+    else:
+        remedy = "small (under 5% of the parameters), as a classifier's head is; otherwise check the recipe's exclude list"
+    return warning("info", "float-layers", c.name, f"{len(names)} linear layer(s) stayed in float{size}: {listed}", remedy)

@@ -6,7 +6,7 @@ import time
 
 from .errors import QuantgateError
 from .methods import dynamic, gptq, nf4, qat, qlora, static, weight_only
-from .methods.common import Quantized, tensor_bytes
+from .methods.common import Quantized, footprint, tensor_bytes
 from .models import CausalLM, Model
 from . import recipes
 from .recipes import Recipe
@@ -49,4 +49,5 @@ def quantize(model: Model, recipe: Recipe, calibration=None, train=None) -> Quan
                                train if recipe.needs_training else None)
     q.seconds = round(time.perf_counter() - t0, 2)
     q.weight_bytes = tensor_bytes(q.module)
+    q.footprint = footprint(model.module, q.weight_bytes, q.quantized_layers, q.module, list(q.float_layers))
     return q

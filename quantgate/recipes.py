@@ -125,8 +125,8 @@ class Recipe:
         if Path(spec).suffix in (".json", ".yaml", ".yml"):
             return Recipe.load(spec)
         s = spec.strip().lower()
-        if s in ("dynamic", "dynamic-int8"):
-            return DynamicInt8()
+        if s in ("dynamic", "dynamic-int8", "dynamic-pt2e", "dynamic-torch.ao"):
+            return DynamicInt8(backend=s.removeprefix("dynamic").removeprefix("-int8").strip("-") or "auto")
         if s in ("static", "static-int8"):
             return StaticInt8()
         if s.startswith("static-"):  # static[-int8][-<calibrator>][-pertensor][-symact], the recipe's own name
@@ -157,10 +157,26 @@ class Recipe:
                     raise QuantgateError(f"cannot parse {p!r} in {spec!r}: "
                                          "expected gptq[-int<bits>][-g<N>][-noact][-nosearch][-asym][-head<b>]")
             return GPTQ(**kw)
-        if s in ("nf4", "nf4-dq"):
-            return NF4()
-        if s == "qlora":
-            return QLoRA()
+        if s.startswith("nf4"):    # nf4[-b<N>][-nodq], the recipe's own name
+            kw = {}
+            for p in s.split("-")[1:]:
+                if p in ("dq", "nodq"):
+                    kw["double_quant"] = p == "dq"
+                elif p.startswith("b") and p[1:].isdigit():
+                    kw["block_size"] = int(p[1:])
+                else:
+                    raise QuantgateError(f"cannot parse {p!r} in {spec!r}: expected nf4[-b<N>][-nodq] (e.g. nf4-b128)")
+            return NF4(**kw)
+        if s.startswith("qlora"):  # qlora[-r<N>][-merged]
+            kw = {}
+            for p in s.split("-")[1:]:
+                if p == "merged":
+                    kw["merge"] = True
+                elif p.startswith("r") and p[1:].isdigit():
+                    kw["rank"] = int(p[1:])
+                else:
+                    raise QuantgateError(f"cannot parse {p!r} in {spec!r}: expected qlora[-r<N>][-merged] (e.g. qlora-r16)")
+            return QLoRA(**kw)
         if s.startswith("int") or s.startswith("woq-int"):
             # int<bits>[-g<N>][-asym][-search][-head<b>], the recipe's own name; flags in any order
             first, *parts = s.removeprefix("woq-").split("-")
@@ -177,11 +193,7 @@ class Recipe:
                     raise QuantgateError(f"cannot parse {p!r} in {spec!r}: expected "
                                          "int<bits>[-g<N>][-asym][-search][-head<b>] (e.g. int4-g64-asym)")
             return WeightOnly(**kw)
-        raise QuantgateError(
-            f"unknown recipe {spec!r}; use one of: dynamic, static, static-<calibrator>[-pertensor][-symact] (e.g. static-percentile), "
-            "int<bits>[-g<N>][-asym][-search][-head<b>] (e.g. int4-g64), gptq[-int<bits>][-g<N>][-noact][-nosearch][-asym][-head<b>] "
-            "(e.g. gptq-int3-g128), "
-            "nf4, qlora, qat, qat-w4a8, or a .yaml/.json recipe file")
+        raise QuantgateError(f"unknown recipe {spec!r}; use one of: {recipe_grammar()}")
 
 
 @dataclass(frozen=True)
@@ -197,6 +209,9 @@ class DynamicInt8(Recipe):
     def __post_init__(self):
         super().__post_init__()
         _one_of("backend", self.backend, ("auto", "pt2e", "torch.ao"))
+
+    def _name(self) -> str:
+        return "dynamic" + ("" if self.backend == "auto" else f"-{self.backend}")
 
 
 CALIBRATORS = ("minmax", "moving_average", "percentile", "mse", "entropy")
@@ -229,7 +244,7 @@ class StaticInt8(Recipe):
 
     def _name(self) -> str:
         cal = "" if self.calibrator == "minmax" else f"-{self.calibrator}"
-        return (f"static-int8{cal}{'' if self.per_channel_weights else '-pertensor'}"
+        return (f"static{cal}{'' if self.per_channel_weights else '-pertensor'}"
                 f"{'-symact' if self.symmetric_activations else ''}")
 
 
@@ -265,7 +280,7 @@ class QAT(Recipe):
         require(isinstance(self.freeze_ranges, bool), f"freeze_ranges must be true or false, got {self.freeze_ranges!r}")
 
     def _name(self) -> str:
-        return f"qat-w{self.weight_bits}a8"
+        return "qat" if self.weight_bits == 8 else f"qat-w{self.weight_bits}a8"
 
 
 WEIGHT_ONLY_BITS = (2, 3, 4, 8)
@@ -293,7 +308,7 @@ class WeightOnly(Recipe):
 
     def _name(self) -> str:
         g = f"-g{self.group_size}" if self.group_size else ""
-        return (f"woq-int{self.bits}{g}{'' if self.symmetric else '-asym'}{'-search' if self.scale_search else ''}"
+        return (f"int{self.bits}{g}{'' if self.symmetric else '-asym'}{'-search' if self.scale_search else ''}"
                 f"{_head(self)}")
 
 
@@ -382,7 +397,7 @@ class NF4(Recipe):
                 f"dq_block_size must be a positive integer, got {self.dq_block_size!r}")
 
     def _name(self) -> str:
-        return f"nf4-b{self.block_size}{'-dq' if self.double_quant else ''}"
+        return f"nf4{'' if self.block_size == 64 else f'-b{self.block_size}'}{'' if self.double_quant else '-nodq'}"
 
 
 @dataclass(frozen=True)
@@ -424,4 +439,17 @@ class QLoRA(Recipe):
         require(isinstance(self.merge, bool), f"merge must be true or false, got {self.merge!r}")
 
     def _name(self) -> str:
-        return f"qlora-r{self.rank}{'-merged' if self.merge else ''}"
+        return f"qlora{'' if self.rank == 8 else f'-r{self.rank}'}{'-merged' if self.merge else ''}"
+
+
+def recipe_grammar(task: str | None = None) -> str:
+    """Every recipe name the CLI parses, for the kind of model (None: all). The
+    names a comparison shows are these: a recipe's name parses back to its format."""
+    cls = ["dynamic", "static[-<calibrator>][-pertensor][-symact] (calibrators: " + ", ".join(CALIBRATORS) + ")",
+           "qat", "qat-w4a8"]
+    woq = ["int<b>[-g<N>][-asym][-search]" + ("" if task == "sequence-classification" else "[-head<h>]")
+           + " (b = 2, 3, 4, 8; N a multiple of 8; h = 4 or 8)"]
+    lm = ["gptq[-int<b>][-g<N>][-noact][-nosearch][-asym][-head<h>] (default gptq-int4-g128)",
+          "nf4[-b<N>][-nodq] (default block 64, double quantization)", "qlora[-r<N>][-merged] (default rank 8)"]
+    parts = {"sequence-classification": cls + woq, "causal-lm": woq + lm}.get(task, cls + woq + lm)
+    return "; ".join(parts) + "; or a .yaml/.json recipe file"

@@ -39,7 +39,7 @@ def test_auto_walks_the_paths_in_order_and_chooses_a_passing_candidate(planned):
     comp, plan, _ = planned
     order = [st["recipe"].split("+")[0] for st in plan["steps"]]
     firsts = [r for i, r in enumerate(order) if r not in order[:i]]
-    assert firsts == ["dynamic-int8", "static-int8", "woq-int8", "woq-int4-g32"]
+    assert firsts == ["dynamic", "static", "int8", "int4-g32"]
     assert plan["chosen"] is not None and plan["chosen"] in plan["front"] and plan["chosen"] in plan["passing"]
     cands = {c.name: c for c in comp.candidates}
     chosen = cands[plan["chosen"]]

@@ -33,7 +33,7 @@ def test_a_users_folder_under_artifacts_survives_a_save(model, tmp_path):
     row = reg.register(quantize(model, WeightOnly(bits=8)), model, base="m")
     assert (keep / "notes.txt").read_text() == "x"                    # the data-loss bug: it was deleted here
     assert reg.check()["leftovers"] == ["keep-me"] and reg.check()["problems"] == []
-    assert row["version"] == "m-woq-int8-v1"
+    assert row["version"] == "m-int8-v1"
 
 
 def test_a_registry_without_its_database_is_rebuilt_not_wiped(model, tmp_path):
@@ -46,7 +46,7 @@ def test_a_registry_without_its_database_is_rebuilt_not_wiped(model, tmp_path):
     assert sorted(again.recovered) == sorted([a["version"], b["version"]])
     assert [r["content_hash"] for r in again.list()] == [a["content_hash"], b["content_hash"]]
     c = again.register(quantize(model, WeightOnly(bits=8, group_size=32)), model, base="m")
-    assert c["version"] == "m-woq-int8-g32-v1" and Path(a["path"]).is_dir() and Path(b["path"]).is_dir()
+    assert c["version"] == "m-int8-g32-v1" and Path(a["path"]).is_dir() and Path(b["path"]).is_dir()
 
 
 def test_a_damaged_artifact_is_refused_with_the_file_that_is_wrong(model, tmp_path, capsys):

@@ -7,7 +7,7 @@ import pytest
 
 from quantgate.report import table
 
-NAMES = ["dynamic-int8", "static-int8", "woq-int8", "woq-int4-g32"]
+NAMES = ["dynamic", "static", "int8", "int4-g32"]
 
 
 def test_fine_tuned_baseline_is_a_real_classifier(comparison):
@@ -16,7 +16,7 @@ def test_fine_tuned_baseline_is_a_real_classifier(comparison):
     assert [c.name for c in comparison.candidates] == NAMES
 
 
-@pytest.mark.parametrize("name", ["dynamic-int8", "static-int8"])
+@pytest.mark.parametrize("name", ["dynamic", "static"])
 def test_int8_stays_within_one_point_with_an_interval(comparison, name):
     acc = comparison.candidate(name).metrics["accuracy"]
     assert acc["delta"] >= -0.010, acc
@@ -57,8 +57,8 @@ def test_weight_bytes_shrink_in_the_right_order(comparison):
     assert fp32 == pytest.approx(22.7e6 * 4, rel=0.02)       # all-MiniLM-L6-v2: 22.7M fp32 parameters
     by = {c.name: c.weight_bytes for c in comparison.candidates}
     # the 11.7M-parameter embedding stays fp32, so int8 linears save about a third
-    assert by["woq-int4-g32"] < by["woq-int8"] < 0.72 * fp32
-    assert by["dynamic-int8"] < 0.72 * fp32
+    assert by["int4-g32"] < by["int8"] < 0.72 * fp32
+    assert by["dynamic"] < 0.72 * fp32
 
 
 def test_float_leftovers_are_listed_with_reasons(comparison):
@@ -69,18 +69,18 @@ def test_float_leftovers_are_listed_with_reasons(comparison):
 
 
 def test_calibration_fingerprint_is_recorded(comparison, bbc):
-    cal = comparison.candidate("static-int8").calibration
+    cal = comparison.candidate("static").calibration
     assert cal["count"] == len(bbc["calibration"]) == 222
     assert set(cal["slices"]["topic"]) == {"business", "entertainment", "politics", "sports", "tech"}
     assert cal["tokenizer"].startswith("BertTokenizer") and len(cal["hash"]) == 16
-    assert comparison.candidate("dynamic-int8").calibration is None
+    assert comparison.candidate("dynamic").calibration is None
 
 
 def test_weight_only_says_it_is_slower_on_encoder_batches(comparison):
     """Measured: on CPU, weight-only layers dequantize for encoder-sized calls, so they
     cost time. The report must say so as a failure, not hide it."""
     codes = {(w["code"], w["candidate"]) for w in comparison.warnings}
-    assert ("slower", "woq-int8") in codes
+    assert ("slower", "int8") in codes
     assert comparison.warnings[0]["severity"] == "error"
 
 

@@ -16,7 +16,7 @@ def metric(delta, lo, hi):
 
 
 def comparison(delta=-0.0036, lo=-0.0108, hi=0.0036, p95=20.0, slice_delta=(-0.05, -0.08, -0.025)):
-    cand = {"name": "static-int8", "weight_bytes": 23 * 2**20,
+    cand = {"name": "static", "weight_bytes": 23 * 2**20,
             "metrics": {"accuracy": metric(delta, lo, hi), "macro_f1": metric(delta, lo, hi)},
             "slices": {"topic": [{"value": "sport", "n": 100, "accuracy": metric(*slice_delta),
                                   "macro_f1": metric(*slice_delta)}]},
@@ -68,7 +68,7 @@ def test_gate_command_exit_codes(tmp_path, capsys):
     p = tmp_path / "comparison.json"
     p.write_text(json.dumps(comparison()))
     assert main(["gate", str(tmp_path), "--max-drop", "2"]) == 0
-    assert "static-int8: PASS" in capsys.readouterr().out
+    assert "static: PASS" in capsys.readouterr().out
     assert main(["gate", str(p), "--max-drop", "1", "--strict"]) == 1
     out = capsys.readouterr().out
     assert "FAIL (uncertain)" in out and "about 704 evaluation examples (now 556) would settle it" in out

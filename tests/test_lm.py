@@ -104,7 +104,7 @@ def test_gptq_scale_search_lowers_the_output_error_of_a_real_layer(lm):
 
 
 def test_round_to_nearest_scale_search_rounds_every_group_as_well_and_the_model_better(lm, held_out):
-    """woq-int<b>-g<N>-search: each group's range is shrunk where that rounds its weights better.
+    """int<b>-g<N>-search: each group's range is shrunk where that rounds its weights better.
     Min-max is one of the candidates, so no group may round worse; on SmolLM2 the whole model gains."""
     from quantgate.formats.affine import dequantize, grouped, quantize
     from quantgate.methods.weight_only import rtn_qparams
@@ -283,7 +283,7 @@ def test_lm_comparison_reports_what_changed(tmp_path, capsys, lm):
                "--new-tokens", "12", "--batch-sizes", "1,2", "--decode-steps", "4", "--out", str(tmp_path / "r")])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "perplexity on 3 windows of 128 tokens" in out and "woq-int3-g64" in out
+    assert "perplexity on 3 windows of 128 tokens" in out and "int3-g64" in out
     assert "runtime: quantgate decoder" in out
     d = json.loads((tmp_path / "r" / "comparison.json").read_text())
     assert d["model"]["task"] == "causal-lm" and d["data"]["source"].startswith("BBC News test split")
@@ -353,7 +353,7 @@ def test_int8_copy_of_the_tied_head(lm, held_out, tmp_path):
     from quantgate.quantize import quantize
     from quantgate.tasks.causal_lm import greedy
     r = Recipe.parse("int4-g64-head8")
-    assert r == WeightOnly(bits=4, group_size=64, head_bits=8) and r.name == "woq-int4-g64-head8"
+    assert r == WeightOnly(bits=4, group_size=64, head_bits=8) and r.name == "int4-g64-head8"
     assert Recipe.parse("gptq-int4-g128-head8").head_bits == 8
     with pytest.raises(QuantgateError, match="head_bits must be one of None, 4, 8, got 3"):
         WeightOnly(bits=4, group_size=64, head_bits=3)

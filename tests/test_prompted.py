@@ -38,7 +38,7 @@ def test_the_fine_tuned_model_is_proven_on_its_task(topic_run):
     assert d["task"]["kind"] == "prompted" and d["task"]["primary"] == "exact_match"
     base = d["baseline"]["exact_match"]
     assert 0.6 <= base <= 0.99, base            # fine-tuned well, with room left to see quantization hurt
-    int8, int3 = (next(c for c in d["candidates"] if c["name"] == n) for n in ("woq-int8", "woq-int3-g64"))
+    int8, int3 = (next(c for c in d["candidates"] if c["name"] == n) for n in ("int8", "int3-g64"))
     m = int8["metrics"]["exact_match"]
     assert abs(m["delta"]) <= 0.01 and m["ci_low"] >= -0.03 and m["ci_low"] <= m["delta"] <= m["ci_high"]
     assert int3["n_changed"] > int8["n_changed"]                          # 3 bits moves more answers than 8
@@ -58,10 +58,10 @@ def test_the_fine_tuned_model_is_proven_on_its_task(topic_run):
 
 def test_the_gate_judges_an_lm_on_its_task_metric(topic_run):
     out, d = topic_run
-    assert main(["gate", str(out), "--candidate", "woq-int8", "--max-drop", "5"]) == 0
-    drop = -100 * next(c for c in d["candidates"] if c["name"] == "woq-int3-g64")["metrics"]["exact_match"]["ci_low"]
+    assert main(["gate", str(out), "--candidate", "int8", "--max-drop", "5"]) == 0
+    drop = -100 * next(c for c in d["candidates"] if c["name"] == "int3-g64")["metrics"]["exact_match"]["ci_low"]
     # int3's exact-match interval reaches below -drop points: a budget below its lower end cannot pass strictly
-    assert main(["gate", str(out), "--candidate", "woq-int3-g64", "--max-drop", f"{max(drop - 0.5, 0):.2f}",
+    assert main(["gate", str(out), "--candidate", "int3-g64", "--max-drop", f"{max(drop - 0.5, 0):.2f}",
                  "--strict"]) == 1
 
 
@@ -75,6 +75,35 @@ def test_the_lm_report_shows_slices_and_changed_answers(topic_run, tmp_path):
     changed = d["candidates"][1]["changed"][0]
     assert changed["candidate"] in dom or changed["candidate"] == ""
     assert dom.count("class=\"slice-table\"") + dom.count("class=slice-table") >= 2
+
+
+def test_each_model_has_its_own_memory_and_bits_per_parameter(topic_run):
+    """Not the process's peak (every model of the comparison is loaded in it): the model's weights plus
+    the working memory its evaluation added. And the tied embedding, a fifth of the model, is named."""
+    out, d = topic_run
+    base = d["baseline"]
+    models = [base] + d["candidates"]
+    for c in models:
+        p = c["perf"]
+        assert c["weight_bytes"] / 2**20 <= p["memory_mb"] < p["peak_rss_mb"], c["name"]
+    assert all(c["perf"]["memory_mb"] < base["perf"]["memory_mb"] for c in d["candidates"])
+    assert base["footprint"]["bits_per_param"] == pytest.approx(32, abs=0.01)
+    int8, int3 = d["candidates"]
+    assert 8 < int8["footprint"]["quantized_bits_per_weight"] < 8.2            # + an fp16 scale per row
+    assert int3["footprint"]["quantized_bits_per_weight"] == pytest.approx(3.25)
+    assert int3["footprint"]["bits_per_param"] < int8["footprint"]["bits_per_param"] < 32
+    note = next(w for w in d["warnings"] if w["code"] == "float-layers" and w["candidate"] == "int3-g64")
+    assert "28.3M parameters (21.0% of the model)" in note["message"] and "-head8" in note["remedy"]
+    assert "expected for tiny heads" not in note["remedy"]
+
+
+@pytest.mark.skipif(chromium() is None, reason="Chromium is installed by `make test` (Debian package chromium)")
+def test_the_lm_report_fits_the_page(topic_run):
+    from test_report_readability import layout
+    out, d = topic_run
+    got = layout(out / "report.html")
+    assert got["scroll"] <= got["inner"] and max(got["tables"].values()) <= got["body"] + 1
+    assert got["labels"] >= 3 and got["overlaps"] == 0
 
 
 def test_multiple_choice_is_scored_by_log_likelihood(tuned_lm, tmp_path, bbc):

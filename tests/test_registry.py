@@ -46,10 +46,10 @@ def test_same_inputs_same_hash_and_no_duplicate_version(model, tmp_path):
     reg = Registry(tmp_path / "reg")
     a = reg.register(quantize(model, WeightOnly(bits=8)), model, base="minilm-bbc")
     b = reg.register(quantize(model, WeightOnly(bits=8)), model, base="minilm-bbc")   # re-quantized from scratch
-    assert a["version"] == "minilm-bbc-woq-int8-v1" and not a["existing"]
+    assert a["version"] == "minilm-bbc-int8-v1" and not a["existing"]
     assert b["version"] == a["version"] and b["existing"] and b["content_hash"] == a["content_hash"]
     c = reg.register(quantize(model, WeightOnly(bits=8, min_out_features=400)), model, base="minilm-bbc")
-    assert c["version"] == "minilm-bbc-woq-int8-v2" and c["content_hash"] != a["content_hash"]
+    assert c["version"] == "minilm-bbc-int8-v2" and c["content_hash"] != a["content_hash"]
     assert reg.check() == {"versions": 2, "problems": [], "leftovers": []}
     # the manifest carries the lineage
     m = reg.get(c["version"])["manifest"]
@@ -67,7 +67,7 @@ def test_two_processes_saving_at_once_get_distinct_versions(finetuned_dir, tmp_p
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     rows = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
-    assert sorted(r["version"] for r in rows) == ["minilm-bbc-woq-int8-v1", "minilm-bbc-woq-int8-v2"]
+    assert sorted(r["version"] for r in rows) == ["minilm-bbc-int8-v1", "minilm-bbc-int8-v2"]
     assert Registry(root).check() == {"versions": 2, "problems": [], "leftovers": []}
 
 
@@ -82,10 +82,10 @@ def test_a_save_killed_midway_leaves_the_registry_consistent(finetuned_dir, mode
     assert p.returncode == -signal.SIGKILL, err[-2000:]
     state = reg.check()
     assert state["versions"] == 1 and state["problems"] == []                            # no half-registered v2
-    assert [r["version"] for r in reg.list()] == ["minilm-bbc-woq-int8-v1"]
+    assert [r["version"] for r in reg.list()] == ["minilm-bbc-int8-v1"]
     # the next save cleans up what the dead one left and takes v2
     row = reg.register(quantize(model, WeightOnly(bits=8, min_out_features=400)), model, base="minilm-bbc")
-    assert row["version"] == "minilm-bbc-woq-int8-v2"
+    assert row["version"] == "minilm-bbc-int8-v2"
     leftovers = reg.check()["leftovers"]
     assert [x for x in leftovers if not x.startswith(".tmp-")] == []                     # no orphan version folder
 
@@ -97,17 +97,17 @@ def test_new_calibration_is_a_new_version_and_diff_shows_the_fingerprint(finetun
     assert main([str(a) for a in common]) == 0
     assert main([str(a) for a in common + ["--calibration-offset", "64"]]) == 0
     out = capsys.readouterr().out
-    assert "registered minilm-bbc-static-int8-v1" in out and "registered minilm-bbc-static-int8-v2" in out
-    assert main(["registry", "diff", "minilm-bbc-static-int8-v1", "minilm-bbc-static-int8-v2", "--registry", str(root)]) == 0
+    assert "registered minilm-bbc-static-v1" in out and "registered minilm-bbc-static-v2" in out
+    assert main(["registry", "diff", "minilm-bbc-static-v1", "minilm-bbc-static-v2", "--registry", str(root)]) == 0
     diff = capsys.readouterr().out
     assert "calibration.hash:" in diff and "content_hash:" in diff and "calibration.source:" in diff
     assert "recipe." not in diff and "base_model.sha" not in diff                        # same recipe, same base
     assert main(["registry", "list", "--registry", str(root)]) == 0
     listing = capsys.readouterr().out
-    assert listing.count("minilm-bbc-static-int8-v") == 2
+    assert listing.count("minilm-bbc-static-v") == 2
     dest = tmp_path / "exported"
-    assert main(["registry", "export", "minilm-bbc-static-int8-v2", str(dest), "--registry", str(root)]) == 0
-    assert json.loads((dest / "manifest.json").read_text())["version"] == "minilm-bbc-static-int8-v2"
+    assert main(["registry", "export", "minilm-bbc-static-v2", str(dest), "--registry", str(root)]) == 0
+    assert json.loads((dest / "manifest.json").read_text())["version"] == "minilm-bbc-static-v2"
     assert (dest / "activation_profile.json").is_file() and (dest / "weights.safetensors").stat().st_size > 5e6
-    assert main(["registry", "export", "minilm-bbc-static-int8-v2", str(dest), "--registry", str(root)]) == 2
+    assert main(["registry", "export", "minilm-bbc-static-v2", str(dest), "--registry", str(root)]) == 2
     assert "already exists" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from quantgate.tasks.classification import predict
 
 def test_symmetric_activations_pin_the_zero_point_and_keep_accuracy(model, bbc):
     recipe = Recipe.parse("static-symact")
-    assert recipe == StaticInt8(symmetric_activations=True) and recipe.name == "static-int8-symact"
+    assert recipe == StaticInt8(symmetric_activations=True) and recipe.name == "static-symact"
     q = quantize(model, StaticInt8(symmetric_activations=True, num_samples=32), bbc["calibration"])
     zps = [n.args[2] for n in q.module.gm.graph.nodes
            if n.op == "call_function" and "quantize_per_tensor" in str(n.target) and "dequantize" not in str(n.target)]

@@ -4,7 +4,9 @@ Latency is measured per call at each batch size after warm-up (which also
 triggers any compilation), the baseline and every candidate interleaved, and
 reported as p50/p95/p99 with the sample count. Peak resident memory while a
 model runs its evaluation comes from the kernel's peak counter (reset on
-entry), or a sampling thread where there is none."""
+entry), or a sampling thread where there is none; each model's own memory
+(`own_memory`) is its weights plus the working memory of one representative
+call, measured for that model alone, since the process holds them all."""
 
 from __future__ import annotations
 
@@ -81,6 +83,33 @@ class RssSampler:
         return {"peak_rss_mb": self.peak / 2**20, "rss_growth_mb": (self.peak - self.start) / 2**20,
                 "peak_from": "kernel peak counter (VmHWM, reset on entry)" if self.kernel else
                              f"sampled every {self.interval_s * 1e3:.0f} ms"}
+
+
+def _trim() -> bool:
+    """Hand the heap's free memory back to the kernel (glibc's malloc_trim), so that a
+    later peak measures what is allocated then, not what an earlier model left free."""
+    try:
+        import ctypes
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) or True)
+    except (OSError, AttributeError):
+        return False
+
+
+def own_memory(modules: dict[str, torch.nn.Module], weight_bytes: dict[str, int], call, what: str) -> dict[str, dict]:
+    """Each model's own memory, apart from the others the process holds: its weights plus
+    the peak its working memory reaches in one representative `call(module)`, measured
+    for each model alone (warm, after the heap's free memory went back to the kernel)."""
+    out = {}
+    for name, m in modules.items():
+        call(m)                                  # warm: lazily built kernels and tables are not working memory
+        trimmed = _trim()
+        with RssSampler() as s:
+            call(m)
+        work = (s.peak - s.start) / 2**20
+        out[name] = {"memory_mb": weight_bytes[name] / 2**20 + work, "working_mb": work,
+                     "memory_from": f"weights + the peak working memory of {what}, measured for this model alone"
+                                    + (" after returning free heap to the kernel" if trimmed else "")}
+    return out
 
 
 def _cpu_times() -> tuple[float, float, float] | None:

@@ -29,6 +29,7 @@ class Quantized:
     activation_profile: dict | None = None      # calibrated ranges and histograms, for the drift monitor
     adapters: dict | None = None                # LoRA adapters' configuration (QLoRA, unmerged)
     extra: dict = field(default_factory=dict)   # method-specific facts: QLoRA's losses, GPTQ's layer errors
+    footprint: dict | None = None               # bits per parameter, what stayed in float (see `footprint`)
 
     @property
     def name(self) -> str:
@@ -120,3 +121,40 @@ def tensor_bytes(module: torch.nn.Module) -> int:
             seen.add(key)
             total += t.numel() * t.element_size()
     return total
+
+
+def footprint(original: torch.nn.Module, weight_bytes: int, quantized_layers: list[str] | None = None,
+              quantized: torch.nn.Module | None = None, float_layers: list[str] | None = None) -> dict:
+    """What the stored bytes mean per parameter of the original model: bits per
+    parameter for the whole model and for the quantized layers alone (an untied
+    low-bit copy of a tied head counts as a quantized layer of its own), and the
+    parameters left in float (their share, and the largest tensors by name; a
+    tied embedding and head are one tensor, counted once)."""
+    seen, params = {}, []
+    for name, p in original.named_parameters(remove_duplicate=False):
+        key = (p.data_ptr(), p.numel())
+        if key in seen:
+            seen[key]["names"].append(name)
+        else:
+            seen[key] = {"names": [name], "n": p.numel()}
+            params.append(seen[key])
+    total = sum(p["n"] for p in params)
+    q_names = set(quantized_layers or [])
+    in_q = lambda n: n.rsplit(".", 1)[0] in q_names
+    orig = dict(original.named_modules())
+    q_params = sum(p.numel() for n in q_names if n in orig for p in orig[n].parameters(recurse=False))
+    f_params = sum(p["n"] for p in params if not all(in_q(n) for n in p["names"]))
+    q_bits = None
+    if quantized is not None and q_names:
+        mods = dict(quantized.named_modules())
+        if q_names <= set(mods):
+            q_bytes = sum(tensor_bytes(mods[n]) for n in q_names)
+            q_bits = 8 * q_bytes / q_params if q_params else None
+    floats = sorted((p for p in params if not all(in_q(n) for n in p["names"])), key=lambda p: -p["n"])
+    return {"parameters": total, "bits_per_param": 8 * weight_bytes / total if total else None,
+            "quantized_parameters": q_params, "quantized_bits_per_weight": q_bits,
+            "float_parameters": f_params, "float_share": f_params / total if total else 0.0,
+            "largest_float": [{"name": " = ".join(p["names"]), "parameters": p["n"], "share": p["n"] / total}
+                              for p in floats[:3]],
+            "float_layers": {n: sum(p.numel() for p in orig[n].parameters(recurse=False))
+                             for n in float_layers or [] if n in orig}}

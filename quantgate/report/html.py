@@ -18,7 +18,8 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 .ok{background:#e6f4ea;border-left:5px solid #2e7d32;padding:8px 12px}
 .neg{color:#c62828}.pos{color:#2e7d32}.muted{color:#777}code{background:#f4f4f4;padding:1px 4px}
 details{margin:6px 0}td.text{text-align:left;max-width:520px;font-size:12px}
-#summary{font-size:12px}#summary td{white-space:normal}
+#summary,#costs{font-size:12px;max-width:100%}#summary td,#costs td,#summary th,#costs th{white-space:normal}
+svg{max-width:100%;height:auto}
 """
 
 SCRIPT = """
@@ -129,21 +130,15 @@ def render(d: dict) -> str:
 
     thru = "tokens/s" if per_token else "throughput/s"
     lat = "decode ms/token" if per_token else "ms"
-    h.append("<h2>Summary</h2><div><table id=summary><thead><tr><th>candidate</th>"
+    # Two tables, each narrow enough for the page: what the candidate gets right, then what it costs.
+    h.append("<h2>Summary</h2><table id=summary><thead><tr><th>candidate</th>"
              f"<th>{escape(primary['label'])}{' %' if primary['kind'] == 'share' else ''}</th>"
              + "".join(f"<th>Δ {escape(m['label'])}{', points' if m['kind'] == 'share' else ''} [95% CI]</th>" for m in specs)
              + ("<th>McNemar p</th>" if per_example else "") + "<th>changed</th>"
-             + ("<th>KL vs fp32</th><th>same top token %</th>" if tokens else "")
-             + "".join(f"<th>{lat} p50 / p95 / p99 @{b}</th><th>{thru} @{b}</th>" for b in bss)
-             + "<th>weights MB</th><th>quantize s</th></tr></thead><tbody>")
-
-    def perf_cells(p):
-        return "".join(f"<td>{p['batch_sizes'][b]['p50_ms']:.1f} / {p['batch_sizes'][b]['p95_ms']:.1f} / "
-                       f"{p['batch_sizes'][b]['p99_ms']:.1f}</td><td>{p['batch_sizes'][b]['throughput_per_s']:.1f}</td>"
-                       for b in bss)
+             + ("<th>KL vs fp32</th><th>same top token %</th>" if tokens else "") + "</tr></thead><tbody>")
     blanks = len(specs) + (1 if per_example else 0) + 1 + (2 if tokens else 0)
     h.append(f"<tr><td>fp32 (baseline)</td><td>{fmt_value(base[primary['name']], primary)}</td>" + "<td></td>" * blanks
-             + f"{perf_cells(base['perf'])}<td>{base['weight_bytes'] / 2**20:.1f}</td><td></td></tr>")
+             + "</tr>")
     for c in cands:
         same = c.get("same_top") if c.get("same_top") is not None else c["agreement"]
         h.append(f"<tr class=candidate><td>{escape(c['name'])}</td>"
@@ -151,15 +146,40 @@ def render(d: dict) -> str:
                  + "".join(_delta(c["metrics"][m["name"]], m) for m in specs)
                  + ((f"<td>{c['mcnemar']['p_value']:.3f}</td>" if c["mcnemar"] else "<td></td>") if per_example else "")
                  + f"<td>{c['n_changed']}</td>"
-                 + (f"<td>{c['mean_kl']:.4f}</td><td>{100 * same:.1f}</td>" if tokens else "")
-                 + f"{perf_cells(c['perf'])}<td>{c['weight_bytes'] / 2**20:.1f}</td><td>{c['quantize_seconds']:.1f}</td></tr>")
-    h.append("</tbody></table></div><p class=muted>Intervals: paired bootstrap over "
+                 + (f"<td>{c['mean_kl']:.4f}</td><td>{100 * same:.1f}</td>" if tokens else "") + "</tr>")
+    h.append("</tbody></table>")
+
+    def cost_cells(x: dict, quantize_s) -> str:
+        p, f = x["perf"], x.get("footprint") or {}
+        bits = f.get("bits_per_param")
+        qbits = f.get("quantized_bits_per_weight")
+        mem = p.get("memory_mb")
+        return ("".join(f"<td>{p['batch_sizes'][b]['p50_ms']:.1f} / {p['batch_sizes'][b]['p95_ms']:.1f} / "
+                        f"{p['batch_sizes'][b]['p99_ms']:.1f}</td><td>{p['batch_sizes'][b]['throughput_per_s']:.1f}</td>"
+                        for b in bss)
+                + f"<td>{x['weight_bytes'] / 2**20:.1f}</td>"
+                + "<td>" + ("" if bits is None else f"{bits:.2f}") + ("" if qbits is None else f" ({qbits:.2f})")
+                + "</td><td>" + ("" if not f else f"{100 * f['float_share']:.1f}")
+                + "</td><td>" + ("" if mem is None else f"{mem:.0f}") + f"</td><td>{quantize_s}</td>")
+
+    h.append("<table id=costs><thead><tr><th>candidate</th>"
+             + "".join(f"<th>{lat} p50 / p95 / p99 @{b}</th><th>{thru} @{b}</th>" for b in bss)
+             + "<th>weights MB</th><th>bits / parameter (quantized layers)</th><th>% of parameters in float</th>"
+               "<th>own memory MB</th><th>quantize s</th></tr></thead><tbody>"
+             + f"<tr><td>fp32 (baseline)</td>{cost_cells(base, '')}</tr>"
+             + "".join(f"<tr class=candidate><td>{escape(c['name'])}</td>"
+                       f"{cost_cells(c, format(c['quantize_seconds'], '.1f'))}</tr>" for c in cands)
+             + "</tbody></table>")
+    h.append("<p class=muted>Intervals: paired bootstrap over "
              f"{escape(t.get('items', 'examples'))}. "
              + (f"Decode: per token with a KV cache ({escape(base['perf'].get('runtime', 'transformers generate'))}); "
                 "tokens/s = batch / median latency. " if per_token else
                 "Latency: per call, p50 / p95 / p99 over the calls measured (count in the JSON); throughput: examples "
                 "per second at the median latency. ")
-             + escape(d.get("environment", {}).get("timing", {}).get("threads_why", "")) + "</p>")
+             + escape(d.get("environment", {}).get("timing", {}).get("threads_why", ""))
+             + escape(f". Own memory: {base['perf']['memory_from']} (the process itself holds every model of the "
+                      "comparison at once)" if base["perf"].get("memory_from") else "")
+             + ". Bits per parameter: stored bytes x 8 / the fp32 model's parameters.</p>")
 
     if cands:
         cols = [col for col in data.get("slices", {}) if col in cands[0]["slices"]]

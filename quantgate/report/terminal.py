@@ -9,6 +9,15 @@ def _mb(b: float) -> str:
     return f"{b / 2**20:.1f}"
 
 
+def _size(x: dict) -> list[str]:
+    """Bits per parameter (of the quantized layers alone, in brackets) and the model's own memory."""
+    f, mem = x.get("footprint") or {}, x["perf"].get("memory_mb")
+    bits = "-" if f.get("bits_per_param") is None else f"{f['bits_per_param']:.2f}"
+    if f.get("quantized_bits_per_weight") is not None:
+        bits += f" ({f['quantized_bits_per_weight']:.2f})"
+    return [bits, "-" if mem is None else f"{mem:.0f}"]
+
+
 def _grid(head: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
     line = lambda r: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
@@ -73,12 +82,13 @@ def table(d: dict, slices: bool = False) -> str:
     head = ["candidate", primary["label"] + (" %" if primary["kind"] == "share" else ""),
             f"Δ {primary['label']} [95% CI]"] + [f"Δ {m['label']}" for m in others]
     head += (["worst slice: Δ [95% CI]", "McNemar p"] if per_example else []) + ["changed"]
-    head += [f"{unit} p50/p99 @{b}" for b in bss] + [f"x thru @{b}" for b in bss] + ["weights MB"]
+    head += [f"{unit} p50/p99 @{b}" for b in bss] + [f"x thru @{b}" for b in bss] + ["weights MB", "bits/param",
+                                                                                     "own MB"]
     bp = base["perf"]["batch_sizes"]
     rows = [["fp32 (baseline)", fmt_value(base[primary["name"]], primary), ""] + ["" for _ in others]
             + (["", ""] if per_example else []) + [""]
             + [f"{bp[b]['p50_ms']:.1f}/{bp[b]['p99_ms']:.1f}" for b in bss] + ["1.00" for _ in bss]
-            + [_mb(base["weight_bytes"])]]
+            + [_mb(base["weight_bytes"])] + _size(base)]
     for c in d["candidates"]:
         m, cp = c["metrics"], c["perf"]["batch_sizes"]
         w = worst_slice(c, primary["name"])
@@ -90,7 +100,7 @@ def table(d: dict, slices: bool = False) -> str:
                     + [f"{c['n_changed']}/{out_of}"]
                     + [f"{cp[b]['p50_ms']:.1f}/{cp[b]['p99_ms']:.1f}" for b in bss]
                     + [f"{cp[b]['throughput_per_s'] / bp[b]['throughput_per_s']:.2f}" for b in bss]
-                    + [_mb(c["weight_bytes"])])
+                    + [_mb(c["weight_bytes"])] + _size(c))
     out = [t["about"] + (f"; decode latency per token with a KV cache, runtime: {base['perf']['runtime']}"
                          if base["perf"].get("runtime") else "")]
     out += _grid(head, rows)
@@ -101,6 +111,8 @@ def table(d: dict, slices: bool = False) -> str:
     timing = d.get("environment", {}).get("timing")
     if timing:
         out.append(f"timing: {timing['threads_why']}")
+    out.append("bits/param: stored bits per parameter of the fp32 model (in brackets: of the quantized layers alone)"
+               + (f"; own MB: {base['perf']['memory_from']}" if base["perf"].get("memory_from") else ""))
     if slices:
         out.append(slice_table(d))
     return "\n".join(out + _warnings(d))

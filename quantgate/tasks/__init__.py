@@ -7,6 +7,7 @@ any of them through it.
     task.summary(base)                                 # the baseline's metric values
     task.compare(base, task.score(candidate, name))    # metrics with paired intervals, slices, changed examples
     task.speed({"fp32": model.module, name: candidate})   # latency / throughput per batch size
+    call, what = task.memory_probe()                   # one representative call: each model's own memory
 
 Every task also says what it reports (`describe()`: `kind`, `primary` metric,
 `metrics` with how each is read, the columns of its changed examples, the unit

@@ -168,6 +168,16 @@ def _decode(module, ids: torch.Tensor, steps: int, use: str = "auto") -> tuple[f
     return ttft, lat
 
 
+def decode_memory_probe(tokenizer, prompt: str, batch: int, use: str = "auto"):
+    """(call(module), what it is): a prefill and a few decode steps at the largest decode batch
+    size, whose working memory (KV cache, logits, dequantized weights) `perf.own_memory` measures."""
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"].expand(batch, -1).contiguous()
+
+    def call(module):
+        _decode(module, ids, 4, use)
+    return call, f"a prefill of {ids.shape[1]} tokens and 4 decode steps at batch {batch}"
+
+
 def decode_speed(modules: dict[str, torch.nn.Module], tokenizer, prompt: str, batch_sizes=(1, 8),
                  steps: int = 32, rounds: int = 3, use: str | dict[str, str] = "auto") -> dict[str, dict]:
     """Per model and batch size: decode latency per token p50/p95/p99, tokens/s
@@ -272,3 +282,6 @@ class LanguageModelling:
         s = self.s
         return decode_speed(modules, self.lm.tokenizer, self.speed_prompt, s.batch_sizes, s.decode_steps,
                             s.decode_rounds, s.runtime)
+
+    def memory_probe(self):
+        return decode_memory_probe(self.lm.tokenizer, self.speed_prompt, max(self.s.batch_sizes), self.s.runtime)

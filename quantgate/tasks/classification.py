@@ -102,6 +102,16 @@ class Classification:
                  "slices": {k: v[i] for k, v in data.slices.items()}}
                 for i in idx[np.argsort(-shift)][:limit]]
 
+    def memory_probe(self):
+        """(call(module), what it is): one forward pass at the largest latency batch size."""
+        bs = max(self.s.batch_sizes)
+        enc = self.model.encode(self.data.texts[:bs])
+
+        @torch.inference_mode()
+        def call(module):
+            module(enc["input_ids"], enc["attention_mask"])
+        return call, f"one forward pass at batch {bs}"
+
     def speed(self, modules: dict) -> dict[str, dict]:
         s = self.s
         return perf.measure(modules, self.model, self.data.texts, s.batch_sizes, min_reps=s.perf_min_reps,

@@ -428,3 +428,7 @@ class PromptedTask:
         s = self.s
         return decode_speed(modules, self.tok, self.texts[0], s.batch_sizes, s.decode_steps, s.decode_rounds,
                             s.runtime)
+
+    def memory_probe(self):
+        from .causal_lm import decode_memory_probe
+        return decode_memory_probe(self.tok, self.texts[0], max(self.s.batch_sizes), self.s.runtime)
