@@ -162,9 +162,10 @@ def layer_layout(module: torch.nn.Module) -> dict[str, dict]:
     return out
 
 
-def load_lm(path: str | Path) -> CausalLM:
+def load_lm(path: str | Path, adapters: bool = True) -> CausalLM:
     """A saved quantized causal LM, ready to run and `generate`; outputs are
-    bit-identical to the model that was saved."""
+    bit-identical to the model that was saved. `adapters=False` loads a QLoRA
+    artifact's quantized base alone (what peft's adapters are put on)."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -180,10 +181,13 @@ def load_lm(path: str | Path) -> CausalLM:
     cfg = AutoConfig.from_pretrained(p, local_files_only=True)
     torch.manual_seed(0)
     hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    if manifest.get("adapters"):       # adapters first: the base layers then sit at '<name>.base_layer'
+    with_adapters = bool(manifest.get("adapters")) and adapters
+    if with_adapters:                  # adapters first: the base layers then sit at '<name>.base_layer'
         from .methods.qlora import attach_adapters
         hf = attach_adapters(hf, manifest["adapters"])
     for name, spec in manifest["layers"].items():
+        if not with_adapters:          # the base alone: its layers where the adapters' wrappers would be
+            name = name.replace(".base_layer", "")
         if spec["format"] == "int":
             new = WeightOnlyLinear.empty(spec["in"], spec["out"], spec["bits"], spec["group_size"],
                                          spec["symmetric"], spec["bias"])
@@ -192,8 +196,10 @@ def load_lm(path: str | Path) -> CausalLM:
                                   spec["dq_block_size"], spec["bias"])
         set_module(hf, name, new)
     state = load_file(str(p / manifest["weights_file"]))
-    if manifest.get("adapters_file"):
+    if manifest.get("adapters_file") and with_adapters:
         state.update(load_file(str(p / manifest["adapters_file"])))
+    elif manifest.get("adapters"):
+        state = {k.replace(".base_layer.", "."): v for k, v in state.items()}
     missing, unexpected = hf.load_state_dict(state, strict=False)
     tied = {k for k in missing if getattr(cfg, "tie_word_embeddings", False) and k.startswith("lm_head")}
     require(not unexpected and set(missing) == tied,

@@ -249,6 +249,23 @@ def cmd_registry(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    from .export import check_out, export
+    folder = Path(a.artifact)
+    if not folder.is_dir():
+        from .registry import Registry
+        folder = Registry(a.registry, create=False).verify(a.artifact)
+    check_out(a.out, a.overwrite)
+    rec = export(folder, a.format, a.out, a.overwrite)
+    kinds = rec.get("tensor_types") or {}
+    print(f"exported {rec['artifact']['name']} as {a.format} to {a.out} ({', '.join(rec['files'])}"
+          + (f"; tensors: {', '.join(f'{k} x{n}' for k, n in kinds.items())}" if kinds else "")
+          + f"); load it with {rec['runtimes']}")
+    for n in rec.get("notes", []):
+        print(f"note: {n}", file=sys.stderr)
+    return 0
+
+
 def cmd_monitor(a) -> int:
     from .data import load_texts
     from .models import load_classifier
@@ -555,6 +572,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--registry", help="registry folder (default $QUANTGATE_REGISTRY or ~/.cache/quantgate/registry)")
     r.add_argument("--base", help="list: only this base model")
     r.set_defaults(fn=cmd_registry)
+
+    from .export import FORMATS
+    x = sub.add_parser("export", help="write a saved LM artifact in a serving runtime's format (exact, never re-rounded)",
+                       description="formats: " + "; ".join(f"{n}: for {f.RUNTIMES}" for n, f in FORMATS.items()))
+    x.add_argument("artifact", help="artifact folder, or a registry version name")
+    x.add_argument("--format", required=True, choices=tuple(FORMATS))
+    x.add_argument("--out", required=True, help="folder to create")
+    x.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier quantgate export")
+    x.add_argument("--registry", help="registry folder, when ARTIFACT is a version name")
+    x.set_defaults(fn=cmd_export)
 
     m = sub.add_parser("monitor", help="check new inputs against an artifact's calibration; exit 1 on drift")
     m.add_argument("artifact", help="artifact folder, or a registry version name")

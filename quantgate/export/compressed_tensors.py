@@ -1,0 +1,101 @@
+"""The `pack-quantized` format of the compressed-tensors package: what
+transformers and vLLM load for int weight-only models.
+
+Per quantized Linear `<name>`:
+  <name>.weight_packed     int32 [N, ceil(K * bits / 32)]: signed codes + 2^(bits-1), packed densely
+  <name>.weight_scale      [N, K / group_size] (or [N, 1] per channel)
+  <name>.weight_zero_point int32, packed along the output dimension (asymmetric only), signed
+  <name>.weight_shape      int64 [2]: (N, K)
+and `quantization_config` in config.json (quant_method compressed-tensors,
+format pack-quantized, one config group per distinct weight format).
+
+Exact: compressed-tensors dequantizes (q - zp) * scale with signed codes, which
+is quantgate's (u - z) * s with both shifted by 2^(bits-1); scales are stored in
+fp32 (quantgate keeps fp16 scales: widening is exact, and a product of an fp16
+scale and a small integer is exact in fp32 but not in fp16)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from ..errors import QuantgateError, require
+
+NAME = "compressed-tensors"
+RUNTIMES = "transformers (AutoModelForCausalLM.from_pretrained), vLLM"
+FILE = "model.safetensors"
+
+
+def check(cfg, layers: dict, nf4: list[str]) -> None:
+    if nf4:
+        raise QuantgateError(f"compressed-tensors has no NF4 format ({nf4[0]} is NF4): quantize with int4-g64 "
+                             "or gptq-int4-g64")
+    require(layers, "this artifact has no integer weight-only layers to export")
+    asym = [n for n, m in layers.items() if not m.symmetric]
+    if asym:
+        raise QuantgateError(f"{asym[0]} is asymmetric: transformers 5.23 with compressed-tensors 0.20 cannot load "
+                             "asymmetric pack-quantized weights (it checks the packed zero points against the "
+                             "unpacked shape); export a symmetric recipe (drop -asym)")
+    bad = [(n, m) for n, m in layers.items() if m.group_size and m.in_features % m.group_size]
+    if bad:
+        n, m = bad[0]
+        width = math.gcd(*(x.in_features for x in layers.values()))
+        g = max((c for c in (32, 64, 128) if c < m.group_size and width % c == 0), default=None)   # kernels' sizes
+        raise QuantgateError(
+            f"compressed-tensors (and vLLM's kernels) need the group size to divide every layer's width: "
+            f"{n} is {m.in_features} wide, group {m.group_size}"
+            + (f"; quantize with group {g} (e.g. int{m.bits}-g{g})" if g else "; quantize per channel (no -g)"))
+
+
+def write(lm, layers: dict, folder) -> dict:
+    """model.safetensors, config.json with quantization_config, the tokenizer: a directory
+    `AutoModelForCausalLM.from_pretrained` loads as it is."""
+    from safetensors.torch import save_file
+    module, cfg = lm.module, lm.module.config
+    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()
+             if k.rsplit(".", 1)[0] not in layers}
+    tied = getattr(cfg, "tie_word_embeddings", False) and "lm_head" not in layers
+    if tied:
+        state.pop("lm_head.weight", None)
+    for n, m in layers.items():
+        state.update(layer_tensors(n, m))
+    save_file(state, str(folder / FILE), metadata={"format": "pt"})
+    d = cfg.to_dict()
+    d["quantization_config"] = quantization_config(layers)
+    d["tie_word_embeddings"] = tied
+    (folder / "config.json").write_text(json.dumps(d, indent=2))
+    lm.tokenizer.save_pretrained(folder)
+    return {"files": sorted(p.name for p in folder.iterdir()), "layers": len(layers), "notes": []}
+
+
+def layer_tensors(name: str, m) -> dict[str, torch.Tensor]:
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+    off = 2 ** (m.bits - 1)
+    codes = (m.codes().to(torch.int16) - off).to(torch.int8)
+    out = {f"{name}.weight_packed": pack_to_int32(codes, m.bits),
+           f"{name}.weight_scale": m.scales.float().contiguous(),
+           f"{name}.weight_shape": torch.tensor([m.out_features, m.in_features], dtype=torch.int64)}
+    if not m.symmetric:
+        zp = (m.zeros().to(torch.int16) - off).to(torch.int8)
+        out[f"{name}.weight_zero_point"] = pack_to_int32(zp, m.bits, packed_dim=0)
+    if m.bias is not None:
+        out[f"{name}.bias"] = m.bias.detach().float().contiguous()
+    return out
+
+
+def quantization_config(layers: dict) -> dict:
+    """One config group per distinct (bits, group size, symmetry), targeting its layers by name."""
+    import compressed_tensors
+    groups: dict[tuple, list[str]] = {}
+    for name, m in layers.items():
+        groups.setdefault((m.bits, m.group_size, m.symmetric), []).append(name)
+    cfg = {}
+    for i, ((bits, g, sym), names) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
+        cfg[f"group_{i}"] = {
+            "targets": names, "format": "pack-quantized", "input_activations": None, "output_activations": None,
+            "weights": {"num_bits": bits, "type": "int", "symmetric": sym, "strategy": "group" if g else "channel",
+                        "group_size": g, "dynamic": False, "actorder": None, "observer": "minmax"}}
+    return {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+            "config_groups": cfg, "ignore": [], "kv_cache_scheme": None, "version": compressed_tensors.__version__}

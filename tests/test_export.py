@@ -1,0 +1,142 @@
+"""Exports, each proven in the library that loads it: compressed-tensors through
+transformers, GGUF through transformers' GGUF loader and the gguf reader, a
+QLoRA artifact's adapters through peft. Logits must be bit-identical to
+quantgate's own model on the same input (long enough that quantgate runs the
+dequantized fp32 path, the arithmetic every runtime's dequantizing loader does);
+what cannot be exact is refused with the recipe that can."""
+
+import json
+
+import pytest
+import torch
+
+from quantgate.cli import main
+from quantgate.errors import QuantgateError
+from quantgate.recipes import GPTQ, QLoRA, Recipe
+
+LATER_BLOCKS = ("model.layers.[3-9].*", "model.layers.[12]?.*")
+TEXT = ("Shares in the bank rose sharply on Monday after the report, and the capital of France is Paris while "
+        "the capital of Germany is Berlin.")
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from quantgate.models import load_causal_lm
+    lm = load_causal_lm()
+    lm.verbose = False
+    return lm
+
+
+@pytest.fixture(scope="module")
+def saved(smol, tmp_path_factory, bbc):
+    """Artifacts by recipe name, quantized once."""
+    from quantgate.artifact import save
+    from quantgate.quantize import quantize
+    root, cache = tmp_path_factory.mktemp("artifacts"), {}
+
+    def get(spec):
+        if spec not in cache:
+            # GPTQ on the first three blocks only (the rest stay float): the same layer format, a short test
+            r = (GPTQ(bits=4, group_size=64, num_samples=4, seq_len=64, exclude=LATER_BLOCKS) if spec == "gptq"
+                 else Recipe.parse(spec))
+            cache[spec] = save(quantize(smol, r, bbc["train"]), smol, root / spec)
+        return cache[spec]
+    return get
+
+
+def logits(module, tok):
+    ids = tok(TEXT, return_tensors="pt")["input_ids"]
+    assert ids.shape[1] > 16          # quantgate's packed kernels serve <= 16 rows; above, dequantize + fp32
+    with torch.inference_mode():
+        return module(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("spec", ["int4-g64", "int8", "int3-g64", "gptq"])
+def test_compressed_tensors_loads_in_transformers_bit_identical(saved, tmp_path, spec):
+    from transformers import AutoModelForCausalLM
+
+    from quantgate.artifact import load_lm
+    from quantgate.export import export
+    art = load_lm(saved(spec))
+    rec = export(saved(spec), "compressed-tensors", tmp_path / "ct")
+    cfg = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
+    assert cfg["quant_method"] == "compressed-tensors" and cfg["format"] == "pack-quantized"
+    assert rec["exact"] and rec["layers"] == (21 if spec == "gptq" else 210)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "ct", dtype=torch.float32).eval()
+    assert torch.equal(logits(hf, art.tokenizer), logits(art.module, art.tokenizer))
+
+
+def test_exports_refuse_what_they_cannot_write_exactly(saved, tmp_path):
+    from quantgate.export import export
+    with pytest.raises(QuantgateError, match=r"576 wide, group 128; quantize with group 64 \(e.g. int4-g64\)"):
+        export(saved("int4-g128"), "compressed-tensors", tmp_path / "a")
+    with pytest.raises(QuantgateError, match="asymmetric"):
+        export(saved("int4-g64-asym"), "compressed-tensors", tmp_path / "b")
+    with pytest.raises(QuantgateError, match=r"blocks of 32 weights.*int4-g32 \(Q4_0\)"):
+        export(saved("int4-g64"), "gguf", tmp_path / "c")
+    with pytest.raises(QuantgateError, match="NF4 has no GGUF block type"):
+        export(saved("nf4"), "gguf", tmp_path / "d")
+    with pytest.raises(QuantgateError, match="no LoRA adapters"):
+        export(saved("int4-g64"), "peft", tmp_path / "e")
+    assert not any(tmp_path.iterdir())                 # nothing half-written
+
+
+@pytest.mark.parametrize("spec,kind", [("int4-g32", "Q4_0"), ("int8-g32", "Q8_0")])
+def test_gguf_loads_in_transformers_and_reads_back_exactly(saved, tmp_path, spec, kind):
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quantgate.artifact import load_lm
+    from quantgate.export import export
+    from quantgate.export.gguf import _permute
+    art = load_lm(saved(spec))
+    rec = export(saved(spec), "gguf", tmp_path / "g")
+    assert rec["tensor_types"][kind] == 210 and rec["notes"] == []
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "g", gguf_file="model.gguf", dtype=torch.float32).eval()
+    assert torch.equal(logits(hf, art.tokenizer), logits(art.module, art.tokenizer))
+    tok = AutoTokenizer.from_pretrained(tmp_path / "g", gguf_file="model.gguf")
+    assert tok(TEXT)["input_ids"] == art.tokenizer(TEXT)["input_ids"]
+    # the gguf package's own reader and dequantizer: the stored blocks are quantgate's weights, in llama.cpp's order
+    r = gguf.GGUFReader(str(tmp_path / "g" / "model.gguf"))
+    t = {x.name: x for x in r.tensors}
+    att = art.module.model.layers[3].self_attn
+    for name, mod, heads in (("blk.3.attn_q.weight", att.q_proj, 9), ("blk.3.attn_v.weight", att.v_proj, None)):
+        assert t[name].tensor_type.name == kind
+        w = torch.from_numpy(gguf.quants.dequantize(t[name].data, t[name].tensor_type).copy())
+        ours = mod.dequantized_weight()
+        ours = torch.from_numpy(_permute(ours, heads).copy()) if heads else ours
+        assert torch.equal(w.float(), ours)
+
+
+def test_qlora_adapters_load_in_peft(smol, bbc, tmp_path):
+    from peft import PeftModel
+
+    from quantgate.artifact import load_lm, save
+    from quantgate.export import export
+    from quantgate.quantize import quantize
+    r = QLoRA(rank=4, alpha=8, steps=2, batch_size=2, seq_len=32, targets=("q_proj", "v_proj"))
+    art_dir = save(quantize(smol, r, train=bbc["train"]), smol, tmp_path / "qlora")
+    rec = export(art_dir, "peft", tmp_path / "adapters")
+    cfg = json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["task_type"] == "CAUSAL_LM" and cfg["r"] == 4 and rec["adapters"] == 60
+    art = load_lm(art_dir)
+    base = load_lm(art_dir, adapters=False).module
+    served = PeftModel.from_pretrained(base, tmp_path / "adapters").eval()
+    assert torch.equal(logits(served, art.tokenizer), logits(art.module, art.tokenizer))
+
+
+def test_export_cli_from_a_registry_version(smol, tmp_path, capsys):
+    from quantgate.quantize import quantize
+    from quantgate.registry import Registry
+    row = Registry(tmp_path / "reg").register(quantize(smol, Recipe.parse("int4-g32")), smol, "smol")
+    out = tmp_path / "deploy"
+    assert main(["export", row["version"], "--format", "gguf", "--out", str(out), "--registry", str(tmp_path / "reg")]) == 0
+    assert "Q4_0 x210" in capsys.readouterr().out and (out / "EXPORT.json").is_file()
+    assert json.loads((out / "EXPORT.json").read_text())["artifact"]["content_hash"] == row["content_hash"]
+    art = row["path"]
+    assert main(["export", art, "--format", "gguf", "--out", str(out)]) == 2                       # exists
+    assert "already exists" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    assert main(["export", art, "--format", "gguf", "--out", str(tmp_path / "mine"), "--overwrite"]) == 2
+    assert "not a quantgate export" in capsys.readouterr().err and (tmp_path / "mine").is_dir()
+    assert main(["export", art, "--format", "gguf", "--out", str(out), "--overwrite"]) == 0
