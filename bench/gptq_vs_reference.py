@@ -95,39 +95,16 @@ def _last_json(out: str) -> dict:
 
 
 def dequantize_gptq_checkpoint(folder: Path, base) -> dict[str, torch.Tensor]:
-    """fp32 weights from a GPTQ-format checkpoint (qweight/qzeros int32 little-endian
-    bit streams along K and N, fp16 scales, g_idx; format 'gptq' stores zero - 1)."""
-    from safetensors.torch import load_file
-    cfg = json.loads((folder / "quantize_config.json").read_text())
-    bits = cfg["bits"]
-    v1 = cfg.get("checkpoint_format", cfg.get("format", "gptq")) == "gptq"
-    state = {}
-    for f in folder.glob("*.safetensors"):
-        state.update(load_file(str(f)))
-
-    def stream(words: torch.Tensor, count: int) -> torch.Tensor:
-        """[rows, W] int32 words along the last axis -> [rows, count] values."""
-        b = np.unpackbits(words.contiguous().numpy().view(np.uint8), axis=-1, bitorder="little")
-        b = b[:, : count * bits].reshape(words.shape[0], count, bits)
-        return torch.from_numpy((b.astype(np.int64) << np.arange(bits)).sum(-1))
-
-    out = {}
-    for key in [k for k in state if k.endswith(".qweight")]:
-        name = key[: -len(".qweight")]
-        qw, qz, sc = state[key], state[name + ".qzeros"], state[name + ".scales"].float()
-        n = sc.shape[1]
-        k = qw.shape[0] * 32 // bits
-        g_idx = state.get(name + ".g_idx")
-        q = stream(qw.T, k)                                 # [N, K]
-        z = stream(qz, n) + (1 if v1 else 0)               # [G, N]
-        gi = g_idx.long() if g_idx is not None else torch.arange(k) // cfg["group_size"]
-        w = sc[gi].T * (q - z[gi].T)
-        out[name + ".weight"] = w.float()
-        ref = base.get_submodule(name).weight.detach()
+    """fp32 weights from GPTQModel's checkpoint, by quantgate's GPTQ-layout reader
+    (quantgate.export.gptq.read_weights), checked against the original weights."""
+    from quantgate.export.gptq import read_weights
+    out = read_weights(folder)
+    for key, w in out.items():
+        ref = base.get_submodule(key.removesuffix(".weight")).weight.detach()
         rel = ((w - ref).norm() / ref.norm()).item()
         # GPTQ moves weights further from the original than rounding does (0.57 seen at 3 bits, group
         # 64); a wrong unpacking gives noise, far beyond the weight's own norm
-        assert rel < 1.0, f"{name}: dequantized GPTQModel weight is {rel:.2f} off the original: wrong unpacking?"
+        assert rel < 1.0, f"{key}: dequantized GPTQModel weight is {rel:.2f} off the original: wrong unpacking?"
     return out
 
 

@@ -66,6 +66,38 @@ def test_compressed_tensors_loads_in_transformers_bit_identical(saved, tmp_path,
     assert torch.equal(logits(hf, art.tokenizer), logits(art.module, art.tokenizer))
 
 
+def test_gptq_checkpoint_reads_back_exactly(saved, smol, tmp_path):
+    """Through the GPTQ-layout reader that bench/ checked against GPTQModel's own checkpoints: every layer's
+    weights, and a float model filled from the checkpoint gives quantgate's logits bit for bit."""
+    from transformers import AutoModelForCausalLM, GPTQConfig
+    from safetensors.torch import load_file
+
+    from quantgate.artifact import load_lm
+    from quantgate.export import export
+    from quantgate.export.gptq import read_weights
+    art = load_lm(saved("gptq"))
+    export(saved("gptq"), "gptq", tmp_path / "g")
+    qc = json.loads((tmp_path / "g" / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "gptq" and qc["checkpoint_format"] == "gptq" and qc["bits"] == 4
+    assert GPTQConfig.from_dict(qc).group_size == 64            # transformers reads the config as its own
+    weights = read_weights(tmp_path / "g")
+    assert len(weights) == 21
+    for key, w in weights.items():
+        assert torch.equal(w, art.module.get_submodule(key.removesuffix(".weight")).dequantized_weight()), key
+    asym = load_lm(saved("int4-g64-asym"))                   # zero points (all >= 1 here) minus 1, read back
+    export(saved("int4-g64-asym"), "gptq", tmp_path / "a")
+    for key, w in read_weights(tmp_path / "a").items():
+        assert torch.equal(w, asym.module.get_submodule(key.removesuffix(".weight")).dequantized_weight()), key
+    state = {k: v for k, v in load_file(str(tmp_path / "g" / "model.safetensors")).items()
+             if not k.endswith((".qweight", ".qzeros", ".scales", ".g_idx"))} | weights
+    cfg = smol.module.config
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    plain.tie_weights()
+    assert torch.equal(logits(plain, art.tokenizer), logits(art.module, art.tokenizer))
+
+
 def test_exports_refuse_what_they_cannot_write_exactly(saved, tmp_path):
     from quantgate.export import export
     with pytest.raises(QuantgateError, match=r"576 wide, group 128; quantize with group 64 \(e.g. int4-g64\)"):
@@ -78,6 +110,17 @@ def test_exports_refuse_what_they_cannot_write_exactly(saved, tmp_path):
         export(saved("nf4"), "gguf", tmp_path / "d")
     with pytest.raises(QuantgateError, match="no LoRA adapters"):
         export(saved("int4-g64"), "peft", tmp_path / "e")
+    with pytest.raises(QuantgateError, match=r"group 128; quantize with group 64 \(e.g. gptq-int4-g64\)"):
+        export(saved("int4-g128"), "gptq", tmp_path / "f")
+    from quantgate.export import gptq
+    from quantgate.methods.weight_only import WeightOnlyLinear
+    lin = torch.nn.Linear(64, 32)
+    with torch.no_grad():
+        lin.weight.uniform_(0.1, 1.0)                      # all positive: min-max puts the zero point at 0
+    with pytest.raises(QuantgateError, match="zero point of 0"):
+        gptq.check(None, {"x": WeightOnlyLinear(lin, 4, 64, symmetric=False)}, [])
+    with pytest.raises(QuantgateError, match="mixes"):
+        export(saved("int4-g64-head8"), "gptq", tmp_path / "h")
     assert not any(tmp_path.iterdir())                 # nothing half-written
 
 

@@ -4,7 +4,7 @@ format the serving runtime loads, from the stored codes, never re-rounded.
     from quantgate.export import export
     export("runs/smollm2-int4", "compressed-tensors", "deploy/smollm2")
 
-One module per format (compressed_tensors.py, gguf.py, peft.py), each with
+One module per format (compressed_tensors.py, gptq.py, gguf.py, peft.py), each with
 `check` (refuse what it cannot write exactly, naming the nearest recipe that
 it can) and `write`. The output is written to a temporary folder beside `out`
 and renamed when complete, with `EXPORT.json` saying what it came from."""
@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from ..errors import require
-from . import compressed_tensors, gguf, peft
+from . import compressed_tensors, gguf, gptq, peft
 
-FORMATS = {m.NAME: m for m in (compressed_tensors, gguf, peft)}
+FORMATS = {m.NAME: m for m in (compressed_tensors, gptq, gguf, peft)}
 MARKER = "EXPORT.json"
 
 
