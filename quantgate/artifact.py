@@ -7,7 +7,14 @@ tensors: int8/int4 codes, scales and zero points (unpacked from torch.ao's
 packed parameters, or read from an exported graph's constants), float layers.
 `content_hash` covers those tensors, the recipe, the base-model hash and the
 calibration fingerprint (not timestamps): the same inputs and seed give the
-same hash, and different calibration data gives a different one."""
+same hash, and different calibration data gives a different one.
+
+`load(DIR)` runs any artifact again, the one loader for every method: a
+converted PT2E graph (static int8, QAT, PT2E dynamic int8) is saved whole with
+`torch.export.save` (`program.pt2`: its activation scales live in the graph)
+and compiled again on load; every other model is rebuilt from the saved
+config, its low-bit layers (`layers` in the manifest: weight-only, GPTQ, NF4,
+torch.ao dynamic int8) made empty and filled from the weights file."""
 
 from __future__ import annotations
 
@@ -112,10 +119,17 @@ def write(q: Quantized, model: Model, folder: Path, evidence: dict | None = None
     if q.activation_profile:
         (folder / "activation_profile.json").write_text(json.dumps(q.activation_profile))
         manifest["activation_profile"] = "activation_profile.json"
-    if isinstance(model, CausalLM):      # enough to rebuild and run it: config, tokenizer, layer formats
-        model.module.config.save_pretrained(folder)
-        model.tokenizer.save_pretrained(folder)
-        manifest["layers"] = layer_layout(q.module)
+    # enough to rebuild and run it: config, tokenizer, layer formats (and the graph, for PT2E)
+    hf = model.module if isinstance(model, CausalLM) else getattr(model.module, "model", None)
+    if getattr(hf, "config", None) is not None:
+        hf.config.save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    manifest["layers"] = layer_layout(q.module)
+    manifest["model_kind"] = "causal-lm" if isinstance(model, CausalLM) else "sequence-classification"
+    from .methods.pt2e import Compiled
+    if isinstance(q.module, Compiled):
+        manifest["program"] = save_program(q.module, model, folder / "program.pt2")
+    if isinstance(model, CausalLM):
         manifest["adapters"] = q.adapters
         if q.extra.get("training"):
             manifest["training"] = q.extra["training"]
@@ -147,12 +161,29 @@ def save(q: Quantized, model: Model, out: str | Path, evidence: dict | None = No
 
 # -- language models: the layer formats, and loading an artifact back --------
 
+def save_program(compiled, model: Model, path: Path) -> str:
+    """A converted PT2E graph as an ExportedProgram (batch dimension dynamic), for `load`."""
+    import warnings
+    ex = model.encode(["a", "b"])
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(compiled.gm, (ex["input_ids"], ex["attention_mask"]),
+                                 dynamic_shapes=({0: batch}, {0: batch}), strict=False)
+    torch.export.save(ep, str(path))
+    return path.name
+
+
 def layer_layout(module: torch.nn.Module) -> dict[str, dict]:
     """Each low-bit layer's format, enough to rebuild it empty and fill it from the weights file."""
     from .methods.nf4 import NF4Linear
     from .methods.weight_only import WeightOnlyLinear
     out = {}
     for name, m in module.named_modules():
+        if type(m).__name__ == "Linear" and type(m).__module__.startswith("torch.ao.nn.quantized.dynamic"):
+            out[name] = {"format": "dynamic-int8", "in": m.in_features, "out": m.out_features,
+                         "bias": m.bias() is not None}
+            continue
         if isinstance(m, WeightOnlyLinear):
             out[name] = {"format": "int", "in": m.in_features, "out": m.out_features, "bits": m.bits,
                          "group_size": m.group_size, "symmetric": m.symmetric, "bias": m.bias is not None}
@@ -175,7 +206,7 @@ def load_lm(path: str | Path, adapters: bool = True) -> CausalLM:
 
     p = Path(path)
     manifest = open_artifact(p)
-    require(manifest.get("layers") is not None,
+    require(model_kind(manifest) == "causal-lm",
             f"{p} holds no language-model layer formats: it was not saved from a causal LM")
     hf_logging.set_verbosity_error()
     cfg = AutoConfig.from_pretrained(p, local_files_only=True)
@@ -212,3 +243,81 @@ def load_lm(path: str | Path, adapters: bool = True) -> CausalLM:
         tok.pad_token = tok.eos_token
     base = manifest["base_model"]
     return CausalLM(hf.eval(), tok, str(p), manifest["content_hash"], info={"manifest": manifest, "base": base})
+
+
+def _dynamic_linear(spec: dict, state: dict, name: str) -> torch.nn.Module:
+    """A torch.ao dynamic int8 Linear from its stored int8 weight, per-channel scales and zero points."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    w = state.pop(f"{name}._packed_params.weight_int8")
+    sc = state.pop(f"{name}._packed_params.weight_scales")
+    zp = state.pop(f"{name}._packed_params.weight_zero_points")
+    b = state.pop(f"{name}._packed_params.bias", None)
+    if sc.numel() == 1:
+        qw = torch._make_per_tensor_quantized_tensor(w, float(sc), int(zp))
+    else:
+        qw = torch._make_per_channel_quantized_tensor(w, sc.double(), zp.long(), 0)
+    m = DynamicLinear(spec["in"], spec["out"], bias_=spec["bias"], dtype=torch.qint8)
+    m.set_weight_bias(qw, b)
+    for attr in ("scale", "zero_point"):      # its output qparams: unused by a dynamic linear, but in its state
+        v = state.pop(f"{name}.{attr}", None)
+        if v is not None:
+            setattr(m, attr, v.item())
+    return m
+
+
+def model_kind(manifest: dict) -> str | None:
+    """causal-lm or sequence-classification (artifacts saved before the field: LMs had `layers`)."""
+    return manifest.get("model_kind") or ("causal-lm" if manifest.get("layers") is not None else None)
+
+
+def load(path: str | Path) -> Model | CausalLM:
+    """Any saved artifact, ready to run: a classifier as a `Model` ((input_ids,
+    attention_mask) -> logits), a causal LM as a `CausalLM`; outputs are those of
+    the model that was saved (bit-identical for every method)."""
+    p = Path(path)
+    manifest = open_artifact(p)
+    if model_kind(manifest) == "causal-lm":
+        return load_lm(p)
+    require(manifest.get("layers") is not None or manifest.get("program"),
+            f"{p} was saved by an older quantgate that did not record how to rebuild its model; quantize it again")
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from .methods.pt2e import Compiled
+    from .methods.weight_only import WeightOnlyLinear, set_module
+    from .models import LogitsModel
+    hf_logging.set_verbosity_error()
+    base = manifest["base_model"]
+    tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    labels = base.get("labels") or []
+    max_length = base.get("max_length") or 128
+    if manifest.get("program"):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gm = torch.export.load(str(p / manifest["program"])).module()
+        module = Compiled(gm)            # (an exported program's module has no train/eval switch)
+    else:
+        from safetensors.torch import load_file
+        cfg = AutoConfig.from_pretrained(p, local_files_only=True)
+        torch.manual_seed(0)
+        module = LogitsModel(AutoModelForSequenceClassification.from_config(cfg, dtype=torch.float32))
+        state = load_file(str(p / manifest["weights_file"]))
+        dynamic = {}
+        for name, spec in manifest["layers"].items():
+            if spec["format"] == "dynamic-int8":      # put in after the float weights load: torch.ao's own
+                dynamic[name] = _dynamic_linear(spec, state, name)      # state-dict loading wants a float weight
+            elif spec["format"] == "int":
+                set_module(module, name, WeightOnlyLinear.empty(spec["in"], spec["out"], spec["bits"],
+                                                                spec["group_size"], spec["symmetric"], spec["bias"]))
+            else:
+                raise QuantgateError(f"{p}: layer {name} has format {spec['format']!r}, which a classifier does not use")
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k.rsplit(".", 1)[0] not in dynamic]
+        require(not unexpected and not missing,
+                f"{p}: the weights file does not match the layers (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        for name, new in dynamic.items():
+            set_module(module, name, new)
+        module.eval()
+    return Model(module, tok, labels, str(p), manifest["content_hash"], max_length,
+                 info={"manifest": manifest, "base": base})

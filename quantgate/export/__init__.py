@@ -36,7 +36,7 @@ def check_out(out: str | Path, overwrite: bool = False) -> Path:
 
 def export(artifact: str | Path, fmt: str, out: str | Path, overwrite: bool = False) -> dict:
     """Write `artifact` (a saved causal-LM artifact folder) as `fmt` into `out`; returns EXPORT.json's content."""
-    from ..artifact import load_lm, open_artifact
+    from ..artifact import load_lm, model_kind, open_artifact
     from ..methods.nf4 import NF4Linear
     from ..methods.weight_only import WeightOnlyLinear
     from ..report.files import atomic_dir
@@ -44,7 +44,7 @@ def export(artifact: str | Path, fmt: str, out: str | Path, overwrite: bool = Fa
     src = Path(artifact)
     require(src.is_dir(), f"{src} is not an artifact folder")
     manifest = open_artifact(src)                 # verifies every file's hash
-    require(manifest.get("layers") is not None,
+    require(model_kind(manifest) == "causal-lm",
             f"{src} is a classifier artifact; exports are written for causal LMs (classifier formats: not yet)")
     out = check_out(out, overwrite)
     fm = FORMATS[fmt]
