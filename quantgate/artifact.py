@@ -293,6 +293,8 @@ def load(path: str | Path) -> Model | CausalLM:
     max_length = base.get("max_length") or 128
     if manifest.get("program"):
         import warnings
+
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (registers the quantized_decomposed ops)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             gm = torch.export.load(str(p / manifest["program"])).module()

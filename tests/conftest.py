@@ -42,3 +42,20 @@ def report_dir(comparison, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     write_reports(comparison, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def pt2e_artifact(model, bbc, tmp_path_factory):
+    """Saved static int8 and QAT artifacts of the classifier, made once: (Quantized, folder) by "static" or "qat"."""
+    from quantgate.artifact import save
+    from quantgate.quantize import quantize
+    from quantgate.recipes import QAT, StaticInt8
+    root, cache = tmp_path_factory.mktemp("pt2e"), {}
+
+    def get(spec):
+        if spec not in cache:
+            r = StaticInt8(num_samples=64) if spec == "static" else QAT(steps=4, batch_size=8)
+            q = quantize(model, r, bbc["calibration"], train=bbc["train"])
+            cache[spec] = (q, save(q, model, root / spec))
+        return cache[spec]
+    return get

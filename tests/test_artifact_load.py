@@ -8,23 +8,36 @@ import torch
 
 from quantgate.artifact import load, save
 from quantgate.quantize import quantize
-from quantgate.recipes import GPTQ, QAT, QLoRA, Recipe, StaticInt8
+from quantgate.recipes import GPTQ, QLoRA, Recipe
 
 LATER_BLOCKS = ("model.layers.[3-9].*", "model.layers.[12]?.*")
 
 
 @pytest.mark.parametrize("spec", ["dynamic", "static", "qat", "int8", "int4-g32"])
-def test_every_classifier_artifact_loads_and_runs_as_saved(model, bbc, tmp_path, spec):
-    r = {"static": StaticInt8(num_samples=32), "qat": QAT(steps=4, batch_size=8)}.get(spec) or Recipe.parse(spec)
-    q = quantize(model, r, bbc["calibration"], train=bbc["train"])
-    back = load(save(q, model, tmp_path / spec))
+def test_every_classifier_artifact_loads_and_runs_as_saved(model, bbc, pt2e_artifact, tmp_path, spec):
+    if spec in ("static", "qat"):
+        q, folder = pt2e_artifact(spec)
+    else:
+        q = quantize(model, Recipe.parse(spec), bbc["calibration"])
+        folder = save(q, model, tmp_path / spec)
+    back = load(folder)
     enc = model.encode(bbc["test"].texts[:24])
     with torch.inference_mode():
         assert torch.equal(q.module(enc["input_ids"], enc["attention_mask"]),
                            back.module(enc["input_ids"], enc["attention_mask"]))
     assert back.labels == model.labels and back.encode(["x"])["input_ids"].shape == (1, model.max_length)
     if spec in ("static", "qat"):
-        assert (tmp_path / spec / "program.pt2").is_file()        # the converted graph, scales in it
+        assert (folder / "program.pt2").is_file()        # the converted graph, scales in it
+        # and in a fresh process, where nothing has registered the quantized ops the graph calls
+        import subprocess
+        import sys
+        code = (f"import torch; from quantgate.artifact import load; m = load({str(folder)!r}); "
+                f"e = m.encode({bbc['test'].texts[:4]!r}); print(m.module(e['input_ids'], e['attention_mask']).argmax(-1).tolist())")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        with torch.inference_mode():
+            ref = q.module(enc["input_ids"][:4], enc["attention_mask"][:4]).argmax(-1).tolist()
+        assert r.stdout.strip().splitlines()[-1] == str(ref)
 
 
 @pytest.mark.parametrize("spec", ["int4-g64", "gptq", "nf4", "qlora"])

@@ -183,3 +183,46 @@ def test_export_cli_from_a_registry_version(smol, tmp_path, capsys):
     assert main(["export", art, "--format", "gguf", "--out", str(tmp_path / "mine"), "--overwrite"]) == 2
     assert "not a quantgate export" in capsys.readouterr().err and (tmp_path / "mine").is_dir()
     assert main(["export", art, "--format", "gguf", "--out", str(out), "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("spec", ["static", "qat"])
+def test_onnx_runs_in_onnx_runtime_as_quantgate_does(model, bbc, pt2e_artifact, tmp_path, spec):
+    """Within the stated tolerance: int8 kernels of two runtimes round differently (see export/onnx.py)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from quantgate.artifact import load
+    from quantgate.export import export
+    _, folder = pt2e_artifact(spec)
+    rec = export(folder, "onnx", tmp_path / "onnx")
+    assert rec["ops"]["QuantizeLinear"] >= 6 * 4 and rec["ops"]["DequantizeLinear"] >= 6 * 6 + 1
+    g = onnx.load(str(tmp_path / "onnx" / "model.onnx"))
+    int8 = [t for t in g.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    assert len(int8) >= 36                                             # the weights are int8 initialisers
+    s = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    texts, labels = bbc["test"].texts[:200], bbc["test"].labels[:200]
+    enc = model.encode(texts)
+    ours = load(folder).module
+    o, ref = [], []
+    for i in range(0, len(texts), 50):
+        ids, am = enc["input_ids"][i:i + 50], enc["attention_mask"][i:i + 50]
+        o.append(s.run(None, {"input_ids": ids.numpy(), "attention_mask": am.numpy()})[0])
+        with torch.inference_mode():
+            ref.append(ours(ids, am).numpy())
+    o, ref = np.concatenate(o), np.concatenate(ref)
+    y = np.array([model.labels.index(v) for v in labels])
+    assert np.abs(o - ref).max() < 0.25
+    assert (o.argmax(-1) == ref.argmax(-1)).mean() >= 0.99
+    assert abs((o.argmax(-1) == y).mean() - (ref.argmax(-1) == y).mean()) <= 0.01
+
+
+def test_onnx_refuses_what_it_cannot_express(model, tmp_path):
+    from quantgate.artifact import save
+    from quantgate.export import export
+    from quantgate.quantize import quantize
+    with pytest.raises(QuantgateError, match="dynamic-pt2e"):
+        export(save(quantize(model, Recipe.parse("dynamic-torch.ao")), model, tmp_path / "d"), "onnx", tmp_path / "o")
+    with pytest.raises(QuantgateError, match="quantize with static"):
+        export(save(quantize(model, Recipe.parse("int8")), model, tmp_path / "w"), "onnx", tmp_path / "o")
+    assert not (tmp_path / "o").exists()

@@ -4,7 +4,7 @@ format the serving runtime loads, from the stored codes, never re-rounded.
     from quantgate.export import export
     export("runs/smollm2-int4", "compressed-tensors", "deploy/smollm2")
 
-One module per format (compressed_tensors.py, gptq.py, gguf.py, peft.py), each with
+One module per format (compressed_tensors.py, gptq.py, gguf.py, peft.py, onnx.py), each with
 `check` (refuse what it cannot write exactly, naming the nearest recipe that
 it can) and `write`. The output is written to a temporary folder beside `out`
 and renamed when complete, with `EXPORT.json` saying what it came from."""
@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from ..errors import require
-from . import compressed_tensors, gguf, gptq, peft
+from . import compressed_tensors, gguf, gptq, onnx, peft
 
-FORMATS = {m.NAME: m for m in (compressed_tensors, gptq, gguf, peft)}
+FORMATS = {m.NAME: m for m in (compressed_tensors, gptq, gguf, peft, onnx)}
 MARKER = "EXPORT.json"
 
 
@@ -35,8 +35,8 @@ def check_out(out: str | Path, overwrite: bool = False) -> Path:
 
 
 def export(artifact: str | Path, fmt: str, out: str | Path, overwrite: bool = False) -> dict:
-    """Write `artifact` (a saved causal-LM artifact folder) as `fmt` into `out`; returns EXPORT.json's content."""
-    from ..artifact import load_lm, model_kind, open_artifact
+    """Write `artifact` (a saved artifact folder) as `fmt` into `out`; returns EXPORT.json's content."""
+    from ..artifact import load, load_lm, model_kind, open_artifact
     from ..methods.nf4 import NF4Linear
     from ..methods.weight_only import WeightOnlyLinear
     from ..report.files import atomic_dir
@@ -44,10 +44,18 @@ def export(artifact: str | Path, fmt: str, out: str | Path, overwrite: bool = Fa
     src = Path(artifact)
     require(src.is_dir(), f"{src} is not an artifact folder")
     manifest = open_artifact(src)                 # verifies every file's hash
-    require(model_kind(manifest) == "causal-lm",
-            f"{src} is a classifier artifact; exports are written for causal LMs (classifier formats: not yet)")
+    is_lm = model_kind(manifest) == "causal-lm"
+    require(is_lm == (fmt != "onnx"), f"{src} is a {'causal-LM' if is_lm else 'classifier'} artifact; "
+            + ("onnx is for classifiers: use compressed-tensors, gptq, gguf or peft" if is_lm else
+               "classifiers export as onnx"))
     out = check_out(out, overwrite)
     fm = FORMATS[fmt]
+    if fmt == "onnx":
+        fm.check(manifest)
+        with atomic_dir(out, replace=overwrite) as tmp:
+            done = fm.write(load(src), tmp)
+            _record(tmp, fmt, fm, src, manifest, done)
+        return json.loads((out / MARKER).read_text())
     if fmt == "peft":
         fm.check(manifest)
     lm = load_lm(src)
@@ -58,9 +66,14 @@ def export(artifact: str | Path, fmt: str, out: str | Path, overwrite: bool = Fa
         fm.check(lm.module.config, layers, [n for n, m in lm.module.named_modules() if isinstance(m, NF4Linear)])
     with atomic_dir(out, replace=overwrite) as tmp:
         done = fm.write(lm, manifest if fmt == "peft" else layers, tmp)
-        record = {"format": fmt, "runtimes": fm.RUNTIMES, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "artifact": {"path": str(src), "name": manifest.get("name"), "content_hash": manifest["content_hash"],
-                               "base_model": manifest.get("base_model"), "recipe": manifest.get("recipe")},
-                  "exact": True, **done}
-        (tmp / MARKER).write_text(json.dumps(record, indent=2, default=str))
-    return record
+        _record(tmp, fmt, fm, src, manifest, done)
+    return json.loads((out / MARKER).read_text())
+
+
+def _record(folder: Path, fmt: str, fm, src: Path, manifest: dict, done: dict) -> None:
+    """EXPORT.json: the format, who loads it, and the artifact it came from."""
+    record = {"format": fmt, "runtimes": fm.RUNTIMES, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "artifact": {"path": str(src), "name": manifest.get("name"), "content_hash": manifest["content_hash"],
+                           "base_model": manifest.get("base_model"), "recipe": manifest.get("recipe")},
+              "exact": True} | done
+    (folder / MARKER).write_text(json.dumps(record, indent=2, default=str))
