@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo demo-lm test setup system bench bench-lm clean
+.PHONY: demo demo-lm test setup system bench bench-lm bench-deploy clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,11 @@ bench: $(STAMP)
 bench-lm: $(STAMP)
 	bash bench/setup_reference.sh .venv-reference
 	$(PY) bench/gptq_vs_reference.py
+
+# quantgate's GGUF export in llama.cpp itself (llama-cpp-python built from source in .venv-deploy, once).
+bench-deploy: $(STAMP)
+	bash bench/setup_deploy.sh
+	$(PY) bench/deploy_gguf.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -145,8 +145,7 @@ class Recipe:
                   "scale_search": "nosearch" not in parts}
             for p in parts:
                 if p.startswith("head"):
-                    require(p[4:].isdigit(), f"cannot parse head bits in {spec!r}: expected e.g. gptq-int4-g128-head8")
-                    kw["head_bits"] = int(p[4:])
+                    kw["head_bits"], kw["head_group_size"] = _head_flag(p, spec)
                 elif p.startswith("int"):
                     require(p[3:].isdigit(), f"cannot parse bits in {spec!r}: expected e.g. gptq-int4-g128")
                     kw["bits"] = int(p[3:])
@@ -185,13 +184,13 @@ class Recipe:
             for p in parts:
                 if p in ("asym", "search"):
                     kw["symmetric" if p == "asym" else "scale_search"] = p == "search"
-                elif p.startswith("head") and p[4:].isdigit():
-                    kw["head_bits"] = int(p[4:])
+                elif p.startswith("head"):
+                    kw["head_bits"], kw["head_group_size"] = _head_flag(p, spec)
                 elif p.startswith("g") and p[1:].isdigit():
                     kw["group_size"] = int(p[1:])
                 else:
                     raise QuantgateError(f"cannot parse {p!r} in {spec!r}: expected "
-                                         "int<bits>[-g<N>][-asym][-search][-head<b>] (e.g. int4-g64-asym)")
+                                         "int<bits>[-g<N>][-asym][-search][-head<b>[g<N>]] (e.g. int4-g64-asym)")
             return WeightOnly(**kw)
         raise QuantgateError(f"unknown recipe {spec!r}; use one of: {recipe_grammar()}")
 
@@ -297,6 +296,7 @@ class WeightOnly(Recipe):
     symmetric: bool = field(default=True)
     scale_search: bool = False     # each channel's or group's range shrunk by the factor that rounds its weights best
     head_bits: int | None = None   # an output head tied to the embedding: None keeps it float; 8 or 4 stores an untied copy
+    head_group_size: int | None = None   # the copy's groups (None: per channel at 8 bits, the recipe's groups at 4)
 
     def __post_init__(self):
         super().__post_init__()
@@ -304,7 +304,7 @@ class WeightOnly(Recipe):
         _check_group(self.group_size)
         require(isinstance(self.symmetric, bool), f"symmetric must be true or false, got {self.symmetric!r}")
         require(isinstance(self.scale_search, bool), f"scale_search must be true or false, got {self.scale_search!r}")
-        _one_of("head_bits", self.head_bits, HEAD_BITS)
+        _check_head(self)
 
     def _name(self) -> str:
         g = f"-g{self.group_size}" if self.group_size else ""
@@ -316,7 +316,21 @@ HEAD_BITS = (None, 4, 8)
 
 
 def _head(r) -> str:
-    return f"-head{r.head_bits}" if r.head_bits else ""
+    return (f"-head{r.head_bits}" + (f"g{r.head_group_size}" if r.head_group_size else "")) if r.head_bits else ""
+
+
+def _head_flag(p: str, spec: str) -> tuple[int, int | None]:
+    """head<b>[g<N>]: the tied head's bits and, optionally, its own group size."""
+    bits, _, group = p[4:].partition("g")
+    require(bits.isdigit() and (not group or group.isdigit()),
+            f"cannot parse {p!r} in {spec!r}: expected head8, head4 or with a group size, e.g. head8g32")
+    return int(bits), int(group) if group else None
+
+
+def _check_head(r) -> None:
+    _one_of("head_bits", r.head_bits, HEAD_BITS)
+    _check_group(r.head_group_size)
+    require(r.head_group_size is None or r.head_bits, "head_group_size needs head_bits (e.g. -head8g32)")
 
 
 def _check_group(group_size) -> None:
@@ -353,13 +367,14 @@ class GPTQ(Recipe):
     seq_len: int = 512             # ... of this many tokens
     device: str = "auto"           # where the work runs: auto (CUDA when present, one block at a time), cpu, cuda
     head_bits: int | None = None   # a tied output head: None keeps it float; 8 or 4 rounds an untied copy to nearest
+    head_group_size: int | None = None   # the copy's groups (None: per channel at 8 bits, the recipe's groups at 4)
     seed: int = 0
 
     def __post_init__(self):
         super().__post_init__()
         _one_of("bits", self.bits, WEIGHT_ONLY_BITS)
         _one_of("device", self.device, ("auto", "cpu", "cuda"))
-        _one_of("head_bits", self.head_bits, HEAD_BITS)
+        _check_head(self)
         _check_group(self.group_size)
         require(isinstance(self.symmetric, bool), f"symmetric must be true or false, got {self.symmetric!r}")
         require(isinstance(self.act_order, bool), f"act_order must be true or false, got {self.act_order!r}")
@@ -447,9 +462,10 @@ def recipe_grammar(task: str | None = None) -> str:
     names a comparison shows are these: a recipe's name parses back to its format."""
     cls = ["dynamic", "static[-<calibrator>][-pertensor][-symact] (calibrators: " + ", ".join(CALIBRATORS) + ")",
            "qat", "qat-w4a8"]
-    woq = ["int<b>[-g<N>][-asym][-search]" + ("" if task == "sequence-classification" else "[-head<h>]")
-           + " (b = 2, 3, 4, 8; N a multiple of 8; h = 4 or 8)"]
-    lm = ["gptq[-int<b>][-g<N>][-noact][-nosearch][-asym][-head<h>] (default gptq-int4-g128)",
+    woq = ["int<b>[-g<N>][-asym][-search]" + ("" if task == "sequence-classification" else "[-head<h>[g<N>]]")
+           + " (b = 2, 3, 4, 8; N a multiple of 8; h = 4 or 8: a low-bit copy of a tied head, in its own groups "
+             "with g<N>)"]
+    lm = ["gptq[-int<b>][-g<N>][-noact][-nosearch][-asym][-head<h>[g<N>]] (default gptq-int4-g128)",
           "nf4[-b<N>][-nodq] (default block 64, double quantization)", "qlora[-r<N>][-merged] (default rank 8)"]
     parts = {"sequence-classification": cls + woq, "causal-lm": woq + lm}.get(task, cls + woq + lm)
     return "; ".join(parts) + "; or a .yaml/.json recipe file"

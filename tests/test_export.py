@@ -124,7 +124,7 @@ def test_exports_refuse_what_they_cannot_write_exactly(saved, tmp_path):
     assert not any(tmp_path.iterdir())                 # nothing half-written
 
 
-@pytest.mark.parametrize("spec,kind", [("int4-g32", "Q4_0"), ("int8-g32", "Q8_0")])
+@pytest.mark.parametrize("spec,kind", [("int4-g32", "Q4_0"), ("int8-g32", "Q8_0"), ("int4-g32-head8g32", "Q4_0")])
 def test_gguf_loads_in_transformers_and_reads_back_exactly(saved, tmp_path, spec, kind):
     import gguf
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -135,6 +135,8 @@ def test_gguf_loads_in_transformers_and_reads_back_exactly(saved, tmp_path, spec
     art = load_lm(saved(spec))
     rec = export(saved(spec), "gguf", tmp_path / "g")
     assert rec["tensor_types"][kind] == 210 and rec["notes"] == []
+    if spec.endswith("head8g32"):          # the tied head's int8 copy in groups of 32: llama.cpp's Q8_0 output
+        assert rec["tensor_types"]["Q8_0"] == 1
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "g", gguf_file="model.gguf", dtype=torch.float32).eval()
     assert torch.equal(logits(hf, art.tokenizer), logits(art.module, art.tokenizer))
     tok = AutoTokenizer.from_pretrained(tmp_path / "g", gguf_file="model.gguf")

@@ -88,7 +88,7 @@ def test_one_name_per_recipe_what_the_user_typed():
 
 def test_help_of_every_sub_command_lists_its_recipes(capsys):
     from quantgate.cli import main
-    for argv, must, must_not in ((["lm", "compare"], ["gptq[-int<b>]", "[-noact]", "[-nosearch]", "[-head<h>]", "nf4[-b<N>]",
+    for argv, must, must_not in ((["lm", "compare"], ["gptq[-int<b>]", "[-noact]", "[-nosearch]", "[-head<h>[g<N>]]", "nf4[-b<N>]",
                                                       "--task", "--runtime", "--recipes"], ["--registry"]),
                                  (["lm", "quantize"], ["gptq[-int<b>]", "--registry", "--overwrite"], ["--task "]),
                                  (["lm", "generate"], ["--prompt", "--runtime"], ["--recipes"]),

@@ -256,7 +256,8 @@ def apply(model, recipe: WeightOnly, calibration=None, train=None) -> Quantized:
 def quantize_head(qm, recipe, targets: dict, kept: dict, new_layers: list) -> None:
     """With `recipe.head_bits`, an output head tied to the input embedding gets
     its own copy rounded to nearest: int8 per channel or int4 in the recipe's
-    groups, symmetric (both have packed kernels). The embedding stays float for
+    groups, symmetric (both have packed kernels), or in `head_group_size`
+    groups (int8 in groups of 32 is GGUF's Q8_0, as llama.cpp stores a head). The embedding stays float for
     lookups, so the file holds the head twice: once float, once low-bit. At
     batch 1 the fp32 head is the largest single matmul of a small model."""
     if not recipe.head_bits:
@@ -264,7 +265,7 @@ def quantize_head(qm, recipe, targets: dict, kept: dict, new_layers: list) -> No
     tied = [n for n, why in kept.items() if why.startswith("output head tied")]
     for name in tied:
         lin = qm.get_submodule(name)
-        group = None if recipe.head_bits == 8 else (recipe.group_size or 128)
+        group = recipe.head_group_size or (None if recipe.head_bits == 8 else (recipe.group_size or 128))
         new = WeightOnlyLinear(lin, recipe.head_bits, group, True)
         set_module(qm, name, new)
         new_layers.append(new)
