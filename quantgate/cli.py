@@ -313,7 +313,8 @@ def _compare(a, recipes):
     model = _model(a)
     data, cal = _load_data(a, "evaluate")
     parsed = [Recipe.parse(r) for r in recipes]
-    s = Settings(batch_sizes=_batch_sizes(a.batch_sizes), perf_budget_s=a.perf_seconds, threads=a.threads)
+    s = Settings(batch_sizes=_batch_sizes(a.batch_sizes), perf_budget_s=a.perf_seconds, threads=a.threads,
+                 serve_in=getattr(a, "runtime", "quantgate"))
     train = None
     if any(r.needs_training for r in parsed):
         train = _train_data(a)
@@ -669,6 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--fail-on-slower", action="store_true", help="exit 3 if a candidate is slower than fp32")
         if name == "compare":
             _add_data(c, calibration=True)
+            c.add_argument("--runtime", default="quantgate", choices=("quantgate", "onnxruntime"),  # compare.SERVE_IN
+                           help="where every model is scored and timed: quantgate (PyTorch), or ONNX Runtime (each "
+                                "model exported as ONNX first: the figures the user gets serving it there)")
             c.add_argument("--train", help="labelled training data for QAT recipes (same columns as --data)")
         c.set_defaults(fn=fn)
     return p

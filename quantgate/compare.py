@@ -52,6 +52,7 @@ class Settings:
     decode_steps: int = 32
     decode_rounds: int = 3
     runtime: str = "auto"          # decode loop: auto (quantgate's decoder where it runs), quantgate, transformers
+    serve_in: str = "quantgate"    # classifiers: quantgate (torch) or onnxruntime (each model exported, run there)
 
     def __post_init__(self):
         if self.batch_sizes is not None:
@@ -66,6 +67,10 @@ class Settings:
                 f"threads must be a positive integer, got {self.threads!r}")
         from .decoder import RUNTIMES
         require(self.runtime in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        require(self.serve_in in SERVE_IN, f"serve_in must be one of {', '.join(SERVE_IN)}, got {self.serve_in!r}")
+
+
+SERVE_IN = ("quantgate", "onnxruntime")
 
 
 @dataclass
@@ -172,9 +177,11 @@ class Comparer:
             s.batch_sizes = task.batch_sizes
         self.model, self.data, self.calibration, self.train = model, data, calibration, train
         self.quantized: dict[str, Quantized] = {}
+        self.serving: dict[str, torch.nn.Module] = {}     # what is scored and timed: the module, or its ONNX session
         torch.manual_seed(s.seed)
+        self.served = self._serving(model.module, "fp32")
         with perf.RssSampler() as mem:
-            self.base = task.score(model.module, "fp32")
+            self.base = task.score(self.served, "fp32")
         about = task.describe()
         data_info = about.pop("data")
         data_info["calibration"] = None if calibration is None else {"source": calibration.source, "n": len(calibration)}
@@ -208,15 +215,17 @@ class Comparer:
         for m in q.module.modules():          # count only the evaluation's kernel calls
             if hasattr(m, "calls"):
                 m.calls.clear()
+        served = self._serving(q.module, q.name)
         with perf.RssSampler() as mem:
-            res = self.task.score(q.module, q.name)
+            res = self.task.score(served, q.name)
         from .methods.weight_only import kernel_calls
         extra = {k: v for k, v in q.extra.items() if k != "layer_errors"}
         calls = kernel_calls(q.module)
         if calls:
             extra["kernel_calls"] = calls
         wb = q.weight_bytes or tensor_bytes(q.module)
-        cand = Candidate(name=q.name, recipe=q.recipe.to_dict(), kernel=q.kernel, quantized_layers=q.quantized_layers,
+        kernel = q.kernel if served is q.module else f"{served.runtime_name} (exported from: {q.kernel})"
+        cand = Candidate(name=q.name, recipe=q.recipe.to_dict(), kernel=kernel, quantized_layers=q.quantized_layers,
                          float_layers=q.float_layers, float_ops=q.float_ops, notes=q.notes, quantize_seconds=q.seconds,
                          calibration=q.calibration, weight_bytes=wb, perf=mem.summary() | mem_q, extra=extra,
                          footprint=q.footprint or footprint(self.model.module, wb, q.quantized_layers, q.module,
@@ -227,7 +236,23 @@ class Comparer:
                                              cand)
         self.comp.candidates.append(cand)
         self.quantized[q.name] = q
+        self.serving[q.name] = served
         return cand
+
+    def _serving(self, module, name: str):
+        """The module the comparison scores and times: as it is, or exported and run in ONNX Runtime."""
+        if self.settings.serve_in == "quantgate":
+            return module
+        import tempfile
+        from pathlib import Path
+
+        from .export.onnx import RUNTIME, serve
+        require(isinstance(self.model, Model), "--runtime onnxruntime serves classifiers; for an LM use --runtime "
+                                               "auto, quantgate or transformers")
+        self._onnx_dir = getattr(self, "_onnx_dir", None) or tempfile.TemporaryDirectory(prefix="quantgate-onnx-")
+        served = serve(module, self.model, Path(self._onnx_dir.name) / name, name)
+        served.runtime_name = f"{RUNTIME} {served.version}"
+        return served
 
     def finish(self) -> Comparison:
         s, comp = self.settings, self.comp
@@ -236,7 +261,7 @@ class Comparer:
         if s.verbose:
             print(f"measuring speed at batch sizes {', '.join(map(str, s.batch_sizes))}, all models interleaved, "
                   f"{why} ...", file=sys.stderr)
-        modules = {"fp32": self.model.module} | {n: q.module for n, q in self.quantized.items()}
+        modules = {"fp32": self.served} | self.serving
         torch.set_num_threads(threads)
         try:
             with perf.Conditions() as cond:
@@ -244,6 +269,7 @@ class Comparer:
         finally:
             torch.set_num_threads(before)
         comp.environment["timing"] = cond.summary() | {"threads_why": why}
+        comp.environment["serving_runtime"] = getattr(self.served, "runtime_name", "quantgate (PyTorch)")
         sizes = {"fp32": comp.baseline["weight_bytes"]} | {c.name: c.weight_bytes for c in comp.candidates}
         own = perf.own_memory(modules, sizes, *self.task.memory_probe())
         comp.baseline["perf"].update(speed["fp32"] | own["fp32"])

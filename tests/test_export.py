@@ -228,3 +228,22 @@ def test_onnx_refuses_what_it_cannot_express(model, tmp_path):
     with pytest.raises(QuantgateError, match="quantize with static"):
         export(save(quantize(model, Recipe.parse("int8")), model, tmp_path / "w"), "onnx", tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_comparison_served_in_onnx_runtime(model, bbc):
+    """--runtime onnxruntime: the baseline and each candidate exported, then scored and timed in ONNX Runtime."""
+    import numpy as np
+
+    from quantgate.compare import Settings, compare
+    from quantgate.recipes import DynamicInt8, StaticInt8
+    data = bbc["test"].head(96)
+    s = Settings(batch_sizes=(1, 8), perf_budget_s=0.3, perf_min_reps=3, n_boot=200, verbose=False,
+                 serve_in="onnxruntime")
+    comp = compare(model, data, [StaticInt8(num_samples=64)], bbc["calibration"], s)
+    c = comp.candidates[0]
+    assert comp.environment["serving_runtime"].startswith("ONNX Runtime") and c.kernel.startswith("ONNX Runtime")
+    assert c.perf["batch_sizes"]["8"]["p50_ms"] > 0 and comp.baseline["accuracy"] > 0.9
+    assert abs(c.metrics["accuracy"]["candidate"] - comp.baseline["accuracy"]) < 0.05
+    with pytest.raises(QuantgateError, match="cannot run in ONNX Runtime"):
+        compare(model, data, [DynamicInt8(backend="torch.ao")], None, s)
+    assert np.isfinite(c.mean_kl)

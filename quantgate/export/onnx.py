@@ -38,15 +38,7 @@ def check(manifest: dict) -> None:
 
 
 def write(model, folder: Path) -> dict:
-    import warnings
-    ex = model.encode(["an example", "another"])
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prog = torch.onnx.export(model.module.gm, (ex["input_ids"], ex["attention_mask"]), dynamo=True,
-                                 dynamic_shapes=({0: batch}, {0: batch}), input_names=["input_ids", "attention_mask"],
-                                 output_names=["logits"], verbose=False)
-    prog.save(str(folder / FILE))
+    serve(model.module, model, folder, model.info.get("manifest", {}).get("name", "this artifact"))
     model.tokenizer.save_pretrained(folder)
     (folder / "labels.json").write_text(json.dumps({"labels": model.labels, "max_length": model.max_length}))
     import onnx
@@ -56,3 +48,51 @@ def write(model, folder: Path) -> dict:
             ops[n.op_type] = ops.get(n.op_type, 0) + 1
     return {"files": sorted(p.name for p in folder.iterdir()), "ops": ops, "exact": False,
             "notes": ["int8 kernels differ between runtimes: see the tolerance in quantgate/export/onnx.py"]}
+
+
+RUNTIME = "ONNX Runtime"
+
+
+class OrtModule(torch.nn.Module):
+    """An ONNX Runtime session behind the signature every classifier candidate has,
+    (input_ids, attention_mask) -> logits, so a comparison scores and times the
+    model as ONNX Runtime runs it."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        super().__init__()
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.path = str(path)
+        self.version = ort.__version__
+
+    def forward(self, input_ids, attention_mask):
+        out = self.session.run(None, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})[0]
+        return torch.from_numpy(out)
+
+
+def serve(module: torch.nn.Module, model, folder: Path, what: str) -> OrtModule:
+    """`module` (the fp32 model, or a candidate's converted PT2E graph) as ONNX in `folder`, run by ONNX Runtime."""
+    import warnings
+
+    from ..methods.pt2e import Compiled
+    from ..models import LogitsModel
+    if isinstance(module, Compiled):
+        graph = module.gm
+    elif isinstance(module, LogitsModel) and not any("quantized" in type(m).__module__ or hasattr(m, "qweight")
+                                                     for m in module.modules()):
+        graph = module
+    else:
+        raise QuantgateError(f"{what} cannot run in ONNX Runtime: only the fp32 model and int8 graphs (static, qat, "
+                             "dynamic-pt2e) export as ONNX; drop it from --recipes or compare without --runtime")
+    ex = model.encode(["an example", "another"])
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    folder.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(graph, (ex["input_ids"], ex["attention_mask"]), dynamo=True,
+                                 dynamic_shapes=({0: batch}, {0: batch}), input_names=["input_ids", "attention_mask"],
+                                 output_names=["logits"], verbose=False)
+    prog.save(str(folder / FILE))
+    return OrtModule(folder / FILE)
