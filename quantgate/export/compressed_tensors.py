@@ -16,16 +16,14 @@ scale and a small integer is exact in fp32 but not in fp16)."""
 
 from __future__ import annotations
 
-import json
-import math
-
 import torch
 
 from ..errors import QuantgateError, require
+from . import hf_dir
+from .hf_dir import nearest_group
 
 NAME = "compressed-tensors"
 RUNTIMES = "transformers (AutoModelForCausalLM.from_pretrained), vLLM"
-FILE = "model.safetensors"
 
 
 def check(cfg, layers: dict, nf4: list[str]) -> None:
@@ -41,8 +39,7 @@ def check(cfg, layers: dict, nf4: list[str]) -> None:
     bad = [(n, m) for n, m in layers.items() if m.group_size and m.in_features % m.group_size]
     if bad:
         n, m = bad[0]
-        width = math.gcd(*(x.in_features for x in layers.values()))
-        g = max((c for c in (32, 64, 128) if c < m.group_size and width % c == 0), default=None)   # kernels' sizes
+        g = nearest_group(layers, m.group_size)
         raise QuantgateError(
             f"compressed-tensors (and vLLM's kernels) need the group size to divide every layer's width: "
             f"{n} is {m.in_features} wide, group {m.group_size}"
@@ -50,24 +47,8 @@ def check(cfg, layers: dict, nf4: list[str]) -> None:
 
 
 def write(lm, layers: dict, folder) -> dict:
-    """model.safetensors, config.json with quantization_config, the tokenizer: a directory
-    `AutoModelForCausalLM.from_pretrained` loads as it is."""
-    from safetensors.torch import save_file
-    module, cfg = lm.module, lm.module.config
-    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()
-             if k.rsplit(".", 1)[0] not in layers}
-    tied = getattr(cfg, "tie_word_embeddings", False) and "lm_head" not in layers
-    if tied:
-        state.pop("lm_head.weight", None)
-    for n, m in layers.items():
-        state.update(layer_tensors(n, m))
-    save_file(state, str(folder / FILE), metadata={"format": "pt"})
-    d = cfg.to_dict()
-    d["quantization_config"] = quantization_config(layers)
-    d["tie_word_embeddings"] = tied
-    (folder / "config.json").write_text(json.dumps(d, indent=2))
-    lm.tokenizer.save_pretrained(folder)
-    return {"files": sorted(p.name for p in folder.iterdir()), "layers": len(layers), "notes": []}
+    """A directory `AutoModelForCausalLM.from_pretrained` loads as it is."""
+    return hf_dir.write(lm, layers, folder, layer_tensors, quantization_config(layers))
 
 
 def layer_tensors(name: str, m) -> dict[str, torch.Tensor]:

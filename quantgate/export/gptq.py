@@ -18,17 +18,17 @@ checked against GPTQModel 7.6's own checkpoints; the tests read exports with it.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import QuantgateError, require
+from . import hf_dir
+from .hf_dir import nearest_group
 
 NAME = "gptq"
 RUNTIMES = "transformers with GPTQModel or optimum, vLLM"
-FILE = "model.safetensors"
 
 
 def _words(values: torch.Tensor, bits: int) -> torch.Tensor:
@@ -56,8 +56,7 @@ def check(cfg, layers: dict, nf4: list[str]) -> None:
     for n, m in layers.items():
         g = m.group_size or m.in_features
         if m.in_features % g or (m.in_features * m.bits) % 32 or (m.out_features * m.bits) % 32:
-            width = math.gcd(*(x.in_features for x in layers.values()))
-            alt = max((c for c in (32, 64, 128) if c < g and width % c == 0), default=None)
+            alt = nearest_group(layers, g)
             raise QuantgateError(f"GPTQ checkpoints need the group size to divide every layer's width: {n} is "
                                  f"{m.in_features} wide, group {g}"
                                  + (f"; quantize with group {alt} (e.g. gptq-int{m.bits}-g{alt})" if alt else ""))
@@ -67,34 +66,23 @@ def check(cfg, layers: dict, nf4: list[str]) -> None:
 
 
 def write(lm, layers: dict, folder: Path) -> dict:
-    from safetensors.torch import save_file
-    module, cfg = lm.module, lm.module.config
     m0 = next(iter(layers.values()))
     bits, g, sym = m0.bits, m0.group_size, m0.symmetric
-    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()
-             if k.rsplit(".", 1)[0] not in layers}
-    tied = getattr(cfg, "tie_word_embeddings", False) and "lm_head" not in layers
-    if tied:
-        state.pop("lm_head.weight", None)
-    for name, m in layers.items():
-        k = m.in_features
-        state[f"{name}.qweight"] = _words(m.codes(), bits).T.contiguous()
-        z = (m.zeros().to(torch.int64) - 1) & (2**bits - 1)                    # [N, G]: v1 stores zero - 1
-        state[f"{name}.qzeros"] = _words(z.T, bits)
-        state[f"{name}.scales"] = m.scales.T.contiguous().to(torch.float16)
-        state[f"{name}.g_idx"] = (torch.arange(k) // (g or k)).to(torch.int32)
+
+    def layer_tensors(name, m):
+        out = {f"{name}.qweight": _words(m.codes(), bits).T.contiguous(),
+               f"{name}.qzeros": _words(((m.zeros().to(torch.int64) - 1) & (2**bits - 1)).T, bits),   # zero - 1
+               f"{name}.scales": m.scales.T.contiguous().to(torch.float16),
+               f"{name}.g_idx": (torch.arange(m.in_features) // (g or m.in_features)).to(torch.int32)}
         if m.bias is not None:
-            state[f"{name}.bias"] = m.bias.detach().to(torch.float16).contiguous()
-    save_file(state, str(folder / FILE), metadata={"format": "pt"})
+            out[f"{name}.bias"] = m.bias.detach().to(torch.float16).contiguous()
+        return out
     qc = {"quant_method": "gptq", "bits": bits, "group_size": g or -1, "desc_act": False, "sym": sym,
           "checkpoint_format": "gptq", "true_sequential": True}
-    d = cfg.to_dict()
-    d["quantization_config"] = qc
-    d["tie_word_embeddings"] = tied
-    (folder / "config.json").write_text(json.dumps(d, indent=2))
+    done = hf_dir.write(lm, layers, folder, layer_tensors, qc)
     (folder / "quantize_config.json").write_text(json.dumps(qc, indent=2))
-    lm.tokenizer.save_pretrained(folder)
-    return {"files": sorted(p.name for p in folder.iterdir()), "layers": len(layers), "notes": []}
+    done["files"] = sorted(p.name for p in folder.iterdir())
+    return done
 
 
 def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:

@@ -38,7 +38,7 @@ def check(manifest: dict) -> None:
 
 
 def write(model, folder: Path) -> dict:
-    serve(model.module, model, folder, model.info.get("manifest", {}).get("name", "this artifact"))
+    to_onnx(model.module, model, folder / FILE, model.info.get("manifest", {}).get("name", "this artifact"))
     model.tokenizer.save_pretrained(folder)
     (folder / "labels.json").write_text(json.dumps({"labels": model.labels, "max_length": model.max_length}))
     import onnx
@@ -72,8 +72,8 @@ class OrtModule(torch.nn.Module):
         return torch.from_numpy(out)
 
 
-def serve(module: torch.nn.Module, model, folder: Path, what: str) -> OrtModule:
-    """`module` (the fp32 model, or a candidate's converted PT2E graph) as ONNX in `folder`, run by ONNX Runtime."""
+def to_onnx(module: torch.nn.Module, model, path: Path, what: str) -> Path:
+    """`module` (the fp32 model, or a candidate's converted PT2E graph) written as ONNX at `path`."""
     import warnings
 
     from ..methods.pt2e import Compiled
@@ -88,11 +88,16 @@ def serve(module: torch.nn.Module, model, folder: Path, what: str) -> OrtModule:
                              "dynamic-pt2e) export as ONNX; drop it from --recipes or compare without --runtime")
     ex = model.encode(["an example", "another"])
     batch = torch.export.Dim("batch", min=1, max=4096)
-    folder.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(graph, (ex["input_ids"], ex["attention_mask"]), dynamo=True,
                                  dynamic_shapes=({0: batch}, {0: batch}), input_names=["input_ids", "attention_mask"],
                                  output_names=["logits"], verbose=False)
-    prog.save(str(folder / FILE))
-    return OrtModule(folder / FILE)
+    prog.save(str(path))
+    return path
+
+
+def serve(module: torch.nn.Module, model, folder: Path, what: str) -> OrtModule:
+    """`module` exported as ONNX into `folder` and run by ONNX Runtime."""
+    return OrtModule(to_onnx(module, model, folder / FILE, what))
