@@ -28,7 +28,7 @@ def test_every_classifier_artifact_loads_and_runs_as_saved(model, bbc, pt2e_arti
     assert back.labels == model.labels and back.encode(["x"])["input_ids"].shape == (1, model.max_length)
     if spec in ("static", "qat"):
         assert (folder / "program.pt2").is_file()        # the converted graph, scales in it
-        # and in a fresh process, where nothing has registered the quantized ops the graph calls
+    if spec == "static":  # and in a fresh process, where nothing has registered the quantized ops the graph calls
         import subprocess
         import sys
         code = (f"import torch; from quantgate.artifact import load; m = load({str(folder)!r}); "
