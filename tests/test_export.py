@@ -6,6 +6,7 @@ dequantized fp32 path, the arithmetic every runtime's dequantizing loader does);
 what cannot be exact is refused with the recipe that can."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -110,6 +111,8 @@ def test_exports_refuse_what_they_cannot_write_exactly(saved, tmp_path):
         export(saved("nf4"), "gguf", tmp_path / "d")
     with pytest.raises(QuantgateError, match="no LoRA adapters"):
         export(saved("int4-g64"), "peft", tmp_path / "e")
+    with pytest.raises(QuantgateError, match="causal-lm artifact and onnx is for a sequence-classification"):
+        export(saved("int4-g64"), "onnx", tmp_path / "e")
     with pytest.raises(QuantgateError, match=r"group 128; quantize with group 64 \(e.g. gptq-int4-g64\)"):
         export(saved("int4-g128"), "gptq", tmp_path / "f")
     from quantgate.export import gptq
@@ -118,7 +121,8 @@ def test_exports_refuse_what_they_cannot_write_exactly(saved, tmp_path):
     with torch.no_grad():
         lin.weight.uniform_(0.1, 1.0)                      # all positive: min-max puts the zero point at 0
     with pytest.raises(QuantgateError, match="zero point of 0"):
-        gptq.check(None, {"x": WeightOnlyLinear(lin, 4, 64, symmetric=False)}, [])
+        gptq.check(SimpleNamespace(layers={"x": WeightOnlyLinear(lin, 4, 64, symmetric=False)}, nf4=[],
+                                   weights_only=lambda: None))
     with pytest.raises(QuantgateError, match="mixes"):
         export(saved("int4-g64-head8"), "gptq", tmp_path / "h")
     assert not any(tmp_path.iterdir())                 # nothing half-written

@@ -4,18 +4,22 @@ format the serving runtime loads, from the stored codes, never re-rounded.
     from quantgate.export import export
     export("runs/smollm2-int4", "compressed-tensors", "deploy/smollm2")
 
-One module per format (compressed_tensors.py, gptq.py, gguf.py, peft.py, onnx.py), each with
-`check` (refuse what it cannot write exactly, naming the nearest recipe that
-it can) and `write`. The output is written to a temporary folder beside `out`
-and renamed when complete, with `EXPORT.json` saying what it came from."""
+One module per format (compressed_tensors.py, gptq.py, gguf.py, peft.py,
+onnx.py), each with the kind of model it takes (`KIND`), `check(source)`
+(refuse what it cannot write exactly, naming the nearest recipe that can) and
+`write(source, folder)`; a `Source` is the artifact, its manifest, and its
+model and low-bit layers, loaded when a check or a writer first asks. The
+output is written to a temporary folder beside `out` and renamed when
+complete, with `EXPORT.json` saying what it came from."""
 
 from __future__ import annotations
 
 import json
 import time
+from functools import cached_property
 from pathlib import Path
 
-from ..errors import require
+from ..errors import QuantgateError, require
 from . import compressed_tensors, gguf, gptq, onnx, peft
 
 FORMATS = {m.NAME: m for m in (compressed_tensors, gptq, gguf, peft, onnx)}
@@ -34,39 +38,51 @@ def check_out(out: str | Path, overwrite: bool = False) -> Path:
     return check_out_path(out)
 
 
+class Source:
+    """What every format writes from: the artifact folder, its (verified) manifest, and on
+    first use its model (`artifact.load`), integer weight-only layers and NF4 layers."""
+
+    def __init__(self, folder: Path, manifest: dict):
+        self.folder, self.manifest = folder, manifest
+
+    @cached_property
+    def model(self):
+        from ..artifact import load
+        return load(self.folder)
+
+    @cached_property
+    def layers(self) -> dict:
+        from ..methods.weight_only import WeightOnlyLinear
+        return {n: m for n, m in self.model.module.named_modules() if isinstance(m, WeightOnlyLinear)}
+
+    @cached_property
+    def nf4(self) -> list[str]:
+        from ..methods.nf4 import NF4Linear
+        return [n for n, m in self.model.module.named_modules() if isinstance(m, NF4Linear)]
+
+    def weights_only(self) -> None:
+        """The LM formats that store weights refuse a QLoRA artifact: its adapters go as peft."""
+        require(not self.manifest.get("adapters"), f"{self.folder} is a QLoRA artifact (NF4 base + adapters): "
+                                                   "export --format peft for the adapters")
+
+
 def export(artifact: str | Path, fmt: str, out: str | Path, overwrite: bool = False) -> dict:
     """Write `artifact` (a saved artifact folder) as `fmt` into `out`; returns EXPORT.json's content."""
-    from ..artifact import load, load_lm, model_kind, open_artifact
-    from ..methods.nf4 import NF4Linear
-    from ..methods.weight_only import WeightOnlyLinear
+    from ..artifact import model_kind, open_artifact
     from ..report.files import atomic_dir
     require(fmt in FORMATS, f"unknown export format {fmt!r}; use one of: {', '.join(FORMATS)}")
     src = Path(artifact)
     require(src.is_dir(), f"{src} is not an artifact folder")
     manifest = open_artifact(src)                 # verifies every file's hash
-    is_lm = model_kind(manifest) == "causal-lm"
-    require(is_lm == (fmt != "onnx"), f"{src} is a {'causal-LM' if is_lm else 'classifier'} artifact; "
-            + ("onnx is for classifiers: use compressed-tensors, gptq, gguf or peft" if is_lm else
-               "classifiers export as onnx"))
+    fm, kind = FORMATS[fmt], model_kind(manifest)
+    if kind != fm.KIND:
+        fits = ", ".join(n for n, f in FORMATS.items() if f.KIND == kind)
+        raise QuantgateError(f"{src} holds a {kind} artifact and {fmt} is for a {fm.KIND}: use {fits}")
     out = check_out(out, overwrite)
-    fm = FORMATS[fmt]
-    if fmt == "onnx":
-        fm.check(manifest)
-        with atomic_dir(out, replace=overwrite) as tmp:
-            done = fm.write(load(src), tmp)
-            _record(tmp, fmt, fm, src, manifest, done)
-        return json.loads((out / MARKER).read_text())
-    if fmt == "peft":
-        fm.check(manifest)
-    lm = load_lm(src)
-    layers = {n: m for n, m in lm.module.named_modules() if isinstance(m, WeightOnlyLinear)}
-    if fmt != "peft":
-        require(not manifest.get("adapters"),
-                f"{src} is a QLoRA artifact (NF4 base + adapters): export --format peft for the adapters")
-        fm.check(lm.module.config, layers, [n for n, m in lm.module.named_modules() if isinstance(m, NF4Linear)])
+    source = Source(src, manifest)
+    fm.check(source)
     with atomic_dir(out, replace=overwrite) as tmp:
-        done = fm.write(lm, manifest if fmt == "peft" else layers, tmp)
-        _record(tmp, fmt, fm, src, manifest, done)
+        _record(tmp, fmt, fm, src, manifest, fm.write(source, tmp))
     return json.loads((out / MARKER).read_text())
 
 

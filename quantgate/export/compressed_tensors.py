@@ -23,10 +23,13 @@ from . import hf_dir
 from .hf_dir import nearest_group
 
 NAME = "compressed-tensors"
+KIND = "causal-lm"
 RUNTIMES = "transformers (AutoModelForCausalLM.from_pretrained), vLLM"
 
 
-def check(cfg, layers: dict, nf4: list[str]) -> None:
+def check(src) -> None:
+    src.weights_only()
+    layers, nf4 = src.layers, src.nf4
     if nf4:
         raise QuantgateError(f"compressed-tensors has no NF4 format ({nf4[0]} is NF4): quantize with int4-g64 "
                              "or gptq-int4-g64")
@@ -46,9 +49,9 @@ def check(cfg, layers: dict, nf4: list[str]) -> None:
             + (f"; quantize with group {g} (e.g. int{m.bits}-g{g})" if g else "; quantize per channel (no -g)"))
 
 
-def write(lm, layers: dict, folder) -> dict:
+def write(src, folder) -> dict:
     """A directory `AutoModelForCausalLM.from_pretrained` loads as it is."""
-    return hf_dir.write(lm, layers, folder, layer_tensors, quantization_config(layers))
+    return hf_dir.write(src.model, src.layers, folder, layer_tensors, quantization_config(src.layers))
 
 
 def layer_tensors(name: str, m) -> dict[str, torch.Tensor]:

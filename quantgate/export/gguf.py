@@ -22,6 +22,7 @@ import torch
 from ..errors import QuantgateError, require
 
 NAME = "gguf"
+KIND = "causal-lm"
 RUNTIMES = "llama.cpp, Ollama, transformers (gguf_file=...)"
 FILE = "model.gguf"
 ARCHS = {"llama": "llama"}      # transformers model_type -> GGUF architecture
@@ -38,7 +39,9 @@ def block_type(m) -> str | None:
     return None
 
 
-def check(cfg, layers: dict, nf4: list[str]) -> None:
+def check(src) -> None:
+    src.weights_only()
+    cfg, layers, nf4 = src.model.module.config, src.layers, src.nf4
     kind = getattr(cfg, "model_type", None)
     require(kind in ARCHS, f"GGUF export writes {', '.join(ARCHS)} models; this one is {kind!r}: "
                            "export it as compressed-tensors instead")
@@ -156,8 +159,13 @@ def _known_pre(tokens: list[str]) -> str | None:
     return r.fields["tokenizer.ggml.pre"].contents() if theirs == tokens else None
 
 
-def write(lm, layers: dict, folder) -> dict:
+def write(src, folder) -> dict:
     """model.gguf in `folder`; returns what was written."""
+    return write_model(src.model, src.layers, folder)
+
+
+def write_model(lm, layers: dict, folder) -> dict:
+    """A causal LM as model.gguf in `folder`, `layers` (name -> WeightOnlyLinear) as GGML blocks, the rest F32."""
     import gguf
     cfg, module = lm.module.config, lm.module
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads

@@ -28,6 +28,7 @@ from . import hf_dir
 from .hf_dir import nearest_group
 
 NAME = "gptq"
+KIND = "causal-lm"
 RUNTIMES = "transformers with GPTQModel or optimum, vLLM"
 
 
@@ -45,7 +46,9 @@ def _stream(words: torch.Tensor, count: int, bits: int) -> torch.Tensor:
     return torch.from_numpy((b.astype(np.int64) << np.arange(bits)).sum(-1))
 
 
-def check(cfg, layers: dict, nf4: list[str]) -> None:
+def check(src) -> None:
+    src.weights_only()
+    layers, nf4 = src.layers, src.nf4
     if nf4:
         raise QuantgateError(f"GPTQ checkpoints have no NF4 format ({nf4[0]} is NF4): quantize with gptq-int4-g64")
     require(layers, "this artifact has no integer weight-only layers to export")
@@ -65,7 +68,8 @@ def check(cfg, layers: dict, nf4: list[str]) -> None:
                                  "zero - 1); use the symmetric recipe (drop -asym)")
 
 
-def write(lm, layers: dict, folder: Path) -> dict:
+def write(src, folder: Path) -> dict:
+    lm, layers = src.model, src.layers
     m0 = next(iter(layers.values()))
     bits, g, sym = m0.bits, m0.group_size, m0.symmetric
 

@@ -22,11 +22,13 @@ import torch
 from ..errors import QuantgateError
 
 NAME = "onnx"
+KIND = "sequence-classification"
 RUNTIMES = "ONNX Runtime (onnxruntime.InferenceSession)"
 FILE = "model.onnx"
 
 
-def check(manifest: dict) -> None:
+def check(src) -> None:
+    manifest = src.manifest
     if manifest.get("program"):
         return
     method = (manifest.get("recipe") or {}).get("method")
@@ -37,8 +39,9 @@ def check(manifest: dict) -> None:
                          f"{manifest.get('name')}: quantize with static")
 
 
-def write(model, folder: Path) -> dict:
-    to_onnx(model.module, model, folder / FILE, model.info.get("manifest", {}).get("name", "this artifact"))
+def write(src, folder: Path) -> dict:
+    model = src.model
+    to_onnx(model.module, model, folder / FILE, src.manifest.get("name", "this artifact"))
     model.tokenizer.save_pretrained(folder)
     (folder / "labels.json").write_text(json.dumps({"labels": model.labels, "max_length": model.max_length}))
     import onnx

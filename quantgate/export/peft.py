@@ -11,16 +11,18 @@ from __future__ import annotations
 from ..errors import require
 
 NAME = "peft"
+KIND = "causal-lm"
 RUNTIMES = "peft (PeftModel.from_pretrained), transformers with peft installed"
 FILE = "adapter_model.safetensors"
 
 
-def check(manifest: dict) -> None:
-    require(manifest.get("adapters"), "this artifact has no LoRA adapters to export as peft (only QLoRA artifacts "
+def check(src) -> None:
+    require(src.manifest.get("adapters"), "this artifact has no LoRA adapters to export as peft (only QLoRA artifacts "
                                       "saved without merge: true do); export its weights as compressed-tensors or gguf")
 
 
-def write(lm, manifest: dict, folder) -> dict:
+def write(src, folder) -> dict:
+    lm, manifest = src.model, src.manifest
     from safetensors.torch import save_file
 
     from ..methods.qlora import lora_config
