@@ -250,13 +250,12 @@ def cmd_registry(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from .export import check_out, export
+    from .export import export
     folder = Path(a.artifact)
     if not folder.is_dir():
         from .registry import Registry
         folder = Registry(a.registry, create=False).verify(a.artifact)
-    check_out(a.out, a.overwrite)
-    rec = export(folder, a.format, a.out, a.overwrite)
+    rec = export(folder, a.format, a.out, a.overwrite)      # checks --out before any loading
     kinds = rec.get("tensor_types") or {}
     print(f"exported {rec['artifact']['name']} as {a.format} to {a.out} ({', '.join(rec['files'])}"
           + (f"; tensors: {', '.join(f'{k} x{n}' for k, n in kinds.items())}" if kinds else "")

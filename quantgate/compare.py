@@ -178,6 +178,7 @@ class Comparer:
         self.model, self.data, self.calibration, self.train = model, data, calibration, train
         self.quantized: dict[str, Quantized] = {}
         self.serving: dict[str, torch.nn.Module] = {}     # what is scored and timed: the module, or its ONNX session
+        self._onnx_dir = None                              # where --runtime onnxruntime writes the exports
         torch.manual_seed(s.seed)
         self.served = self._serving(model.module, "fp32")
         with perf.RssSampler() as mem:
@@ -249,7 +250,7 @@ class Comparer:
         from .export.onnx import RUNTIME, serve
         require(isinstance(self.model, Model), "--runtime onnxruntime serves classifiers; for an LM use --runtime "
                                                "auto, quantgate or transformers")
-        self._onnx_dir = getattr(self, "_onnx_dir", None) or tempfile.TemporaryDirectory(prefix="quantgate-onnx-")
+        self._onnx_dir = self._onnx_dir or tempfile.TemporaryDirectory(prefix="quantgate-onnx-")
         served = serve(module, self.model, Path(self._onnx_dir.name) / name, name)
         served.runtime_name = f"{RUNTIME} {served.version}"
         return served

@@ -45,17 +45,26 @@ def report_dir(comparison, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def pt2e_artifact(model, bbc, tmp_path_factory):
-    """Saved static int8 and QAT artifacts of the classifier, made once: (Quantized, folder) by "static" or "qat"."""
+def saved_once(tmp_path_factory):
+    """Artifacts saved once per session: get(key, make) with make() -> (Quantized, model) gives (Quantized, folder)."""
     from quantgate.artifact import save
+    root, cache = tmp_path_factory.mktemp("artifacts"), {}
+
+    def get(key, make):
+        if key not in cache:
+            q, m = make()
+            cache[key] = (q, save(q, m, root / key))
+        return cache[key]
+    return get
+
+
+@pytest.fixture(scope="session")
+def pt2e_artifact(model, bbc, saved_once):
+    """Saved static int8 and QAT artifacts of the classifier: (Quantized, folder) by "static" or "qat"."""
     from quantgate.quantize import quantize
     from quantgate.recipes import QAT, StaticInt8
-    root, cache = tmp_path_factory.mktemp("pt2e"), {}
 
     def get(spec):
-        if spec not in cache:
-            r = StaticInt8(num_samples=64) if spec == "static" else QAT(steps=4, batch_size=8)
-            q = quantize(model, r, bbc["calibration"], train=bbc["train"])
-            cache[spec] = (q, save(q, model, root / spec))
-        return cache[spec]
+        r = StaticInt8(num_samples=64) if spec == "static" else QAT(steps=4, batch_size=8)
+        return saved_once(spec, lambda: (quantize(model, r, bbc["calibration"], train=bbc["train"]), model))
     return get

@@ -29,19 +29,15 @@ def smol():
 
 
 @pytest.fixture(scope="module")
-def saved(smol, tmp_path_factory, bbc):
-    """Artifacts by recipe name, quantized once."""
-    from quantgate.artifact import save
+def saved(smol, saved_once, bbc):
+    """Artifact folders by recipe name, quantized once."""
     from quantgate.quantize import quantize
-    root, cache = tmp_path_factory.mktemp("artifacts"), {}
 
     def get(spec):
-        if spec not in cache:
-            # GPTQ on the first three blocks only (the rest stay float): the same layer format, a short test
-            r = (GPTQ(bits=4, group_size=64, num_samples=4, seq_len=64, exclude=LATER_BLOCKS) if spec == "gptq"
-                 else Recipe.parse(spec))
-            cache[spec] = save(quantize(smol, r, bbc["train"]), smol, root / spec)
-        return cache[spec]
+        # GPTQ on the first three blocks only (the rest stay float): the same layer format, a short test
+        r = (GPTQ(bits=4, group_size=64, num_samples=4, seq_len=64, exclude=LATER_BLOCKS) if spec == "gptq"
+             else Recipe.parse(spec))
+        return saved_once(f"lm-{spec}", lambda: (quantize(smol, r, bbc["train"]), smol))[1]
     return get
 
 
