@@ -47,10 +47,13 @@ bench-lm: $(STAMP)
 	bash bench/setup_reference.sh .venv-reference
 	$(PY) bench/gptq_vs_reference.py
 
-# quantgate's GGUF export in llama.cpp itself (llama-cpp-python built from source in .venv-deploy, once).
+# quantgate's exports in the runtimes themselves: GGUF in llama.cpp (llama-cpp-python built from source in
+# .venv-deploy, once), the GPTQ checkpoint in GPTQModel 7.6 (.venv-reference).
 bench-deploy: $(STAMP)
 	bash bench/setup_deploy.sh
+	bash bench/setup_reference.sh .venv-reference
 	$(PY) bench/deploy_gguf.py
+	$(PY) bench/deploy_gptq.py
 
 clean:
 	rm -rf $(VENV) runs
