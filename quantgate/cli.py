@@ -478,7 +478,8 @@ def cmd_lm(a) -> int:
     if isinstance(evaluation, PromptSet) and a.examples:
         evaluation = evaluation.head(a.examples)
     s = Settings(context=a.context, max_windows=a.windows or None, n_prompts=a.prompts, new_tokens=a.new_tokens,
-                 batch_sizes=_batch_sizes(a.batch_sizes), runtime=a.runtime, decode_steps=a.decode_steps,
+                 batch_sizes=_batch_sizes(a.batch_sizes) if a.batch_sizes else None, runtime=a.runtime,
+                 decode_steps=a.decode_steps,
                  answer_tokens=a.answer_tokens, task_metric=a.task_metric, chat_template=a.chat_template,
                  threads=a.threads)
     a.fail_on_slower = False
@@ -619,9 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
     lq.add_argument("--registry", help="also save as a new version in this registry folder")
     lq.add_argument("--name", help="base name for registry versions (default: the model folder's name)")
 
-    lc = lm_sub.add_parser("compare", parents=[model, made, runtime],
+    lc = lm_sub.add_parser("compare", parents=[model, made],
                            help="compare the fp32 LM with quantized candidates on its task or on raw text",
                            description=grammar)
+    lc.add_argument("--runtime", default="auto", choices=("auto", "quantgate", "transformers", "llama.cpp"),
+                    help="where the models run: a decode loop in PyTorch (quantgate's decoder, transformers' generate, "
+                         "or auto: the first the architecture allows), or llama.cpp (each model exported as GGUF and "
+                         "scored and timed by llama-cpp-python, at batch size 1)")
     lc.add_argument("--recipes", default="int4-g128,gptq-int4-g128",
                     help="comma-separated recipes (default int4-g128,gptq-int4-g128)")
     t = lc.add_argument_group("prompted task (prompt -> answer, scored per example)")
@@ -646,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompts", type=NONNEG, default=8, help="prompts for the generation diff (default 8)")
     r.add_argument("--new-tokens", type=POSITIVE, default=32, help="greedy tokens per prompt (default 32)")
     sp = lc.add_argument_group("speed")
-    sp.add_argument("--batch-sizes", default="1,8", help="decode batch sizes (default 1,8)")
+    sp.add_argument("--batch-sizes", default="", help="decode batch sizes (default 1,8; 1 with --runtime llama.cpp)")
     sp.add_argument("--decode-steps", type=POSITIVE, default=32, help="decode steps timed per round (default 32, 3 rounds)")
     sp.add_argument("--threads", type=POSITIVE, help="torch threads while timing (default: the idle cores)")
     lc.add_argument("--slices", action="store_true", help="also print every slice's change")

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .data import Dataset
-from .errors import require
+from .errors import QuantgateError, require
 from .evaluate import perf
 from .methods.common import Quantized, footprint, tensor_bytes
 from .models import Model
@@ -52,9 +52,12 @@ class Settings:
     decode_steps: int = 32
     decode_rounds: int = 3
     runtime: str = "auto"          # decode loop: auto (quantgate's decoder where it runs), quantgate, transformers
-    serve_in: str = "quantgate"    # classifiers: quantgate (torch) or onnxruntime (each model exported, run there)
+    serve_in: str = "quantgate"    # where every model runs: quantgate (PyTorch), or each exported and run in
+                                   # onnxruntime (classifiers) or llama.cpp (LMs); runtime= may name these too
 
     def __post_init__(self):
+        if self.runtime in SERVE_IN[1:]:        # --runtime llama.cpp / onnxruntime: a serving runtime, not a decode loop
+            self.serve_in, self.runtime = self.runtime, "auto"
         if self.batch_sizes is not None:
             self.batch_sizes = tuple(self.batch_sizes)
             require(self.batch_sizes and all(isinstance(b, int) and b > 0 for b in self.batch_sizes),
@@ -66,11 +69,31 @@ class Settings:
         require(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
                 f"threads must be a positive integer, got {self.threads!r}")
         from .decoder import RUNTIMES
-        require(self.runtime in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        require(self.runtime in RUNTIMES + SERVE_IN[1:],
+                f"runtime must be one of {', '.join(RUNTIMES + SERVE_IN[1:])}, got {self.runtime!r}")
         require(self.serve_in in SERVE_IN, f"serve_in must be one of {', '.join(SERVE_IN)}, got {self.serve_in!r}")
+        if self.serve_in == "llama.cpp":
+            self.batch_sizes = self.batch_sizes or (1,)
+            require(self.batch_sizes == (1,), "--runtime llama.cpp decodes one sequence at a time "
+                                              "(llama-cpp-python's Llama): use --batch-sizes 1")
 
 
-SERVE_IN = ("quantgate", "onnxruntime")
+SERVE_IN = ("quantgate", "onnxruntime", "llama.cpp")
+
+
+def check_serves(settings: Settings, model, recipe: Recipe) -> None:
+    """Before any work: the serving runtime can run the model and what `recipe` makes."""
+    if settings.serve_in == "onnxruntime":
+        require(isinstance(model, Model), "--runtime onnxruntime serves classifiers; for an LM use --runtime llama.cpp")
+    elif settings.serve_in == "llama.cpp":
+        from .export import gguf
+        require(not isinstance(model, Model), "--runtime llama.cpp serves causal LMs; for a classifier use "
+                                              "--runtime onnxruntime")
+        if recipe is not None:
+            try:
+                gguf.check_recipe(recipe, model.module.config)
+            except QuantgateError as e:
+                raise QuantgateError(f"--runtime llama.cpp runs GGUF: {e}") from None
 
 
 @dataclass
@@ -177,8 +200,12 @@ class Comparer:
             s.batch_sizes = task.batch_sizes
         self.model, self.data, self.calibration, self.train = model, data, calibration, train
         self.quantized: dict[str, Quantized] = {}
-        self.serving: dict[str, torch.nn.Module] = {}     # what is scored and timed: the module, or its ONNX session
-        self._onnx_dir = None                              # where --runtime onnxruntime writes the exports
+        self.serving: dict[str, torch.nn.Module] = {}     # what is scored and timed: the module, or its runtime's
+        self._exports = None                               # where --runtime onnxruntime / llama.cpp writes the exports
+        check_serves(s, model, None)
+        if s.serve_in == "llama.cpp":
+            from .export import llamacpp
+            self._llama_python = llamacpp.python()         # found (or refused) before the baseline is scored
         torch.manual_seed(s.seed)
         self.served = self._serving(model.module, "fp32")
         with perf.RssSampler() as mem:
@@ -209,6 +236,7 @@ class Comparer:
         require(name not in self.quantized and name != "fp32", f"recipes must be distinct, got {name} twice")
         mem_q = {}
         if quantized is None:
+            check_serves(self.settings, self.model, recipe)
             with perf.RssSampler() as mq:
                 quantized = quantize(self.model, recipe, self.calibration, train=self.train)
             mem_q = {"quantize_peak_rss_mb": mq.summary()["peak_rss_mb"]}
@@ -241,17 +269,20 @@ class Comparer:
         return cand
 
     def _serving(self, module, name: str):
-        """The module the comparison scores and times: as it is, or exported and run in ONNX Runtime."""
-        if self.settings.serve_in == "quantgate":
+        """The module the comparison scores and times: as it is, or exported and run in
+        ONNX Runtime (classifiers) or llama.cpp (LMs)."""
+        s = self.settings
+        if s.serve_in == "quantgate":
             return module
         import tempfile
         from pathlib import Path
-
+        self._exports = self._exports or tempfile.TemporaryDirectory(prefix="quantgate-serve-")
+        folder = Path(self._exports.name) / name
+        if s.serve_in == "llama.cpp":
+            from .export import llamacpp
+            return llamacpp.serve(module, self.model, folder, name, self.task.longest(), self._llama_python)
         from .export.onnx import RUNTIME, serve
-        require(isinstance(self.model, Model), "--runtime onnxruntime serves classifiers; for an LM use --runtime "
-                                               "auto, quantgate or transformers")
-        self._onnx_dir = self._onnx_dir or tempfile.TemporaryDirectory(prefix="quantgate-onnx-")
-        served = serve(module, self.model, Path(self._onnx_dir.name) / name, name)
+        served = serve(module, self.model, folder, name)
         served.runtime_name = f"{RUNTIME} {served.version}"
         return served
 
@@ -271,11 +302,15 @@ class Comparer:
             torch.set_num_threads(before)
         comp.environment["timing"] = cond.summary() | {"threads_why": why}
         comp.environment["serving_runtime"] = getattr(self.served, "runtime_name", "quantgate (PyTorch)")
+        comp.environment["served_as"] = {"onnxruntime": "ONNX", "llama.cpp": "GGUF"}.get(s.serve_in)
         sizes = {"fp32": comp.baseline["weight_bytes"]} | {c.name: c.weight_bytes for c in comp.candidates}
         own = perf.own_memory(modules, sizes, *self.task.memory_probe())
         comp.baseline["perf"].update(speed["fp32"] | own["fp32"])
         for c in comp.candidates:
             c.perf.update(speed[c.name] | own[c.name])
+        for m in modules.values():              # llama.cpp's worker processes end here
+            if hasattr(m, "close"):
+                m.close()
         from .diagnose import diagnose
         comp.warnings = diagnose(comp)
         return comp
@@ -293,6 +328,7 @@ def compare(model, data, recipes: list[Recipe], calibration: Dataset | None = No
     from .quantize import check_applies
     for r in recipes:
         check_applies(r, model.task)
+        check_serves(settings or Settings(), model, r)
     c = Comparer(model, data, calibration, settings, train)
     calibrated = [r for r in recipes if r.needs_calibration]
     if calibrated:

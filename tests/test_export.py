@@ -251,3 +251,81 @@ def test_a_comparison_served_in_onnx_runtime(model, bbc):
     with pytest.raises(QuantgateError, match="cannot run in ONNX Runtime"):
         compare(model, data, [DynamicInt8(backend="torch.ao")], None, s)
     assert np.isfinite(c.mean_kl)
+
+
+def _llama_cpp_python():
+    from quantgate.export import llamacpp
+    try:
+        return llamacpp.python()
+    except QuantgateError:
+        return None
+
+
+needs_llama_cpp = pytest.mark.skipif(_llama_cpp_python() is None,
+                                     reason="llama-cpp-python is not installed (bash bench/setup_deploy.sh)")
+
+
+@needs_llama_cpp
+def test_llama_cpp_runs_the_gguf_export_as_quantgate_does(smol, tmp_path):
+    """llama.cpp's own logits for the fp32 model match PyTorch's; for int8/int4 they differ by more than the
+    weights do, because llama.cpp's quantized matmuls round the activations to 8 bits (Q8_0) as well
+    (measured: int8-g32 moves the logits by up to 0.98 from fp32 in PyTorch, by 1.99 in llama.cpp)."""
+    from quantgate.export import llamacpp
+    from quantgate.quantize import quantize
+    ids = smol.tokenizer(TEXT, return_tensors="pt")["input_ids"]
+    for spec in ("fp32", "int4-g32"):
+        module = smol.module if spec == "fp32" else quantize(smol, Recipe.parse(spec)).module
+        served = llamacpp.serve(module, smol, tmp_path / spec, spec, n_ctx=64)
+        try:
+            ours, theirs = logits(module, smol.tokenizer)[0], served(input_ids=ids).logits[0]
+            top = (ours.argmax(-1) == theirs.argmax(-1)).float().mean().item()
+            if spec == "fp32":
+                assert (ours - theirs).abs().max() < 0.1 and top == 1.0
+            else:
+                assert (ours - theirs).abs().max() < 4 and top >= 0.85
+            lp = served.continuation_logprobs(ids, torch.ones_like(ids), [(0, 3, 5)])[0]
+            assert torch.allclose(lp, torch.log_softmax(theirs[3:8], -1), atol=1e-5)   # the task's path, same logits
+            gen = served.generate(ids[:, :10], max_new_tokens=6, pad_token_id=0)
+            assert gen.shape == (1, 16) and torch.equal(gen[:, :10], ids[:, :10])
+            ttft, lat = served.timed_decode(ids[:, :10], 4)
+            assert ttft > 0 and len(lat) == 4 and served.process_memory()["memory_mb"] > 0
+        finally:
+            served.close()
+
+
+@needs_llama_cpp
+def test_a_language_model_comparison_served_in_llama_cpp():
+    """--runtime llama.cpp: the fp32 model and each candidate exported as GGUF, scored and timed by llama.cpp;
+    its fp32 answers are PyTorch's (llama.cpp's F32 logits match to 0.1)."""
+    from quantgate.compare import Comparer, Settings
+    from quantgate.data import bbc_splits
+    from quantgate.finetune import default_finetuned_lm
+    from quantgate.models import load_causal_lm
+    from quantgate.tasks.prompted import PromptedTask, bbc_topic_prompts
+    lm = load_causal_lm(default_finetuned_lm())
+    data = bbc_topic_prompts(bbc_splits()["test"]).head(24)
+    s = Settings(runtime="llama.cpp", decode_steps=4, decode_rounds=1, n_boot=200, verbose=False)
+    c = Comparer(lm, data, None, s)
+    c.add(Recipe.parse("int4-g32"))
+    comp = c.finish()
+    cand = comp.candidates[0]
+    assert comp.environment["serving_runtime"].startswith("llama.cpp") and cand.kernel.startswith("llama.cpp")
+    assert list(cand.perf["batch_sizes"]) == ["1"] and cand.perf["batch_sizes"]["1"]["tokens_per_s"] > 0
+    assert "llama.cpp" in cand.perf["memory_from"] and 0 < cand.perf["memory_mb"] < comp.baseline["perf"]["memory_mb"]
+    assert "llama.cpp's greedy decoding" in comp.task["about"] and comp.environment["served_as"] == "GGUF"
+    torch_answers = PromptedTask(lm, data, Settings(verbose=False)).score(lm.module, "fp32").answers
+    assert sum(a == b for a, b in zip(c.base.answers, torch_answers)) >= 22
+    assert comp.baseline["exact_match"] > 0.7 and cand.mean_kl > 0
+
+
+def test_llama_cpp_runtime_refuses_before_any_work(monkeypatch, capsys):
+    import sys
+    assert main(["lm", "compare", "--runtime", "llama.cpp", "--recipes", "nf4"]) == 2
+    assert "--runtime llama.cpp runs GGUF: nf4 has no GGUF block type" in capsys.readouterr().err
+    assert main(["lm", "compare", "--runtime", "llama.cpp", "--recipes", "int4-g64"]) == 2
+    assert "int4 group 64" in capsys.readouterr().err
+    assert main(["lm", "compare", "--runtime", "llama.cpp", "--batch-sizes", "1,8", "--recipes", "int4-g32"]) == 2
+    assert "use --batch-sizes 1" in capsys.readouterr().err
+    monkeypatch.setenv("QUANTGATE_LLAMA_CPP_PYTHON", sys.executable)      # the test's own Python has no llama_cpp
+    assert main(["lm", "compare", "--runtime", "llama.cpp", "--recipes", "int4-g32"]) == 2
+    assert "has no llama_cpp; run `bash bench/setup_deploy.sh" in capsys.readouterr().err

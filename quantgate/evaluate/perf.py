@@ -101,6 +101,13 @@ def own_memory(modules: dict[str, torch.nn.Module], weight_bytes: dict[str, int]
     for each model alone (warm, after the heap's free memory went back to the kernel)."""
     out = {}
     for name, m in modules.items():
+        if hasattr(m, "process_memory"):         # run by another runtime in its own process: measured there
+            call(m)
+            r = m.process_memory()
+            out[name] = {"memory_mb": r["memory_mb"], "working_mb": r["memory_mb"] - r["file_mb"],
+                         "memory_from": f"the peak RSS of its {m.runtime_name} process less what that process "
+                                        "held before loading the model (working: less the model file)"}
+            continue
         call(m)                                  # warm: lazily built kernels and tables are not working memory
         trimmed = _trim()
         with RssSampler() as s:
@@ -137,8 +144,15 @@ class Conditions:
         return self
 
     def _own(self) -> float:
-        t = self._proc.cpu_times()
-        return t.user + t.system
+        """CPU seconds of this process and its live children (a serving runtime's workers are ours)."""
+        total = 0.0
+        for p in [self._proc] + self._proc.children(recursive=True):
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
 
     def __exit__(self, *exc):
         self.wall = time.perf_counter() - self._t0

@@ -10,7 +10,11 @@ onnx.py), each with the kind of model it takes (`KIND`), `check(source)`
 `write(source, folder)`; a `Source` is the artifact, its manifest, and its
 model and low-bit layers, loaded when a check or a writer first asks. The
 output is written to a temporary folder beside `out` and renamed when
-complete, with `EXPORT.json` saying what it came from."""
+complete, with `EXPORT.json` saying what it came from.
+
+A comparison can also run every model where it will be served: onnx.py's
+`serve` (ONNX Runtime, classifiers) and llamacpp.py's `serve` (llama.cpp, LMs,
+in a worker process of the Python that has llama-cpp-python)."""
 
 from __future__ import annotations
 

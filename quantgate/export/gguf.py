@@ -39,12 +39,37 @@ def block_type(m) -> str | None:
     return None
 
 
+EXACT = "quantize with int4-g32 (Q4_0), int4-g32-asym (Q4_1), int8-g32 (Q8_0) or gptq-int4-g32"
+
+
 def check(src) -> None:
     src.weights_only()
-    cfg, layers, nf4 = src.model.module.config, src.layers, src.nf4
+    check_model(src.model.module, src.layers, src.nf4)
+
+
+def check_architecture(cfg) -> None:
     kind = getattr(cfg, "model_type", None)
     require(kind in ARCHS, f"GGUF export writes {', '.join(ARCHS)} models; this one is {kind!r}: "
                            "export it as compressed-tensors instead")
+
+
+def check_recipe(recipe, cfg) -> None:
+    """Before any quantizing: a recipe whose every layer will be a GGML block type (the exact
+    check, `check_model`, still runs on what it makes)."""
+    check_architecture(cfg)
+    method = recipe.method
+    require(method in ("weight-only", "gptq"), f"{recipe.name} has no GGUF block type (GGUF holds int4/int8 in "
+                                               f"groups of 32): {EXACT}")
+    ok = recipe.group_size == 32 and (recipe.bits == 4 or (recipe.bits == 8 and recipe.symmetric))
+    head = recipe.head_bits is None or (recipe.head_group_size or (recipe.group_size if recipe.head_bits == 4 else None)) == 32
+    require(ok and head, f"{recipe.name} is not exactly a GGML block type (blocks of 32 weights"
+                         + ("" if ok else f"; it is int{recipe.bits} group {recipe.group_size or 'per channel'}")
+                         + ("" if head else "; its head copy needs -head8g32 or -head4") + f"): {EXACT}")
+
+
+def check_model(module, layers: dict, nf4: list[str]) -> None:
+    """Refuse what GGUF cannot hold exactly: `layers` are the module's WeightOnlyLinear, `nf4` its NF4 layer names."""
+    check_architecture(module.config)
     if nf4:
         raise QuantgateError(f"NF4 has no GGUF block type ({nf4[0]} is NF4): quantize with int4-g32 or "
                              "gptq-int4-g32 for Q4_0")
@@ -53,8 +78,7 @@ def check(src) -> None:
         n, m = bad[0]
         fmt = f"int{m.bits}{'' if m.symmetric else '-asym'} group {m.group_size or 'per channel'}"
         raise QuantgateError(
-            f"GGUF stores blocks of 32 weights: {len(bad)} layer(s) cannot be written exactly ({n} is {fmt}); "
-            "quantize with int4-g32 (Q4_0), int4-g32-asym (Q4_1), int8-g32 (Q8_0) or gptq-int4-g32")
+            f"GGUF stores blocks of 32 weights: {len(bad)} layer(s) cannot be written exactly ({n} is {fmt}); {EXACT}")
     for n, m in layers.items():
         if block_type(m) == "Q4_1":
             d = m.scales.float()
@@ -161,13 +185,13 @@ def _known_pre(tokens: list[str]) -> str | None:
 
 def write(src, folder) -> dict:
     """model.gguf in `folder`; returns what was written."""
-    return write_model(src.model, src.layers, folder)
+    return write_model(src.model.module, src.model.tokenizer, src.layers, folder)
 
 
-def write_model(lm, layers: dict, folder) -> dict:
+def write_model(module, tokenizer, layers: dict, folder) -> dict:
     """A causal LM as model.gguf in `folder`, `layers` (name -> WeightOnlyLinear) as GGML blocks, the rest F32."""
     import gguf
-    cfg, module = lm.module.config, lm.module
+    cfg = module.config
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     w = gguf.GGUFWriter(str(folder / FILE), ARCHS[cfg.model_type])
     w.add_name(getattr(cfg, "_name_or_path", "") or "quantgate export")
@@ -189,7 +213,7 @@ def write_model(lm, layers: dict, folder) -> dict:
     w.add_file_type({"Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "Q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
                      "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[sorted(kinds)[0]] if kinds else gguf.LlamaFileType.ALL_F32)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    notes = _tokenizer(w, lm.tokenizer)
+    notes = _tokenizer(w, tokenizer)
     counts: dict[str, int] = {}
     tied = getattr(cfg, "tie_word_embeddings", False) and "lm_head" not in layers
     for name, m in module.named_modules():

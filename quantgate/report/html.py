@@ -177,8 +177,8 @@ def render(d: dict) -> str:
                 "Latency: per call, p50 / p95 / p99 over the calls measured (count in the JSON); throughput: examples "
                 "per second at the median latency. ")
              + escape(d.get("environment", {}).get("timing", {}).get("threads_why", ""))
-             + (escape(f". Every model scored and timed in {d['environment']['serving_runtime']}, exported as ONNX")
-                if d.get("environment", {}).get("serving_runtime", "").startswith("ONNX") else "")
+             + (escape(f". Every model scored and timed in {d['environment']['serving_runtime']}, exported as "
+                       f"{d['environment']['served_as']}") if d.get("environment", {}).get("served_as") else "")
              + escape(f". Own memory: {base['perf']['memory_from']} (the process itself holds every model of the "
                       "comparison at once)" if base["perf"].get("memory_from") else "")
              + ". Bits per parameter: stored bytes x 8 / the fp32 model's parameters.</p>")

@@ -111,9 +111,9 @@ def table(d: dict, slices: bool = False) -> str:
     timing = d.get("environment", {}).get("timing")
     if timing:
         out.append(f"timing: {timing['threads_why']}")
-    serving = d.get("environment", {}).get("serving_runtime", "")
-    if serving.startswith("ONNX"):
-        out.append(f"every model scored and timed in {serving}, exported as ONNX")
+    env = d.get("environment", {})
+    if env.get("served_as"):
+        out.append(f"every model scored and timed in {env['serving_runtime']}, exported as {env['served_as']}")
     out.append("bits/param: stored bits per parameter of the fp32 model (in brackets: of the quantized layers alone)"
                + (f"; own MB: {base['perf']['memory_from']}" if base["perf"].get("memory_from") else ""))
     if slices:

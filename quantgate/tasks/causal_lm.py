@@ -91,12 +91,21 @@ def prompts_from(texts: list[str], n: int, words: int = 24) -> list[str]:
     return out
 
 
+def device(module) -> torch.device:
+    """Where a model's inputs go: its parameters' device (CPU for a model served by another runtime)."""
+    p = next(module.parameters(), None)
+    return torch.device("cpu") if p is None else p.device
+
+
 @torch.inference_mode()
 def runtime(module, requested: str = "auto") -> str:
     """Which decode loop runs this model: quantgate's decoder where the
-    architecture allows ("auto"), else transformers' own."""
+    architecture allows ("auto"), else transformers' own; a model served by
+    another runtime (export/llamacpp.py) runs its own."""
     from ..decoder import HF_RUNTIME, RUNTIME, RUNTIMES, unsupported
     require(requested in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}, got {requested!r}")
+    if hasattr(module, "runtime_name"):
+        return module.runtime_name
     if requested == "transformers":
         return HF_RUNTIME
     why = unsupported(module)
@@ -114,7 +123,7 @@ def greedy(module, tokenizer, prompts: list[str], max_new_tokens: int, use: str 
         if dec is not None:
             outs.append(dec.generate(ids, max_new_tokens, eos_ids(module))[0].tolist())
             continue
-        ids = ids.to(next(module.parameters()).device)
+        ids = ids.to(device(module))
         gen = module.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                               do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
         outs.append(gen[0, ids.shape[1]:].tolist())
@@ -157,6 +166,8 @@ class _TransformersSteps:
 def _decode(module, ids: torch.Tensor, steps: int, use: str = "auto") -> tuple[float, list[float]]:
     """Time to first token (prefill + its sampling) and per-token decode latencies, ms."""
     from ..decoder import RUNTIME, Decoder
+    if hasattr(module, "timed_decode"):          # another runtime's process: timed there
+        return module.timed_decode(ids, steps)
     loop = Decoder(module) if runtime(module, use) == RUNTIME else _TransformersSteps(module)
     t0 = time.perf_counter()
     nxt = loop.prefill(ids, ids.shape[1] + steps + 1).argmax(-1, keepdim=True)
@@ -238,6 +249,12 @@ class LanguageModelling:
         self.prompts = prompts_from(texts, s.n_prompts)
         self.speed_prompt = self.prompts[0] if self.prompts else texts[0][:200]
         self.base: TextResults | None = None
+
+    def longest(self) -> int:
+        """The longest sequence a model runs here (a runtime's context must hold it)."""
+        n = lambda p: len(self.lm.tokenizer(p)["input_ids"])  # noqa: E731
+        return max([int(self.windows.shape[1]), n(self.speed_prompt) + self.s.decode_steps + 1]
+                   + [n(p) + self.s.new_tokens for p in self.prompts])
 
     def describe(self) -> dict:
         import hashlib

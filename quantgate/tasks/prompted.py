@@ -38,6 +38,7 @@ from ..errors import QuantgateError, require
 from ..evaluate import metrics
 from ..progress import progress
 from . import metric
+from .causal_lm import device
 
 
 @dataclass
@@ -170,6 +171,8 @@ def _continuation_logprobs(module, ids: torch.Tensor, am: torch.Tensor, rows: li
     The output head runs on those positions alone (it is a fifth of a small model's work over every
     position, and the full [batch, length, vocab] log-softmax is hundreds of MB); models whose forward
     does more after the head (logit soft-capping) run whole."""
+    if hasattr(module, "continuation_logprobs"):     # served by another runtime: it returns only these
+        return module.continuation_logprobs(ids, am, rows)
     decoder, head = module.get_decoder(), module.get_output_embeddings()
     if decoder is None or head is None or getattr(module.config, "final_logit_softcapping", None):
         logits = module(input_ids=ids, attention_mask=am).logits
@@ -225,6 +228,7 @@ class PromptedTask:
                                                         for cs, t in zip(data.choices, self.texts)]
         longest = max(len(ids) for ids in ([i for cs in self.choice_ids for _, i in cs] if self.choice else self.refs))
         self.prompts, self.truncated = self._prompts(longest)
+        self._continuation_room = max(s.answer_tokens, longest + 1)     # + the end-of-text token scored after it
         self.base: Answers | None = None
 
     # -- inputs ------------------------------------------------------------------
@@ -255,11 +259,17 @@ class PromptedTask:
             out.append(ids)
         return out, cut
 
+    def longest(self) -> int:
+        """The longest sequence a model runs here (a runtime's context must hold it)."""
+        speed = len(self.tok(self.texts[0])["input_ids"]) + self.s.decode_steps + 1
+        return max(max(map(len, self.prompts)) + self._continuation_room, speed)
+
     def describe(self) -> dict:
         d = self.data
+        generate = ("llama.cpp's greedy decoding, one prompt at a time" if self.s.serve_in == "llama.cpp" else
+                    "transformers generate, batched with left padding")
         answers = ("log-likelihood of each choice" if self.choice else
-                   "greedy (read off the reference's teacher-forced pass where greedy follows it; "
-                   "else transformers generate, batched with left padding)")
+                   f"greedy (read off the reference's teacher-forced pass where greedy follows it; else {generate})")
         about = (f"{len(d)} prompts of {d.source}; answers: {answers}"
                  + (f"; {self.truncated} prompt(s) truncated from the left to fit the context" if self.truncated else "")
                  + ("; chat template applied" if self.s.chat_template else ""))
@@ -278,7 +288,7 @@ class PromptedTask:
         """Log-probabilities [len(cont), vocab] at each continuation token, for (prompt ids, continuation ids) pairs."""
         out, bs = [], self.s.eval_batch_size
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-        dev = next(module.parameters()).device
+        dev = device(module)
         with progress(total=len(pairs), desc=desc, enabled=self.s.verbose) as bar:
             for i in range(0, len(pairs), bs):
                 chunk = pairs[i:i + bs]
@@ -299,7 +309,7 @@ class PromptedTask:
         """Greedy answers of the prompts `which`: transformers' generate, batched with left padding."""
         tok, bs = self.tok, self.s.eval_batch_size
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        dev = next(module.parameters()).device
+        dev = device(module)
         answers = {}
         with progress(total=len(which), desc=desc, enabled=self.s.verbose) as bar:
             for i in range(0, len(which), bs):
