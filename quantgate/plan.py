@@ -1,7 +1,14 @@
 """`quantgate auto`: walk the candidate paths in the order a careful engineer
 tries them, under a budget, and keep the evidence.
 
-    fp32 baseline -> dynamic int8 -> static int8 -> (QAT) -> weight-only int8 -> weight-only int4
+    classifiers: fp32 -> bf16 -> dynamic int8 -> static int8 -> (QAT) -> weight-only int8 -> weight-only int4
+    causal LMs:  fp32 -> bf16 -> int8 -> int4-g128 -> gptq-int4-g128 -> gptq-int4-g64 -> nf4 -> gptq-int3-g128
+
+Half precision comes first for both: on hardware with native bf16 it is often
+as fast as int8 at no accuracy cost, and quantization must then buy something
+over it. It is skipped, with the reason, where the hardware has no fast path.
+A candidate is also skipped when one of the same method with more bits already
+missed the accuracy budget (fewer bits will not pass), with that reason.
 
 1. Each candidate is quantized and scored on the evaluation data. When it
    misses the accuracy budget, its most sensitive layers (quantgate.sensitivity)
@@ -26,11 +33,31 @@ import math
 from .compare import Comparer, Comparison, Settings
 from .data import Dataset
 from .gate import Budget, check
-from .recipes import QAT, DynamicInt8, Recipe, StaticInt8, WeightOnly
+from .models import CausalLM
+from .recipes import GPTQ, NF4, QAT, DynamicInt8, Half, Recipe, StaticInt8, WeightOnly
 from .sensitivity import layer_sensitivity
 
-DEFAULT_PATH = (DynamicInt8(), StaticInt8(), WeightOnly(bits=8), WeightOnly(bits=4, group_size=32))
+DEFAULT_PATH = (Half(dtype="bf16"), DynamicInt8(), StaticInt8(), WeightOnly(bits=8), WeightOnly(bits=4, group_size=32))
+LM_PATH = (Half(dtype="bf16"), WeightOnly(bits=8), WeightOnly(bits=4, group_size=128), GPTQ(bits=4, group_size=128),
+           GPTQ(bits=4, group_size=64), NF4(), GPTQ(bits=3, group_size=128))
 PTQ_INT8 = ("dynamic-int8", "static-int8")
+
+
+def default_path(model) -> tuple[Recipe, ...]:
+    return LM_PATH if isinstance(model, CausalLM) else DEFAULT_PATH
+
+
+def _why_skip(recipe: Recipe, missed: list[Recipe]) -> str | None:
+    """Why a careful engineer would not try `recipe` now, or None."""
+    if isinstance(recipe, Half):
+        from .methods.half import fast_path
+        if fast_path(recipe.dtype) is None:
+            return f"skipped: this machine has no fast path for {recipe.dtype} (it would be slower than fp32)"
+    bits = getattr(recipe, "bits", None)
+    for m in missed:
+        if bits is not None and m.method == recipe.method and getattr(m, "bits", 0) > bits:
+            return f"skipped: {m.name} already missed the accuracy budget, and fewer bits will not pass"
+    return None
 
 
 def _accuracy_only(b: Budget) -> Budget:
@@ -102,25 +129,39 @@ def check_baseline(base: dict, budget: Budget, sizes: list[str]) -> dict:
     return {"meets_targets": not missed, "missed": missed}
 
 
-def auto(model, data: Dataset, calibration: Dataset | None, budget: Budget, train: Dataset | None = None,
-         settings: Settings | None = None, path: tuple[Recipe, ...] = DEFAULT_PATH, keep_float: tuple[int, ...] = (3,),
+def auto(model, data, calibration: Dataset | None, budget: Budget, train: Dataset | None = None,
+         settings: Settings | None = None, path: tuple[Recipe, ...] | None = None, keep_float: tuple[int, ...] = (3,),
          registry=None, base_name: str | None = None) -> tuple[Comparison, dict]:
-    """Walk `path` under `budget`; returns the comparison (with .plan) and the plan."""
-    if budget.metric is None:
-        budget = dataclasses.replace(budget, metric="accuracy")
-    s = settings or Settings(batch_sizes=budget.batch_sizes or (1, 32))
-    if s.batch_sizes is None:
-        s.batch_sizes = budget.batch_sizes or (1, 32)
+    """Walk `path` (default: the model kind's) under `budget`; returns the comparison (with .plan) and the plan.
+    For a causal LM `data` is a PromptSet (its task) or a list of texts (perplexity)."""
+    import sys
+    import time
+    path = default_path(model) if path is None else path
+    s = settings or Settings(batch_sizes=budget.batch_sizes or None)
+    if s.batch_sizes is None and budget.batch_sizes:
+        s.batch_sizes = budget.batch_sizes
+    t0 = time.perf_counter()
     c = Comparer(model, data, calibration, s, train)
+    if budget.metric is None:
+        budget = dataclasses.replace(budget, metric=c.task.primary)
     acc_budget = _accuracy_only(budget)
     steps = []
+    missed: list[Recipe] = []
+    if s.verbose:
+        print(f"auto: fp32 baseline scored in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
     def attempt(recipe: Recipe, why: str) -> bool:
+        t = time.perf_counter()
         cand = c.add(recipe)
         r = check(dataclasses.asdict(cand), c.comp.baseline, acc_budget, len(data), c.comp.task)
-        steps.append({"recipe": recipe.name, "why_tried": why, "accuracy_ok": r["passed"],
+        m = cand.metrics[budget.metric]
+        seconds = round(time.perf_counter() - t, 1)
+        steps.append({"recipe": recipe.name, "why_tried": why, "accuracy_ok": r["passed"], "seconds": seconds,
                       "result": "; ".join(r["missed"]) or
-                      f"{100 * cand.metrics[budget.metric]['delta']:+.2f} points {budget.metric}"})
+                      (f"{100 * m['delta']:+.2f} points {budget.metric}" if "delta" in m and budget.metric != "perplexity"
+                       else f"{budget.metric} x{m.get('ratio', 1):.3f}")})
+        if s.verbose:
+            print(f"auto: {recipe.name}: {steps[-1]['result']} ({seconds:.0f} s)", file=sys.stderr)
         return r["passed"]
 
     calibrated = [r for r in path if r.needs_calibration]
@@ -131,19 +172,21 @@ def auto(model, data: Dataset, calibration: Dataset | None, budget: Budget, trai
 
     def maybe_qat() -> None:
         nonlocal int8_ok, qat_tried
-        if not int8_ok and not qat_tried and train is not None:
+        if not int8_ok and not qat_tried and train is not None and not isinstance(model, CausalLM):
             qat_tried = True
             int8_ok = attempt(QAT(), "post-training int8 paths missed and training data is given")
 
     for recipe in path:
-        if recipe.needs_calibration and (calibration is None or len(calibration) == 0):
-            steps.append({"recipe": recipe.name, "why_tried": "next in order", "accuracy_ok": False,
-                          "result": "skipped: needs calibration data"})
+        skip = _why_skip(recipe, missed) or ("skipped: needs calibration data" if recipe.needs_calibration and (
+            calibration is None or len(calibration) == 0) else None)
+        if skip:
+            steps.append({"recipe": recipe.name, "why_tried": "next in order", "accuracy_ok": False, "skipped": True,
+                          "result": skip})
             continue
         if isinstance(recipe, WeightOnly):
             maybe_qat()             # QAT comes after the int8 paths, before low-bit weight-only
         ok = attempt(recipe, "next in order")
-        if not ok and keep_float and recipe.method != "qat":
+        if not ok and keep_float and recipe.method not in ("qat", "half"):
             ranked = layer_sensitivity(model, recipe, calibration if calibration is not None else data,
                                        verbose=s.verbose)
             for k in keep_float:
@@ -153,10 +196,16 @@ def auto(model, data: Dataset, calibration: Dataset | None, budget: Budget, trai
                              f"({', '.join('.'.join(x.split('.')[-4:]) for x in layers)})")
                 if ok:
                     break
+        if not ok:
+            missed.append(recipe)
         if recipe.method in PTQ_INT8 + ("qat",):
             int8_ok = int8_ok or ok
     maybe_qat()
+    t = time.perf_counter()
     comp = c.finish()
+    if s.verbose:
+        print(f"auto: speed and memory of every model measured in {time.perf_counter() - t:.0f} s; "
+              f"{time.perf_counter() - t0:.0f} s in all", file=sys.stderr)
     plan = choose(comp.to_dict(), budget)
     plan["steps"] = steps
     if registry is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from .errors import QuantgateError
-from .methods import dynamic, gptq, nf4, qat, qlora, static, weight_only
+from .methods import dynamic, gptq, half, nf4, qat, qlora, static, weight_only
 from .methods.common import Quantized, footprint, tensor_bytes
 from .models import CausalLM, Model
 from . import recipes
@@ -14,6 +14,7 @@ from .recipes import Recipe
 # One handler per recipe type, each apply(model, recipe, calibration=None, train=None) -> Quantized.
 # What a method needs (calibration, training data, which kinds of model) is data on its recipe class.
 HANDLERS = {
+    recipes.Half: half.apply,
     recipes.DynamicInt8: dynamic.apply,
     recipes.StaticInt8: static.apply,
     recipes.WeightOnly: weight_only.apply,

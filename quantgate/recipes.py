@@ -125,6 +125,8 @@ class Recipe:
         if Path(spec).suffix in (".json", ".yaml", ".yml"):
             return Recipe.load(spec)
         s = spec.strip().lower()
+        if s in ("bf16", "fp16"):
+            return Half(dtype=s)
         if s in ("dynamic", "dynamic-int8", "dynamic-pt2e", "dynamic-torch.ao"):
             return DynamicInt8(backend=s.removeprefix("dynamic").removeprefix("-int8").strip("-") or "auto")
         if s in ("static", "static-int8"):
@@ -193,6 +195,27 @@ class Recipe:
                                          "int<bits>[-g<N>][-asym][-search][-head<b>[g<N>]] (e.g. int4-g64-asym)")
             return WeightOnly(**kw)
         raise QuantgateError(f"unknown recipe {spec!r}; use one of: {recipe_grammar()}")
+
+
+@dataclass(frozen=True)
+class Half(Recipe):
+    """Half precision: every weight and activation in bfloat16 or float16, not
+    quantized. Often the best first step: half the memory of fp32, and on a CPU
+    with native bf16 (AVX512-BF16, AMX) or a GPU, faster. Refused where the
+    hardware has no fast path for the type. A classifier is exported and
+    compiled (inductor folds the weights into oneDNN's layout); an LM runs its
+    transformers modules in that dtype."""
+
+    method: ClassVar[str] = "half"
+    dtype: str = "bf16"            # bf16 or fp16
+
+    def __post_init__(self):
+        super().__post_init__()
+        _one_of("dtype", self.dtype, ("bf16", "fp16"))
+        require(not self.exclude, f"{self.dtype} casts the whole model: exclude has no effect on it")
+
+    def _name(self) -> str:
+        return self.dtype
 
 
 @dataclass(frozen=True)
@@ -467,5 +490,6 @@ def recipe_grammar(task: str | None = None) -> str:
              "with g<N>)"]
     lm = ["gptq[-int<b>][-g<N>][-noact][-nosearch][-asym][-head<h>[g<N>]] (default gptq-int4-g128)",
           "nf4[-b<N>][-nodq] (default block 64, double quantization)", "qlora[-r<N>][-merged] (default rank 8)"]
-    parts = {"sequence-classification": cls + woq, "causal-lm": woq + lm}.get(task, cls + woq + lm)
+    half = ["bf16", "fp16"]
+    parts = {"sequence-classification": half + cls + woq, "causal-lm": half + woq + lm}.get(task, half + cls + woq + lm)
     return "; ".join(parts) + "; or a .yaml/.json recipe file"

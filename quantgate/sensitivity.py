@@ -9,6 +9,13 @@
 
 `quantgate auto` keeps the top layers in float when a candidate misses its budget.
 
+For a causal LM (`lm_layer_sensitivity`) the same two stages run on
+calibration token windows: stage 1 measures each layer's error in the forward
+hook as it happens (nothing is stored: an LM has hundreds of layers), with the
+layer's weights in the recipe's own stored format (GPTQ's rounding depends on
+the other layers, so its layers are ranked by round-to-nearest at its bits and
+groups); stage 2 scores the KL of the next-token distribution.
+
 The formats mirror what each method runs: int8 per-channel (or per-tensor)
 symmetric weights; activations per tensor, dynamic per call for dynamic-int8,
 from calibration min-max for static (7-bit when the CPU needs reduce_range);
@@ -58,6 +65,9 @@ def layer_sensitivity(model, recipe: Recipe, texts: Dataset | list[str], n: int 
                       batch_size: int = 32, verbose: bool = False) -> list[dict]:
     """Quantizable Linear layers, most sensitive first: {layer, rel_error, kl};
     kl is None for layers outside the refined top."""
+    from .models import CausalLM
+    if isinstance(model, CausalLM):
+        return lm_layer_sensitivity(model, recipe, texts, refine=refine, verbose=verbose)
     texts = texts.texts if isinstance(texts, Dataset) else list(texts)
     require(len(texts) > 0, "sensitivity needs some calibration texts; got none")
     enc = model.encode(texts[:n])
@@ -106,4 +116,55 @@ def layer_sensitivity(model, recipe: Recipe, texts: Dataset | list[str], n: int 
                 h.remove()
             rows[name]["kl"] = float((base.exp() * (base - logp)).sum(-1).mean())
             bar.update(1)
+    return sorted(rows.values(), key=lambda r: (r["kl"] is None, -(r["kl"] or 0), -r["rel_error"]))
+
+
+def _stored_weight(recipe: Recipe, lin: torch.nn.Linear) -> torch.Tensor:
+    """The weight as the recipe stores it (GPTQ: round-to-nearest at its bits and groups)."""
+    from .methods.nf4 import NF4Linear
+    from .methods.weight_only import WeightOnlyLinear
+    if recipe.method == "nf4":
+        return NF4Linear(lin, recipe.block_size, recipe.double_quant, recipe.dq_block_size).dequantized_weight()
+    return WeightOnlyLinear(lin, recipe.bits, recipe.group_size, recipe.symmetric).dequantized_weight()
+
+
+@torch.inference_mode()
+def lm_layer_sensitivity(lm, recipe: Recipe, texts: Dataset | list[str], windows: int = 4, seq_len: int = 128,
+                         refine: int = 8, verbose: bool = False) -> list[dict]:
+    """A causal LM's quantizable Linear layers, most sensitive first: {layer, rel_error, kl}."""
+    from .calibration import lm_windows
+    require(recipe.method in ("weight-only", "gptq", "nf4"),
+            f"layer sensitivity of an LM needs a weight format (int, gptq, nf4), not {recipe.name}")
+    w, _ = lm_windows(lm.tokenizer, texts, windows, seq_len, "sensitivity text")
+    module = lm.module
+    targets, _ = select_linears(module, recipe)
+    stored = {}
+    err = {name: [0.0, 0.0] for name in targets}
+
+    def measure(m, args, out, name):
+        if name not in stored:
+            stored[name] = _stored_weight(recipe, m)
+        e = torch.nn.functional.linear(args[0], stored[name], m.bias) - out
+        err[name][0] += float(e.float().pow(2).sum())
+        err[name][1] += float(out.float().pow(2).sum())
+    hs = [m.register_forward_hook(lambda m, a, o, n=name: measure(m, a, o, n)) for name, m in targets.items()]
+    try:
+        base = [torch.log_softmax(module(input_ids=w[i:i + 1]).logits[0].float(), -1) for i in range(len(w))]
+    finally:
+        for h in hs:
+            h.remove()
+    rows = {n: {"layer": n, "rel_error": (a / max(b, 1e-24)) ** 0.5, "kl": None} for n, (a, b) in err.items()}
+    top = sorted(rows, key=lambda k: -rows[k]["rel_error"])[:refine]
+    with progress(total=len(top), desc=f"layer sensitivity ({recipe.name})", enabled=verbose) as bar:
+        for name in top:
+            lin = targets[name]
+            h = lin.register_forward_hook(lambda m, a, o, n=name: torch.nn.functional.linear(a[0], stored[n], m.bias))
+            try:
+                kl = [float((b.exp() * (b - torch.log_softmax(module(input_ids=w[i:i + 1]).logits[0].float(), -1)))
+                            .sum(-1).mean()) for i, b in enumerate(base)]
+            finally:
+                h.remove()
+            rows[name]["kl"] = sum(kl) / len(kl)
+            bar.update(1)
+    stored.clear()
     return sorted(rows.values(), key=lambda r: (r["kl"] is None, -(r["kl"] or 0), -r["rel_error"]))

@@ -335,4 +335,6 @@ def apply(model, recipe: GPTQ, calibration=None, train=None) -> Quantized:
     q.notes.append("largest relative output errors on calibration inputs: "
                    + ", ".join(f"{n} {e:.3f}" for n, e in worst))
     q.extra["layer_errors"] = errors
+    from ..monitor import profile               # what the drift monitor compares production prompts against
+    q.activation_profile = profile(model, [], windows=windows)
     return q
