@@ -76,7 +76,7 @@ def main():
         export(art, "gguf", work / f"{q.name}-gguf")
         models[name] = str(work / f"{q.name}-gguf" / "model.gguf")
     (work / "f32").mkdir()
-    gguf_export.write_model(lm, {}, work / "f32")                           # the fp32 model as an F32 GGUF
+    gguf_export.write_model(lm.module, lm.tokenizer, {}, work / "f32")                         # the fp32 model as an F32 GGUF
     f32 = work / "f32" / "model.gguf"
     q40 = work / "llamacpp-q4_0.gguf"
     llama_cpp("-c", f"import llama_cpp, ctypes; p = llama_cpp.llama_model_quantize_default_params(); "

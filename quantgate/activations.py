@@ -43,26 +43,34 @@ def linear_input_hooks(module: torch.nn.Module, fn):
             h.remove()
 
 
-def _run(model, data: Dataset, fn, batch_size: int, desc: str, verbose: bool):
-    enc = model.encode(data.texts)
+def _run(model, data, fn, batch_size: int, desc: str, verbose: bool, enc: dict | None = None):
+    """fn(layer, input, first example's index) for every Linear input over the data (or `enc`, encoded)."""
+    from .models import CausalLM
+    lm = isinstance(model, CausalLM)
+    enc = enc or model.encode(data.texts)
+    n = enc["input_ids"].shape[0]
     state = {"offset": 0}
 
     def hook(name, x):
         fn(name, x, state["offset"])
 
     with torch.inference_mode(), linear_input_hooks(model.module, hook), \
-            progress(total=len(data), desc=desc, enabled=verbose) as bar:
-        for ids, am in batches(enc, batch_size):
-            model.module(ids, am)
+            progress(total=n, desc=desc, enabled=verbose) as bar:
+        for ids, am in batches(enc, min(batch_size, 8) if lm else batch_size):
+            if lm:
+                model.module(input_ids=ids, attention_mask=am)
+            else:
+                model.module(ids, am)
             state["offset"] += ids.shape[0]
             bar.update(ids.shape[0])
 
 
-def calibration_stats(model, calib: Dataset, batch_size: int = 32, verbose: bool = False) -> dict:
-    """One pass over the calibration data: per layer, per-example min and max
-    (for prefix ranges), per-channel peaks, and a random sample of tokens
-    (for medians and kurtosis)."""
-    n = len(calib)
+def calibration_stats(model, calib: Dataset | None, batch_size: int = 32, verbose: bool = False,
+                      enc: dict | None = None) -> dict:
+    """One pass over the calibration data (or `enc`: an LM's calibration windows): per layer,
+    per-example min and max (for prefix ranges), per-channel peaks, and a random sample of
+    tokens (for medians and kurtosis)."""
+    n = len(calib) if enc is None else enc["input_ids"].shape[0]
     st: dict[str, dict] = {}
     gen = torch.Generator().manual_seed(0)
 
@@ -81,7 +89,7 @@ def calibration_stats(model, calib: Dataset, batch_size: int = 32, verbose: bool
             idx = torch.randperm(t.shape[0], generator=gen)[: TOKEN_SAMPLE - kept]
             s["tokens"].append(t[idx].clone())
 
-    _run(model, calib, fn, batch_size, "calibration statistics", verbose)
+    _run(model, calib, fn, batch_size, "calibration statistics", verbose, enc)
     return st
 
 
@@ -110,9 +118,9 @@ def sufficiency(st: dict, n: int) -> dict:
             "converged_share": share}
 
 
-def coverage(model, st: dict, data: Dataset, batch_size: int = 32, verbose: bool = False) -> dict:
+def coverage(model, st: dict, data, batch_size: int = 32, verbose: bool = False, enc: dict | None = None) -> dict:
     """Share of evaluation activations outside each layer's calibrated (min-max)
-    range, overall and per slice value."""
+    range, overall and per slice value (`data.slices`; `enc`: an LM's encoded prompts)."""
     ranges = {k: (float(v["ex_min"].min()), float(v["ex_max"].max())) for k, v in st.items()}
     n = len(data)
     clipped = {k: np.zeros(n) for k in ranges}
@@ -125,7 +133,7 @@ def coverage(model, st: dict, data: Dataset, batch_size: int = 32, verbose: bool
         clipped[name][off:off + b] = ((flat < lo) | (flat > hi)).sum(dim=1).numpy()
         per_ex_values[name] = flat.shape[1]
 
-    _run(model, data, fn, batch_size, "coverage", verbose)
+    _run(model, data, fn, batch_size, "coverage", verbose, enc)
     layers = {k: float(v.sum() / (per_ex_values[k] * n)) for k, v in clipped.items()}
     total = sum(clipped.values())
     per_value = sum(per_ex_values.values())
@@ -172,3 +180,69 @@ def check_calibration(model, calib: Dataset, data: Dataset, batch_size: int = 32
     return {"n": len(calib), "sufficiency": sufficiency(st, len(calib)),
             "coverage": coverage(model, st, data, batch_size, verbose),
             "missing_slices": missing_slices(calib, data), "outliers": outliers(st)}
+
+
+# -- language models ------------------------------------------------------------
+
+LM_MIN_WINDOWS = 32          # GPTQ calibration windows below which the result leans on too few tokens
+TOKEN_JS_WARN = 0.50         # Jensen-Shannon divergence (bits) of token unigrams, calibration vs evaluation prompts
+LM_CHECK_WINDOWS = 32        # the checks read at most this many of GPTQ's windows ...
+LM_CHECK_PROMPTS = 128       # ... and this many evaluation prompts: each costs a forward pass
+UNSEEN_WARN = 0.45           # share of evaluation tokens whose token never occurs in the calibration text
+
+
+def token_distance(cal_ids: torch.Tensor, eval_ids: list[list[int]]) -> dict:
+    """How unlike the evaluation prompts the calibration text is, by token: the Jensen-Shannon
+    divergence of their unigram distributions (bits, 0 to 1) and the share of evaluation tokens
+    never seen in calibration."""
+    cal = np.bincount(cal_ids.reshape(-1).numpy())
+    ev = np.bincount(np.concatenate([np.asarray(x, dtype=np.int64) for x in eval_ids]))
+    v = max(len(cal), len(ev))
+    p, q = np.pad(cal, (0, v - len(cal))) / cal.sum(), np.pad(ev, (0, v - len(ev))) / ev.sum()
+    m = (p + q) / 2
+
+    def kl(a):
+        nz = a > 0
+        return float((a[nz] * np.log2(a[nz] / m[nz])).sum())
+    return {"js_bits": (kl(p) + kl(q)) / 2, "unseen_share": float(q[p == 0].sum()),
+            "calibration_tokens": int(cal.sum()), "evaluation_tokens": int(ev.sum())}
+
+
+class _Prompts:
+    """The evaluation prompts as `coverage` reads them: a length and slice columns."""
+
+    def __init__(self, prompts, slices):
+        self.prompts, self.slices = prompts, slices
+
+    def __len__(self):
+        return len(self.prompts)
+
+
+def check_lm_calibration(lm, calib, data, num_samples: int, seq_len: int, verbose: bool = False) -> dict:
+    """The calibration checks for a causal LM on the GPTQ windows it would be calibrated on:
+    sufficiency of the activation ranges over the windows, coverage of the evaluation prompts
+    (token distance, activation clipping per slice), outlier channels. Less text than one
+    window is checked as the one short window it is."""
+    from .calibration import bos_id, cut_windows, token_stream
+    from .monitor import _lm_encode
+    tok = lm.tokenizer
+    texts = list(calib.texts if isinstance(calib, Dataset) else calib)
+    requested, num_samples = num_samples, min(num_samples, LM_CHECK_WINDOWS)
+    stream = token_stream(tok, texts, limit=num_samples * seq_len)
+    bos = bos_id(tok)
+    fit = len(stream) // max(1, seq_len - (bos is not None))
+    windows = cut_windows(stream, seq_len, min(num_samples, fit), bos) if fit >= 1 else stream[None, :]
+    enc = {"input_ids": windows, "attention_mask": torch.ones_like(windows)}
+    st = calibration_stats(lm, None, verbose=verbose, enc=enc)
+    n = int(windows.shape[0])
+    prompts = list(getattr(data, "prompts", None) or getattr(data, "texts", None) or data)[:LM_CHECK_PROMPTS]
+    slices = {k: v[:len(prompts)] for k, v in (getattr(data, "slices", None) or {}).items()}
+    ev = _lm_encode(lm, prompts)
+    ev_ids = [row[m.bool()].tolist() for row, m in zip(ev["input_ids"], ev["attention_mask"])]
+    cov = coverage(lm, st, _Prompts(prompts, slices), verbose=verbose, enc=ev)
+    widest = max(m.in_features for m in lm.module.modules() if isinstance(m, torch.nn.Linear))
+    return {"n": n, "unit": f"windows of {windows.shape[1]} tokens", "texts": len(texts), "requested": requested,
+            "prompts_checked": len(prompts),
+            "tokens": int(windows.numel()), "widest_input": widest,
+            "sufficiency": sufficiency(st, n), "coverage": cov, "tokens_vs_task": token_distance(windows, ev_ids),
+            "missing_slices": {}, "outliers": outliers(st)}

@@ -223,12 +223,19 @@ class Comparer:
                                environment=environment(), task=about,
                                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
-    def check_calibration(self, n: int) -> None:
-        """Sufficiency, coverage and outlier checks on the first n calibration examples (classifiers)."""
-        if self.calibration is not None and len(self.calibration) and isinstance(self.model, Model):
+    def check_calibration(self, n: int, seq_len: int | None = None) -> None:
+        """Sufficiency, coverage and outlier checks on the first n calibration examples (classifiers),
+        or on the n calibration windows of seq_len tokens an LM's GPTQ would see."""
+        if self.calibration is None or not len(self.calibration):
+            return
+        if isinstance(self.model, Model):
             from .activations import check_calibration
             self.comp.calibration_checks = check_calibration(self.model, self.calibration.head(n), self.data,
                                                              self.settings.eval_batch_size, self.settings.verbose)
+        elif seq_len:
+            from .activations import check_lm_calibration
+            self.comp.calibration_checks = check_lm_calibration(self.model, self.calibration, self.data, n, seq_len,
+                                                                self.settings.verbose)
 
     def add(self, recipe: Recipe | None = None, quantized: Quantized | None = None) -> Candidate:
         """Quantize `recipe` (or take a candidate made elsewhere) and score it against the baseline."""
@@ -332,7 +339,7 @@ def compare(model, data, recipes: list[Recipe], calibration: Dataset | None = No
     c = Comparer(model, data, calibration, settings, train)
     calibrated = [r for r in recipes if r.needs_calibration]
     if calibrated:
-        c.check_calibration(max(r.num_samples for r in calibrated))
+        c.check_calibration(max(r.num_samples for r in calibrated), max(getattr(r, "seq_len", 0) for r in calibrated))
     for q in quantized or []:
         c.add(quantized=q)
     for r in recipes:

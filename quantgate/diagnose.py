@@ -109,18 +109,37 @@ def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32, max_
 def calibration_warnings(checks: dict) -> list[dict]:
     """Warnings from quantgate.activations.check_calibration."""
     from .activations import CLIP_RATE_WARN, MIN_SAMPLES, OUTLIER_RATIO_INFO, OUTLIER_RATIO_WARN
+    from .activations import TOKEN_JS_WARN, UNSEEN_WARN
     out = []
     su, co = checks["sufficiency"], checks["coverage"]
-    n = checks["n"]
-    if n < MIN_SAMPLES:
-        out.append(warning("warning", "calibration-small", None, f"calibrated on only {n} samples",
+    n, unit = checks["n"], checks.get("unit", "samples")
+    lm = "tokens_vs_task" in checks
+    if lm and checks["tokens"] < checks["widest_input"]:
+        out.append(warning("error", "calibration-small", None,
+                           f"the calibration text is {checks['tokens']} tokens ({checks['texts']} text(s)), fewer than the "
+                           f"{checks['widest_input']} input features of the widest layer: every GPTQ Hessian is "
+                           "rank-deficient, so the damping decides the rounding and GPTQ fits these few sentences, "
+                           "not the task (expect round-to-nearest quality or worse)",
+                           f"calibrate on at least {su['recommended_min_samples']} windows of task-like text "
+                           f"({su['recommended_min_samples'] * 512:,} tokens at 512 a window)"))
+    elif n < MIN_SAMPLES:
+        out.append(warning("warning", "calibration-small", None, f"calibrated on only {n} {unit}",
                            f"use at least {su['recommended_min_samples']} (a few hundred recommended), covering every slice"))
     elif not su["converged"]:
         layer, change = next(iter(su["last_doubling_change"].items()))
         out.append(warning("warning", "calibration-insufficient", None,
-                           f"activation ranges have not converged on {n} samples: only {su['converged_share']:.0%} of "
+                           f"activation ranges have not converged on {n} {unit}: only {su['converged_share']:.0%} of "
                            f"layers moved less than 10% on the last doubling ({layer}: {change:.0%})",
-                           f"calibrate on at least {su['recommended_min_samples']} samples"))
+                           f"calibrate on at least {su['recommended_min_samples']} {unit.split(' of ')[0]}"))
+    if lm:
+        t = checks["tokens_vs_task"]
+        if t["js_bits"] > TOKEN_JS_WARN or t["unseen_share"] > UNSEEN_WARN:
+            out.append(warning("warning", "calibration-unlike-task", None,
+                               f"the calibration text is unlike the evaluation prompts: token distributions "
+                               f"{t['js_bits']:.2f} bits apart (Jensen-Shannon; threshold {TOKEN_JS_WARN}), and "
+                               f"{t['unseen_share']:.0%} of the prompts' tokens never occur in it",
+                               "calibrate on text like the task's prompts (a sample of them is best: "
+                               "--calibration FILE)"))
     for col, gone in checks["missing_slices"].items():
         out.append(warning("warning", "calibration-coverage", None,
                            f"calibration data has no examples of {col} = {', '.join(gone)}, which the evaluation data has",

@@ -166,7 +166,7 @@ def auto(model, data, calibration: Dataset | None, budget: Budget, train: Datase
 
     calibrated = [r for r in path if r.needs_calibration]
     if calibrated and calibration is not None:
-        c.check_calibration(max(r.num_samples for r in calibrated))
+        c.check_calibration(max(r.num_samples for r in calibrated), max(getattr(r, "seq_len", 0) for r in calibrated))
     int8_ok = False                 # a post-training int8 path (or QAT) met the accuracy budget
     qat_tried = any(isinstance(r, QAT) for r in path)   # a path that names QAT tries it in its place
 

@@ -55,3 +55,36 @@ def test_bert_outlier_channels_are_found(model, bbc, eval_subset):
     top = checks["outliers"][0]
     # BERT-family models carry a few hidden dimensions with activations 10x+ the rest
     assert top["channel_ratio"] > 5 and top["kurtosis"] > 10
+
+
+def test_lm_calibration_checks_flag_three_sentences_and_off_domain_text():
+    """Measured on the bundled fine-tuned LM against 128 of its task's prompts (the test reads 64) (32 windows of 256 tokens):
+    BBC training articles are 0.42 bits from the prompts' tokens (38% of prompt tokens unseen), fortunes 0.61
+    (52%), three sentences 0.86 (93%) in 23 tokens, fewer than the 1,536 inputs of the widest layer."""
+    from quantgate.activations import check_lm_calibration
+    from quantgate.data import bbc_splits, load_texts
+    from quantgate.diagnose import calibration_warnings
+    from quantgate.finetune import default_finetuned_lm
+    from quantgate.models import load_causal_lm
+    from quantgate.tasks.prompted import bbc_topic_prompts
+    from pathlib import Path
+    if not Path("/usr/share/games/fortunes/fortunes").is_file():
+        pytest.skip("Debian's fortunes-min is installed by `make test`")
+    lm = load_causal_lm(default_finetuned_lm())
+    sp = bbc_splits()
+    task = bbc_topic_prompts(sp["test"]).head(64)
+    three = ["The cat sat on the mat.", "Quantization makes models smaller.", "Paris is the capital of France."]
+    codes = {}
+    for name, cal in (("bbc", sp["train"]), ("three", three),
+                      ("fortunes", load_texts("/usr/share/games/fortunes/fortunes", "text"))):
+        checks = check_lm_calibration(lm, cal, task, 32, 256)
+        warned = calibration_warnings(checks)
+        codes[name] = {w["code"] for w in warned}
+        if name == "three":
+            assert checks["n"] == 1 and checks["tokens"] < checks["widest_input"]
+            small = next(w for w in warned if w["code"] == "calibration-small")
+            assert small["severity"] == "error" and "rank-deficient" in small["message"]
+        if name == "bbc":
+            assert checks["n"] == 32 and checks["sufficiency"]["converged"]
+    assert "calibration-unlike-task" not in codes["bbc"] and "calibration-small" not in codes["bbc"]
+    assert "calibration-unlike-task" in codes["fortunes"] and "calibration-unlike-task" in codes["three"]
