@@ -58,7 +58,7 @@ def test_bert_outlier_channels_are_found(model, bbc, eval_subset):
 
 
 def test_lm_calibration_checks_flag_three_sentences_and_off_domain_text():
-    """Measured on the bundled fine-tuned LM against 128 of its task's prompts (the test reads 64) (32 windows of 256 tokens):
+    """Measured on the bundled fine-tuned LM against 128 of its task's prompts (the test reads 48) (32 windows of 256 tokens):
     BBC training articles are 0.42 bits from the prompts' tokens (38% of prompt tokens unseen), fortunes 0.61
     (52%), three sentences 0.86 (93%) in 23 tokens, fewer than the 1,536 inputs of the widest layer."""
     from quantgate.activations import check_lm_calibration
@@ -72,7 +72,7 @@ def test_lm_calibration_checks_flag_three_sentences_and_off_domain_text():
         pytest.skip("Debian's fortunes-min is installed by `make test`")
     lm = load_causal_lm(default_finetuned_lm())
     sp = bbc_splits()
-    task = bbc_topic_prompts(sp["test"]).head(64)
+    task = bbc_topic_prompts(sp["test"]).head(48)
     three = ["The cat sat on the mat.", "Quantization makes models smaller.", "Paris is the capital of France."]
     codes = {}
     for name, cal in (("bbc", sp["train"]), ("three", three),

@@ -34,7 +34,7 @@ def test_invalid_values_from_a_file_are_one_clear_line(tmp_path):
     with pytest.raises(QuantgateError, match=r"unknown field\(s\) \['bitz'\]"):
         Recipe.load(p)
     p.write_text("method: magic\n")
-    with pytest.raises(QuantgateError, match="recipe method must be one of dynamic-int8, gptq, nf4, qat, qlora, static-int8, weight-only"):
+    with pytest.raises(QuantgateError, match="recipe method must be one of dynamic-int8, gptq, half, nf4, qat, qlora, static-int8, weight-only"):
         Recipe.load(p)
     with pytest.raises(QuantgateError, match="calibrator must be one of"):
         StaticInt8(calibrator="vibes")

@@ -133,6 +133,9 @@ def _cpu_times() -> tuple[float, float, float] | None:
     return (total - idle - steal) / hz, steal / hz, total / hz
 
 
+WORKERS: set[int] = set()   # process ids of serving-runtime workers (export/llamacpp.py): their CPU time is ours
+
+
 class Conditions:
     """What else the machine did while latency was measured: the CPU time other
     processes took (busy CPU time less this process's own), CPU steal where the
@@ -144,9 +147,9 @@ class Conditions:
         return self
 
     def _own(self) -> float:
-        """CPU seconds of this process and its live children (a serving runtime's workers are ours)."""
+        """CPU seconds of this process and of the serving runtimes' workers it runs (`WORKERS`)."""
         total = 0.0
-        for p in [self._proc] + self._proc.children(recursive=True):
+        for p in [self._proc] + [psutil.Process(pid) for pid in WORKERS if psutil.pid_exists(pid)]:
             try:
                 t = p.cpu_times()
                 total += t.user + t.system

@@ -58,6 +58,8 @@ class LlamaCpp(torch.nn.Module):
         self._log = tempfile.TemporaryFile()
         self._proc = subprocess.Popen([interpreter or python(), str(WORKER), json.dumps(cfg)], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=self._log)
+        from ..evaluate.perf import WORKERS
+        WORKERS.add(self._proc.pid)             # its CPU time is the comparison's own, not other load
         hello = self._read()
         self.version, self.n_vocab, self._rss_before = hello["version"], hello["n_vocab"], hello["rss_before_mb"]
         self.runtime_name = f"{RUNTIME} (llama-cpp-python {self.version})"
@@ -131,6 +133,8 @@ class LlamaCpp(torch.nn.Module):
         return {"memory_mb": r["peak_mb"] - self._rss_before, "file_mb": self.path.stat().st_size / 2**20}
 
     def close(self) -> None:
+        from ..evaluate.perf import WORKERS
+        WORKERS.discard(self._proc.pid)
         if self._proc.poll() is None:
             self._proc.stdin.close()
             try:
