@@ -105,7 +105,8 @@ def _bins(v: torch.Tensor, inner: torch.Tensor, lo: float, hi: float) -> np.ndar
     return torch.bincount(idx, minlength=len(inner) + 3).numpy()
 
 
-def profile(model, texts: list[str], batch_size: int = 32, verbose: bool = False, windows: torch.Tensor | None = None) -> dict:
+def profile(model, texts: list[str], batch_size: int = 32, verbose: bool = False,
+            windows: torch.Tensor | None = None) -> dict:
     """Calibration-time activation profile, in one pass: per layer the range
     (min, max over all channels), decile edges of the first batch's values,
     and the share of all calibration values in each bin. For an LM, `windows`
@@ -185,7 +186,8 @@ class DriftMonitor:
             reasons.append(f"{over} layer(s) with PSI over {PSI_DRIFT} (worst {layers[0]['layer']}: {layers[0]['psi']:.2f})")
         if clip_rate > CLIP_DRIFT:
             reasons.append(f"{clip_rate:.1e} of activation values fall outside the calibrated ranges (> {CLIP_DRIFT:g})")
-        return {"inputs": self.n, "calibration_n": self.prof["n"], "calibration_unit": self.prof.get("unit", "examples"), "median_psi": float(np.median(psis)),
+        return {"inputs": self.n, "calibration_n": self.prof["n"], "calibration_unit": self.prof.get("unit", "examples"),
+                "median_psi": float(np.median(psis)),
                 "max_psi": float(psis.max()), "layers_over_moderate": int((psis > PSI_MODERATE).sum()),
                 "layers_over_drift": over, "n_layers": len(layers),
                 "clip_rate": clip_rate, "worst_layers": layers[:10],

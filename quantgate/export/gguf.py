@@ -61,7 +61,8 @@ def check_recipe(recipe, cfg) -> None:
     require(method in ("weight-only", "gptq"), f"{recipe.name} has no GGUF block type (GGUF holds int4/int8 in "
                                                f"groups of 32): {EXACT}")
     ok = recipe.group_size == 32 and (recipe.bits == 4 or (recipe.bits == 8 and recipe.symmetric))
-    head = recipe.head_bits is None or (recipe.head_group_size or (recipe.group_size if recipe.head_bits == 4 else None)) == 32
+    head_group = recipe.head_group_size or (recipe.group_size if recipe.head_bits == 4 else None)
+    head = recipe.head_bits is None or head_group == 32
     require(ok and head, f"{recipe.name} is not exactly a GGML block type (blocks of 32 weights"
                          + ("" if ok else f"; it is int{recipe.bits} group {recipe.group_size or 'per channel'}")
                          + ("" if head else "; its head copy needs -head8g32 or -head4") + f"): {EXACT}")
