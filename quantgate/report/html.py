@@ -252,12 +252,17 @@ def calibration_section(cc: dict) -> str:
     su, co = cc["sufficiency"], cc["coverage"]
     worst = list(su["last_doubling_change"])[:5]
     series = [(name.removeprefix("model."), su["sizes"], su["curve"][name]) for name in worst]
-    h = [f"<h2>Calibration checks</h2><p>{cc['n']} calibration samples; ranges "
+    unit = escape(cc.get("unit", "samples"))
+    h = [f"<h2>Calibration checks</h2><p>{cc['n']} calibration {unit}; ranges "
          f"{'converged' if su['converged'] else '<b>not converged</b>'} ({su['converged_share']:.0%} of layers moved "
-         f"less than 10% on the last doubling); recommended at least {su['recommended_min_samples']} samples.</p>",
+         f"less than 10% on the last doubling); recommended at least {su['recommended_min_samples']} "
+         f"{unit.split(' of ')[0]}.</p>",
          svg.line_chart(series, "calibration samples (prefix of the calibration data)",
                         "range width / final width", "activation range against calibration samples (least converged layers)"),
          f"<p>Evaluation activations outside the calibrated ranges: <b>{co['clip_rate']:.2e}</b> of all values.</p>",
+         (f"<p>Calibration tokens against the task prompts' tokens: {cc['tokens_vs_task']['js_bits']:.2f} bits apart "
+          f"(Jensen-Shannon); {cc['tokens_vs_task']['unseen_share']:.0%} of the prompts' tokens never occur in the "
+          f"{cc['tokens']:,} calibration tokens.</p>" if cc.get("tokens_vs_task") else ""),
          "<table><tr><th>layer</th><th>share clipped</th></tr>"
          + "".join(f"<tr><td>{escape(k)}</td><td>{v:.2e}</td></tr>" for k, v in list(co["worst_layers"].items())[:5])
          + "</table>"]
