@@ -43,26 +43,56 @@ def linear_input_hooks(module: torch.nn.Module, fn):
             h.remove()
 
 
-def _run(model, data, fn, batch_size: int, desc: str, verbose: bool, enc: dict | None = None):
-    """fn(layer, input, first example's index) for every Linear input over the data (or `enc`, encoded)."""
+LM_TOKENS = 512             # a language model's input here: each text's first tokens
+LM_BATCH = 8                # ... this many sequences a forward pass
+
+
+def encode(model, texts: list[str]) -> dict[str, torch.Tensor]:
+    """Texts as a model of either kind takes them: a classifier's fixed-length encoding, or each
+    text's first LM_TOKENS tokens (BOS-led where the tokenizer adds one), right-padded, for an LM."""
+    from .models import CausalLM
+    if not isinstance(model, CausalLM):
+        return model.encode(texts)
+    tok = model.tokenizer
+    ids = [tok(t, truncation=True, max_length=LM_TOKENS)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    out = torch.full((len(ids), width), pad, dtype=torch.long)
+    am = torch.zeros_like(out)
+    for i, row in enumerate(ids):
+        out[i, :len(row)] = torch.tensor(row)
+        am[i, :len(row)] = 1
+    return {"input_ids": out, "attention_mask": am}
+
+
+def forward_batches(model, enc: dict, batch_size: int, before=None):
+    """Run the model over an encoding batch by batch (an LM at most LM_BATCH sequences at once),
+    calling before(attention_mask) ahead of each batch; yields each batch's size after it ran."""
     from .models import CausalLM
     lm = isinstance(model, CausalLM)
+    for ids, am in batches(enc, min(batch_size, LM_BATCH) if lm else batch_size):
+        if before is not None:
+            before(am)
+        if lm:
+            model.module(input_ids=ids, attention_mask=am)
+        else:
+            model.module(ids, am)
+        yield ids.shape[0]
+
+
+def _run(model, data, fn, batch_size: int, desc: str, verbose: bool, enc: dict | None = None):
+    """fn(layer, input, first example's index) for every Linear input over the data (or `enc`, encoded)."""
     enc = enc or model.encode(data.texts)
-    n = enc["input_ids"].shape[0]
     state = {"offset": 0}
 
     def hook(name, x):
         fn(name, x, state["offset"])
 
     with torch.inference_mode(), linear_input_hooks(model.module, hook), \
-            progress(total=n, desc=desc, enabled=verbose) as bar:
-        for ids, am in batches(enc, min(batch_size, 8) if lm else batch_size):
-            if lm:
-                model.module(input_ids=ids, attention_mask=am)
-            else:
-                model.module(ids, am)
-            state["offset"] += ids.shape[0]
-            bar.update(ids.shape[0])
+            progress(total=enc["input_ids"].shape[0], desc=desc, enabled=verbose) as bar:
+        for b in forward_batches(model, enc, batch_size):
+            state["offset"] += b
+            bar.update(b)
 
 
 def calibration_stats(model, calib: Dataset | None, batch_size: int = 32, verbose: bool = False,
@@ -224,7 +254,6 @@ def check_lm_calibration(lm, calib, data, num_samples: int, seq_len: int, verbos
     (token distance, activation clipping per slice), outlier channels. Less text than one
     window is checked as the one short window it is."""
     from .calibration import bos_id, cut_windows, token_stream
-    from .monitor import _lm_encode
     tok = lm.tokenizer
     texts = list(calib.texts if isinstance(calib, Dataset) else calib)
     requested, num_samples = num_samples, min(num_samples, LM_CHECK_WINDOWS)
@@ -237,7 +266,7 @@ def check_lm_calibration(lm, calib, data, num_samples: int, seq_len: int, verbos
     n = int(windows.shape[0])
     prompts = list(getattr(data, "prompts", None) or getattr(data, "texts", None) or data)[:LM_CHECK_PROMPTS]
     slices = {k: v[:len(prompts)] for k, v in (getattr(data, "slices", None) or {}).items()}
-    ev = _lm_encode(lm, prompts)
+    ev = encode(lm, prompts)
     ev_ids = [row[m.bool()].tolist() for row, m in zip(ev["input_ids"], ev["attention_mask"])]
     cov = coverage(lm, st, _Prompts(prompts, slices), verbose=verbose, enc=ev)
     widest = max(m.in_features for m in lm.module.modules() if isinstance(m, torch.nn.Linear))

@@ -211,9 +211,9 @@ def load_lm(path: str | Path, adapters: bool = True) -> CausalLM:
     hf_logging.set_verbosity_error()
     cfg = AutoConfig.from_pretrained(p, local_files_only=True)
     torch.manual_seed(0)
+    from .methods.half import DTYPES
     recipe = manifest.get("recipe") or {}
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[recipe["dtype"]] if recipe.get("method") == "half" \
-        else torch.float32
+    dtype = DTYPES[recipe["dtype"]] if recipe.get("method") == "half" else torch.float32
     hf = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     with_adapters = bool(manifest.get("adapters")) and adapters
     if with_adapters:                  # adapters first: the base layers then sit at '<name>.base_layer'

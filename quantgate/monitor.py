@@ -35,8 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .activations import linear_input_hooks
-from .calibration import batches
+from .activations import encode, forward_batches, linear_input_hooks
 from .errors import require
 from .progress import progress
 
@@ -52,33 +51,11 @@ def _channels(c: int) -> torch.Tensor:
     return torch.arange(0, c, max(1, c // HIST_CHANNELS))
 
 
-LM_TOKENS = 512             # a language model's input: each text's first tokens
-
-
-def _lm_encode(lm, texts: list[str]) -> dict[str, torch.Tensor]:
-    """Each text's first LM_TOKENS tokens (BOS-led where the tokenizer adds one), right-padded."""
-    tok = lm.tokenizer
-    ids = [tok(t, truncation=True, max_length=LM_TOKENS)["input_ids"] for t in texts]
-    width = max(map(len, ids))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    out = torch.full((len(ids), width), pad, dtype=torch.long)
-    am = torch.zeros_like(out)
-    for i, row in enumerate(ids):
-        out[i, :len(row)] = torch.tensor(row)
-        am[i, :len(row)] = 1
-    return {"input_ids": out, "attention_mask": am}
-
-
 def _each_layer(model, texts: list[str], fn, batch_size: int = 32, desc: str = "", verbose: bool = False,
                 enc: dict | None = None) -> None:
-    """fn(layer, x [tokens, channels] of real tokens only) for every Linear input; a classifier's
-    inputs as it encodes them, a causal LM's as each text's first LM_TOKENS tokens (or `enc`, given)."""
-    from .models import CausalLM
-    lm = isinstance(model, CausalLM)
-    enc = enc or (_lm_encode(model, texts) if lm else model.encode(texts))
-    texts = texts or range(enc["input_ids"].shape[0])
-    if lm:
-        batch_size = min(batch_size, 8)
+    """fn(layer, x [tokens, channels] of real tokens only) for every Linear input; the texts encoded as
+    the model takes them (`activations.encode`: an LM reads each text's first 512 tokens), or `enc`."""
+    enc = enc or encode(model, texts)
     mask = {"m": None}
 
     def hook(name, x):
@@ -88,14 +65,9 @@ def _each_layer(model, texts: list[str], fn, batch_size: int = 32, desc: str = "
         fn(name, x.float())
 
     with torch.inference_mode(), linear_input_hooks(model.module, hook), \
-            progress(total=len(texts), desc=desc, enabled=verbose) as bar:
-        for ids, am in batches(enc, batch_size):
-            mask["m"] = am.bool()
-            if lm:
-                model.module(input_ids=ids, attention_mask=am)
-            else:
-                model.module(ids, am)
-            bar.update(ids.shape[0])
+            progress(total=enc["input_ids"].shape[0], desc=desc, enabled=verbose) as bar:
+        for b in forward_batches(model, enc, batch_size, before=lambda am: mask.update(m=am.bool())):
+            bar.update(b)
 
 
 def _bins(v: torch.Tensor, inner: torch.Tensor, lo: float, hi: float) -> np.ndarray:

@@ -42,6 +42,14 @@ def check_out(out: str | Path, overwrite: bool = False) -> Path:
     return check_out_path(out)
 
 
+def low_bit_layers(module) -> tuple[dict, list[str]]:
+    """A model's integer weight-only layers (name -> WeightOnlyLinear) and the names of its NF4 layers."""
+    from ..methods.nf4 import NF4Linear
+    from ..methods.weight_only import WeightOnlyLinear
+    mods = list(module.named_modules())
+    return ({n: m for n, m in mods if isinstance(m, WeightOnlyLinear)}, [n for n, m in mods if isinstance(m, NF4Linear)])
+
+
 class Source:
     """What every format writes from: the artifact folder, its (verified) manifest, and on
     first use its model (`artifact.load`), integer weight-only layers and NF4 layers."""
@@ -56,13 +64,11 @@ class Source:
 
     @cached_property
     def layers(self) -> dict:
-        from ..methods.weight_only import WeightOnlyLinear
-        return {n: m for n, m in self.model.module.named_modules() if isinstance(m, WeightOnlyLinear)}
+        return low_bit_layers(self.model.module)[0]
 
     @cached_property
     def nf4(self) -> list[str]:
-        from ..methods.nf4 import NF4Linear
-        return [n for n, m in self.model.module.named_modules() if isinstance(m, NF4Linear)]
+        return low_bit_layers(self.model.module)[1]
 
     def weights_only(self) -> None:
         """The LM formats that store weights refuse a QLoRA artifact: its adapters go as peft."""

@@ -153,10 +153,8 @@ class LlamaCpp(torch.nn.Module):
 def serve(module, lm, folder: Path, what: str, n_ctx: int, interpreter: str | None = None) -> LlamaCpp:
     """`module` (the fp32 model or a candidate) written as GGUF into `folder` and run by llama.cpp."""
     from ..decoder import eos_ids
-    from ..methods.nf4 import NF4Linear
-    from ..methods.weight_only import WeightOnlyLinear
-    layers = {n: m for n, m in module.named_modules() if isinstance(m, WeightOnlyLinear)}
-    nf4 = [n for n, m in module.named_modules() if isinstance(m, NF4Linear)]
+    from . import low_bit_layers
+    layers, nf4 = low_bit_layers(module)
     try:
         gguf.check_model(module, layers, nf4)
     except QuantgateError as e:
