@@ -167,6 +167,7 @@ def cmd_auto(a) -> int:
     from .recipes import Recipe
     from .registry import Registry
     from .report import write_reports
+    keep = _keep(a)
     path = tuple(Recipe.parse(r) for r in a.paths.split(",") if r.strip()) if a.paths else DEFAULT_PATH
     out = _report_dir(a, "auto")
     registry = Registry(a.registry)
@@ -174,9 +175,8 @@ def cmd_auto(a) -> int:
     data, cal = _load_data(a, "evaluate")
     train = _train_data(a) if (a.train or not a.data) and not a.no_qat else None
     budget = _budget(a)
-    keep = tuple(int(k) for k in a.keep_float.split(",") if k.strip()) if a.keep_float else ()
     s = Settings(batch_sizes=budget.batch_sizes or (1, 32), perf_budget_s=a.perf_seconds, threads=a.threads)
-    comp, plan = auto(model, data, cal, budget, train=train, settings=s, path=path, keep_float=keep,
+    comp, plan = auto(model, data, cal, budget, train=train, settings=s, path=path, keep=keep, keep_as=a.keep_as,
                       registry=registry, base_name=_base_name(a))
     paths = write_reports(comp, out)
     from .report.terminal import plan_table
@@ -502,6 +502,7 @@ def _lm_auto(a) -> int:
     from .registry import Registry
     from .report import write_reports
     from .report.terminal import plan_table
+    keep = _keep(a)
     lm = _lm_model(a)
     path = tuple(_lm_recipe(a, r) for r in a.paths.split(",") if r.strip()) if a.paths else \
         tuple(_lm_recipe(a, r.name) for r in default_path(lm))
@@ -512,13 +513,28 @@ def _lm_auto(a) -> int:
     registry = Registry(a.registry)
     evaluation = _lm_evaluation(a)
     cal, _ = _lm_texts(a)
-    keep = tuple(int(k) for k in a.keep_float.split(",") if k.strip()) if a.keep_float else ()
-    comp, plan = auto(lm, evaluation, cal, _budget(a), settings=_lm_settings(a), path=path, keep_float=keep,
+    comp, plan = auto(lm, evaluation, cal, _budget(a), settings=_lm_settings(a), path=path, keep=keep,
+                      keep_as=a.keep_as,
                       registry=registry, base_name=a.name or Path(lm.path).name)
     paths = write_reports(comp, out)
     print(plan_table(plan))
     print(f"\nreport: {paths['html']}\njson:   {paths['json']}")
     return 0 if plan["chosen"] else 1
+
+
+def _add_keep(p) -> None:
+    p.add_argument("--keep", default="3", help="when a candidate misses its accuracy budget by no more than the budget "
+                   "itself, retry keeping its N most sensitive layers at higher precision (comma-separated N; "
+                   "empty: never)")
+    p.add_argument("--keep-as", choices=("int8", "float"), default="int8",
+                   help="how the kept layers are stored: int8 per channel (a weight format under 8 bits; others "
+                   "keep them in float) or float (default int8)")
+
+
+def _keep(a) -> tuple[int, ...]:
+    parts = [k.strip() for k in (a.keep or "").split(",") if k.strip()]
+    require(all(k.isdigit() and int(k) > 0 for k in parts), f"--keep takes layer counts such as 3 or 1,3; got {a.keep!r}")
+    return tuple(int(k) for k in parts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -585,8 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_budget(au, False)
     au.add_argument("--paths", help="comma-separated recipes in the order to try "
                     "(default bf16,dynamic,static,int8,int4-g32; bf16 is skipped where the hardware has no fast path for it; QAT is added when int8 paths miss and training data exists)")
-    au.add_argument("--keep-float", default="3", help="when a candidate misses, retry keeping its N most sensitive "
-                    "layers in float (comma-separated N; empty: never)")
+    _add_keep(au)
     au.add_argument("--train", help="labelled training data for QAT (default with the bundled data: the BBC train split)")
     au.add_argument("--no-qat", action="store_true", help="never try QAT")
     au.add_argument("--registry", help="registry folder (default $QUANTGATE_REGISTRY or ~/.cache/quantgate/registry)")
@@ -701,8 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_budget(la, False)
     la.add_argument("--paths", help="comma-separated recipes in the order to try (default "
                     + ",".join(r.name for r in LM_PATH) + ")")
-    la.add_argument("--keep-float", default="3", help="when a candidate misses, retry keeping its N most sensitive "
-                    "layers in float (comma-separated N; empty: never)")
+    _add_keep(la)
     la.add_argument("--registry", help="registry folder (default $QUANTGATE_REGISTRY or ~/.cache/quantgate/registry)")
     la.add_argument("--name", help="base name for registry versions (default: the model folder's name)")
     la.add_argument("--out", help="report directory (default runs/lm-auto-<time>)")

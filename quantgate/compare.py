@@ -293,14 +293,16 @@ class Comparer:
         served.runtime_name = f"{RUNTIME} {served.version}"
         return served
 
-    def finish(self) -> Comparison:
+    def finish(self, timed: list[str] | None = None) -> Comparison:
+        """Measure speed and memory, every model interleaved (or fp32 and the candidates
+        named in `timed`: auto leaves out those that missed its accuracy budget), then diagnose."""
         s, comp = self.settings, self.comp
         threads, why = perf.fair_threads(s.threads)
         before = torch.get_num_threads()
+        modules = {"fp32": self.served} | {k: m for k, m in self.serving.items() if timed is None or k in timed}
         if s.verbose:
-            print(f"measuring speed at batch sizes {', '.join(map(str, s.batch_sizes))}, all models interleaved, "
-                  f"{why} ...", file=sys.stderr)
-        modules = {"fp32": self.served} | self.serving
+            print(f"measuring speed at batch sizes {', '.join(map(str, s.batch_sizes))}, "
+                  f"{len(modules)} models interleaved, {why} ...", file=sys.stderr)
         torch.set_num_threads(threads)
         try:
             with perf.Conditions() as cond:
@@ -314,8 +316,9 @@ class Comparer:
         own = perf.own_memory(modules, sizes, *self.task.memory_probe())
         comp.baseline["perf"].update(speed["fp32"] | own["fp32"])
         for c in comp.candidates:
-            c.perf.update(speed[c.name] | own[c.name])
-        for m in modules.values():              # llama.cpp's worker processes end here
+            c.perf.update(speed[c.name] | own[c.name] if c.name in modules else
+                          {"batch_sizes": {}, "not_timed": "missed the accuracy budget, so it cannot be chosen: not timed"})
+        for m in [self.served, *self.serving.values()]:     # llama.cpp's worker processes end here
             if hasattr(m, "close"):
                 m.close()
         from .diagnose import diagnose

@@ -105,7 +105,10 @@ def check(cand: dict, baseline: dict, budget: Budget, n: int, task: dict | None 
                     rows.append(drop_verdict(f"{name} on {col}={r['value']}", d, budget.max_slice_drop, r["n"],
                                              noun=noun_s, unit=unit_s, items=f"evaluation {items}"))
     measured = cand.get("perf", {}).get("batch_sizes", {})
-    if budget.max_latency_ms is not None:
+    if budget.max_latency_ms is not None and cand.get("perf", {}).get("not_timed"):
+        rows.append({"constraint": "p95 latency", "value": None, "limit": budget.max_latency_ms, "unit": "ms",
+                     "verdict": "not measured", "detail": cand["perf"]["not_timed"]})
+    elif budget.max_latency_ms is not None:
         sizes = [str(b) for b in budget.batch_sizes] or list(measured)
         for bs in sizes:
             require(bs in measured, f"the comparison has no latency at batch size {bs} "

@@ -77,12 +77,29 @@ def _bins(v: torch.Tensor, inner: torch.Tensor, lo: float, hi: float) -> np.ndar
     return torch.bincount(idx, minlength=len(inner) + 3).numpy()
 
 
+_WINDOW_PROFILES: dict[tuple, dict] = {}   # (model, windows) -> profile: auto's GPTQ candidates share windows
+
+
 def profile(model, texts: list[str], batch_size: int = 32, verbose: bool = False,
             windows: torch.Tensor | None = None) -> dict:
     """Calibration-time activation profile, in one pass: per layer the range
     (min, max over all channels), decile edges of the first batch's values,
     and the share of all calibration values in each bin. For an LM, `windows`
-    (GPTQ's calibration token windows) are what it saw, profiled as they are."""
+    (GPTQ's calibration token windows) are what it saw, profiled as they are
+    (once per float model and windows: every GPTQ candidate of a comparison
+    calibrates on the same ones)."""
+    if windows is not None:
+        import copy
+        import hashlib
+        key = (id(model.module), getattr(model, "sha", None), hashlib.sha256(windows.numpy().tobytes()).hexdigest())
+        if key not in _WINDOW_PROFILES:
+            _WINDOW_PROFILES.clear()           # one model's at a time: a profile is a few MB
+            _WINDOW_PROFILES[key] = _profile(model, texts, batch_size, verbose, windows)
+        return copy.deepcopy(_WINDOW_PROFILES[key])
+    return _profile(model, texts, batch_size, verbose, windows)
+
+
+def _profile(model, texts, batch_size, verbose, windows) -> dict:
     enc = None if windows is None else {"input_ids": windows, "attention_mask": torch.ones_like(windows)}
     require(len(texts) > 0 or enc is not None, "cannot profile activations of empty calibration data")
     st: dict[str, dict] = {}

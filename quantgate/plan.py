@@ -11,18 +11,24 @@ A candidate is also skipped when one of the same method with more bits already
 missed the accuracy budget (fewer bits will not pass), with that reason.
 
 1. Each candidate is quantized and scored on the evaluation data. When it
-   misses the accuracy budget, its most sensitive layers (quantgate.sensitivity)
-   are kept in float, `keep_float` layers at a time, and it is scored again.
+   misses the accuracy budget by no more than the budget itself (at least
+   REACH points or %), its most sensitive layers (quantgate.sensitivity) are
+   kept at int8 (a weight format under 8 bits) or in float, `keep` layers at
+   a time, and it is scored again. A miss further off is not retried, and the
+   step says so: keeping three layers of two hundred recovered about a point
+   at most when measured (README).
 2. QAT runs only when every post-training int8 path (fallbacks included)
    missed, and only with training data.
-3. Latency is then measured for every model at once, interleaved.
+3. Latency is then measured, interleaved, for fp32 and every candidate that
+   met the accuracy budget (for all of them when none did): a candidate that
+   missed it cannot be chosen, and timing it would only cost time.
 4. Every candidate is gated against the whole budget (quantgate.gate). Among
    those that pass, the choice is on the Pareto front of measured p50 latency
    (at each budget batch size) and weight memory: the front member with the
    smallest geometric mean of its ratios to fp32. Not first-fit.
 5. The chosen candidate is saved in the registry; when nothing passes, the
-   best candidates (the Pareto front of drop, latency and memory, at most 3)
-   are saved, each with the constraints it missed.
+   best candidates (the Pareto front of drop, latency and memory among the
+   timed ones, at most 3) are saved, each with the constraints it missed.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ DEFAULT_PATH = (Half(dtype="bf16"), DynamicInt8(), StaticInt8(), WeightOnly(bits
 LM_PATH = (Half(dtype="bf16"), WeightOnly(bits=8), WeightOnly(bits=4, group_size=128), GPTQ(bits=4, group_size=128),
            GPTQ(bits=4, group_size=64), NF4(), GPTQ(bits=3, group_size=128))
 PTQ_INT8 = ("dynamic-int8", "static-int8")
+REACH = 1.0      # a miss over its limit by at most max(limit, REACH) points (or %) is retried
 
 
 def default_path(model) -> tuple[Recipe, ...]:
@@ -60,6 +67,22 @@ def _why_skip(recipe: Recipe, missed: list[Recipe]) -> str | None:
     return None
 
 
+def _out_of_reach(r: dict) -> str | None:
+    """Why keeping a few layers at higher precision will not rescue this accuracy miss, or None."""
+    for c in r["constraints"]:
+        if "interval" in c and c["verdict"] != "pass" and c["value"] - c["limit"] > max(c["limit"], REACH):
+            return (f"not retried: {c['constraint']} {c['value']:.2f} {c['unit']} is over its {c['limit']:g} by more "
+                    f"than {max(c['limit'], REACH):g}; a few layers kept at higher precision recover less")
+    return None
+
+
+def _keeping(recipe: Recipe, layers: tuple[str, ...], keep_as: str) -> tuple[Recipe, str]:
+    """`recipe` with `layers` kept at int8 (a weight format under 8 bits) or in float."""
+    if keep_as == "int8" and recipe.stores_weights and getattr(recipe, "bits", 4) < 8:
+        return dataclasses.replace(recipe, int8_layers=tuple(recipe.int8_layers) + layers), "at int8"
+    return dataclasses.replace(recipe, exclude=tuple(recipe.exclude) + layers), "in float"
+
+
 def _accuracy_only(b: Budget) -> Budget:
     return dataclasses.replace(b, max_latency_ms=None, max_memory_mb=None)
 
@@ -73,7 +96,10 @@ def pareto(points: dict[str, list[float]]) -> list[str]:
     return [n for n, p in points.items() if not any(_dominates(q, p) for m, q in points.items() if m != n)]
 
 
-def _objectives(c: dict, sizes: list[str]) -> list[float]:
+def _objectives(c: dict, sizes: list[str]) -> list[float] | None:
+    """Latency at each size and weight bytes; None for a candidate that was not timed."""
+    if not c["perf"].get("batch_sizes"):
+        return None
     return [c["perf"]["batch_sizes"][bs]["p50_ms"] for bs in sizes] + [c["weight_bytes"]]
 
 
@@ -91,8 +117,9 @@ def choose(comp: dict, budget: Budget) -> dict:
     passing = [k for k, r in results.items() if r["passed"]]
     front = pareto({k: _objectives(cands[k], sizes) for k in passing})
 
-    def score(k):  # geometric mean of ratios to fp32 over latencies and weight bytes
-        return math.exp(sum(math.log(v / r) for v, r in zip(_objectives(cands[k], sizes), ref)) / len(ref))
+    def score(k):  # geometric mean of ratios to fp32 over latencies and weight bytes (None: not timed)
+        o = _objectives(cands[k], sizes)
+        return None if o is None else math.exp(sum(math.log(v / r) for v, r in zip(o, ref)) / len(ref))
     chosen = min(front, key=score) if front else None
     verdicts = []
     for k, r in results.items():
@@ -108,10 +135,11 @@ def choose(comp: dict, budget: Budget) -> dict:
         verdicts.append({"name": k, "passed": r["passed"], "uncertain": r["uncertain"], "why": why,
                          "constraints": r["constraints"],
                          "score": score(k), "objectives": dict(zip([f"p50_ms@{s}" for s in sizes] + ["weight_bytes"],
-                                                                   _objectives(cands[k], sizes)))})
+                                                                   _objectives(cands[k], sizes) or []))})
     best = []
-    if chosen is None and cands:     # nothing passes: the front of (drop, latency, memory)
-        pts = {k: [-c["metrics"][budget.metric]["delta"], *_objectives(c, sizes)] for k, c in cands.items()}
+    timed = {k: c for k, c in cands.items() if _objectives(c, sizes) is not None}
+    if chosen is None and timed:     # nothing passes: the front of (drop, latency, memory)
+        pts = {k: [-c["metrics"][budget.metric]["delta"], *_objectives(c, sizes)] for k, c in timed.items()}
         best = sorted(pareto(pts), key=lambda k: (pts[k][0], score(k)))[:3]
     base_ok = check_baseline(base, budget, sizes)
     return {"budget": budget.to_dict(), "batch_sizes": sizes, "chosen": chosen, "passing": passing,
@@ -130,10 +158,14 @@ def check_baseline(base: dict, budget: Budget, sizes: list[str]) -> dict:
 
 
 def auto(model, data, calibration: Dataset | None, budget: Budget, train: Dataset | None = None,
-         settings: Settings | None = None, path: tuple[Recipe, ...] | None = None, keep_float: tuple[int, ...] = (3,),
-         registry=None, base_name: str | None = None) -> tuple[Comparison, dict]:
+         settings: Settings | None = None, path: tuple[Recipe, ...] | None = None, keep: tuple[int, ...] = (3,),
+         keep_as: str = "int8", registry=None, base_name: str | None = None) -> tuple[Comparison, dict]:
     """Walk `path` (default: the model kind's) under `budget`; returns the comparison (with .plan) and the plan.
-    For a causal LM `data` is a PromptSet (its task) or a list of texts (perplexity)."""
+    For a causal LM `data` is a PromptSet (its task) or a list of texts (perplexity). A miss within
+    reach is retried keeping its `keep` most sensitive layers `keep_as` int8 (weight formats under
+    8 bits; others keep them in float) or float."""
+    from .errors import require
+    require(keep_as in ("int8", "float"), f"keep_as must be int8 or float, got {keep_as!r}")
     import sys
     import time
     path = default_path(model) if path is None else path
@@ -147,13 +179,16 @@ def auto(model, data, calibration: Dataset | None, budget: Budget, train: Datase
     acc_budget = _accuracy_only(budget)
     steps = []
     missed: list[Recipe] = []
+    accurate: list[str] = []        # candidates that met the accuracy budget: the ones timed
     if s.verbose:
         print(f"auto: fp32 baseline scored in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
-    def attempt(recipe: Recipe, why: str) -> bool:
+    def attempt(recipe: Recipe, why: str) -> dict:
         t = time.perf_counter()
         cand = c.add(recipe)
         r = check(dataclasses.asdict(cand), c.comp.baseline, acc_budget, len(data), c.comp.task)
+        if r["passed"]:
+            accurate.append(recipe.name)
         m = cand.metrics[budget.metric]
         seconds = round(time.perf_counter() - t, 1)
         steps.append({"recipe": recipe.name, "why_tried": why, "accuracy_ok": r["passed"], "seconds": seconds,
@@ -162,7 +197,7 @@ def auto(model, data, calibration: Dataset | None, budget: Budget, train: Datase
                        else f"{budget.metric} x{m.get('ratio', 1):.3f}")})
         if s.verbose:
             print(f"auto: {recipe.name}: {steps[-1]['result']} ({seconds:.0f} s)", file=sys.stderr)
-        return r["passed"]
+        return r
 
     calibrated = [r for r in path if r.needs_calibration]
     if calibrated and calibration is not None:
@@ -174,7 +209,7 @@ def auto(model, data, calibration: Dataset | None, budget: Budget, train: Datase
         nonlocal int8_ok, qat_tried
         if not int8_ok and not qat_tried and train is not None and not isinstance(model, CausalLM):
             qat_tried = True
-            int8_ok = attempt(QAT(), "post-training int8 paths missed and training data is given")
+            int8_ok = attempt(QAT(), "post-training int8 paths missed and training data is given")["passed"]
 
     for recipe in path:
         skip = _why_skip(recipe, missed) or ("skipped: needs calibration data" if recipe.needs_calibration and (
@@ -185,15 +220,21 @@ def auto(model, data, calibration: Dataset | None, budget: Budget, train: Datase
             continue
         if isinstance(recipe, WeightOnly):
             maybe_qat()             # QAT comes after the int8 paths, before low-bit weight-only
-        ok = attempt(recipe, "next in order")
-        if not ok and keep_float and recipe.method not in ("qat", "half"):
+        r = attempt(recipe, "next in order")
+        ok = r["passed"]
+        far = None if ok else _out_of_reach(r)
+        if far and keep:
+            steps[-1]["retry"] = far
+        if not ok and not far and keep and recipe.method not in ("qat", "half"):
+            t = time.perf_counter()
             ranked = layer_sensitivity(model, recipe, calibration if calibration is not None else data,
                                        verbose=s.verbose)
-            for k in keep_float:
-                layers = tuple(r["layer"] for r in ranked[:k])
-                ok = attempt(dataclasses.replace(recipe, exclude=tuple(recipe.exclude) + layers),
-                             f"{recipe.name} missed: keep its {k} most sensitive layer(s) in float "
-                             f"({', '.join('.'.join(x.split('.')[-4:]) for x in layers)})")
+            steps[-1]["sensitivity_seconds"] = round(time.perf_counter() - t, 1)
+            for k in keep:
+                layers = tuple(x["layer"] for x in ranked[:k])
+                kept, how = _keeping(recipe, layers, keep_as)
+                ok = attempt(kept, f"{recipe.name} missed: keep its {k} most sensitive layer(s) {how} "
+                                   f"({', '.join('.'.join(x.split('.')[-4:]) for x in layers)})")["passed"]
                 if ok:
                     break
         if not ok:
@@ -202,7 +243,7 @@ def auto(model, data, calibration: Dataset | None, budget: Budget, train: Datase
             int8_ok = int8_ok or ok
     maybe_qat()
     t = time.perf_counter()
-    comp = c.finish()
+    comp = c.finish(timed=accurate or None)
     if s.verbose:
         print(f"auto: speed and memory of every model measured in {time.perf_counter() - t:.0f} s; "
               f"{time.perf_counter() - t0:.0f} s in all", file=sys.stderr)

@@ -48,6 +48,8 @@ def quantize(model: Model, recipe: Recipe, calibration=None, train=None) -> Quan
     t0 = time.perf_counter()
     q = HANDLERS[type(recipe)](model, recipe, calibration if recipe.needs_calibration else None,
                                train if recipe.needs_training else None)
+    if recipe.int8_layers:
+        weight_only.keep_int8(q)
     q.seconds = round(time.perf_counter() - t0, 2)
     q.weight_bytes = tensor_bytes(q.module)
     q.footprint = footprint(model.module, q.weight_bytes, q.quantized_layers, q.module, list(q.float_layers))

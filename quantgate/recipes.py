@@ -37,6 +37,7 @@ class Recipe:
     needs_calibration: ClassVar[bool] = False
     needs_training: ClassVar[bool] = False
     measured_against_ptq: ClassVar[bool] = False
+    stores_weights: ClassVar[bool] = False     # a weight format (int, GPTQ, NF4): some layers may be kept at int8
     # the kinds of model a method applies to (Model.task values)
     tasks: ClassVar[tuple[str, ...]] = ("sequence-classification", "causal-lm")
 
@@ -44,6 +45,9 @@ class Recipe:
     exclude: tuple[str, ...] = ()
     # Linear layers with fewer output features than this stay in float ("too small").
     min_out_features: int = 16
+    # Module names (patterns) stored as int8 per channel, rounded to nearest, instead of the
+    # recipe's format: mixed precision for the layers that hurt most (weight formats only).
+    int8_layers: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -51,22 +55,26 @@ class Recipe:
             _REGISTRY[cls.method] = cls
 
     def __post_init__(self):
-        require(isinstance(self.exclude, (list, tuple)),
-                f"exclude must be a list of module-name patterns (e.g. [\"*attention*\"]), got "
-                f"{type(self.exclude).__name__} {self.exclude!r}")
-        object.__setattr__(self, "exclude", tuple(self.exclude))
-        require(len(self.exclude) <= MAX_PATTERNS,
-                f"exclude has {len(self.exclude):,} patterns; at most {MAX_PATTERNS} are allowed")
-        require(all(isinstance(p, str) and p for p in self.exclude),
-                f"exclude must be a list of non-empty module-name patterns, got {self.exclude!r}")
+        for name in ("exclude", "int8_layers"):
+            v = getattr(self, name)
+            require(isinstance(v, (list, tuple)), f"{name} must be a list of module-name patterns (e.g. "
+                                                  f"[\"*attention*\"]), got {type(v).__name__} {v!r}")
+            object.__setattr__(self, name, tuple(v))
+            require(len(v) <= MAX_PATTERNS, f"{name} has {len(v):,} patterns; at most {MAX_PATTERNS} are allowed")
+            require(all(isinstance(p, str) and p for p in v),
+                    f"{name} must be a list of non-empty module-name patterns, got {v!r}")
+        require(not self.int8_layers or self.stores_weights,
+                f"int8_layers keeps layers of a weight format (int, gptq, nf4) at int8; {self.method} has none")
         require(isinstance(self.min_out_features, int) and self.min_out_features >= 0,
                 f"min_out_features must be an integer >= 0, got {self.min_out_features!r}")
 
     # -- identity -----------------------------------------------------------
     @property
     def name(self) -> str:
-        """The method's short name; '+floatN' when N exclude patterns keep layers in float."""
-        return self._name() + (f"+float{len(self.exclude)}" if self.exclude else "")
+        """The method's short name; '+floatN' when N exclude patterns keep layers in float,
+        '+int8xN' when N patterns keep layers at int8."""
+        return (self._name() + (f"+float{len(self.exclude)}" if self.exclude else "")
+                + (f"+int8x{len(self.int8_layers)}" if self.int8_layers else ""))
 
     def _name(self) -> str:
         return self.method
@@ -89,8 +97,9 @@ class Recipe:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         require(not unknown, f"unknown field(s) {unknown} for recipe '{method}'; allowed: {sorted(known)}")
-        if d.get("exclude") is None:
-            d.pop("exclude", None)
+        for k in ("exclude", "int8_layers"):
+            if d.get(k) is None:
+                d.pop(k, None)
         try:
             return cls(**d)
         except TypeError as e:  # wrong argument types surface as a one-liner
@@ -314,6 +323,7 @@ class WeightOnly(Recipe):
     or per group of `group_size` input features; activations stay in float."""
 
     method: ClassVar[str] = "weight-only"
+    stores_weights: ClassVar[bool] = True
     bits: int = 8
     group_size: int | None = None  # None: one scale per output channel
     symmetric: bool = field(default=True)
@@ -377,6 +387,7 @@ class GPTQ(Recipe):
     order, each on the outputs of the already-quantized layers before it."""
 
     method: ClassVar[str] = "gptq"
+    stores_weights: ClassVar[bool] = True
     needs_calibration: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = ("causal-lm",)
     bits: int = 4
@@ -421,6 +432,7 @@ class NF4(Recipe):
     stores those absmax values in int8 with one fp32 scale per `dq_block_size`."""
 
     method: ClassVar[str] = "nf4"
+    stores_weights: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = ("causal-lm",)
     block_size: int = 64
     double_quant: bool = True

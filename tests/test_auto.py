@@ -99,7 +99,7 @@ def test_an_impossible_budget_exits_non_zero_and_still_saves_the_best(tmp_path, 
     root = tmp_path / "reg"
     code = main(["auto", "--model", str(finetuned_dir), "--data", str(data), "--calibration", str(cal),
                  "--max-drop", "0.5", "--max-latency-ms", "0.01", "--batch-sizes", "1", "--perf-seconds", "0.2",
-                 "--paths", "dynamic,int8", "--keep-float", "", "--registry", str(root), "--name", "minilm-bbc",
+                 "--paths", "dynamic,int8", "--keep", "", "--registry", str(root), "--name", "minilm-bbc",
                  "--out", str(tmp_path / "report")])
     out = capsys.readouterr().out
     assert code == 1
@@ -142,7 +142,7 @@ def test_lm_auto_retries_a_miss_keeping_its_sensitive_layers_in_float_and_saves_
 def test_lm_auto_under_an_impossible_budget_exits_1_and_saves_the_best(tmp_path, capsys):
     root = tmp_path / "reg"
     code = main(["lm", "auto", "--paths", "int4-g128,int8", "--examples", "32", "--max-drop", "1",
-                 "--max-latency-ms", "0.01", "--batch-sizes", "1", "--decode-steps", "4", "--keep-float", "",
+                 "--max-latency-ms", "0.01", "--batch-sizes", "1", "--decode-steps", "4", "--keep", "",
                  "--registry", str(root), "--out", str(tmp_path / "r")])
     out = capsys.readouterr().out
     assert code == 1 and "no candidate meets the budget; best candidates:" in out

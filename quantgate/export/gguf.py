@@ -60,6 +60,8 @@ def check_recipe(recipe, cfg) -> None:
     method = recipe.method
     require(method in ("weight-only", "gptq"), f"{recipe.name} has no GGUF block type (GGUF holds int4/int8 in "
                                                f"groups of 32): {EXACT}")
+    require(not recipe.int8_layers, f"{recipe.name} keeps layers at int8 per channel, and GGUF's int8 (Q8_0) is "
+                                    f"blocks of 32: {EXACT}")
     ok = recipe.group_size == 32 and (recipe.bits == 4 or (recipe.bits == 8 and recipe.symmetric))
     head_group = recipe.head_group_size or (recipe.group_size if recipe.head_bits == 4 else None)
     head = recipe.head_bits is None or head_group == 32

@@ -46,16 +46,26 @@ def compute_device(requested: str, what: str) -> str:
     return requested
 
 
+INT8_KEPT = "kept for int8 by the recipe"
+
+
+def _match(name: str, patterns: tuple[str, ...]) -> str | None:
+    return next((p for p in patterns if fnmatch.fnmatchcase(name, p)), None)
+
+
 def select_linears(module: torch.nn.Module, recipe: Recipe) -> tuple[dict[str, torch.nn.Linear], dict[str, str]]:
-    """Linear layers to quantize, and the ones kept in float with the reason."""
+    """Linear layers to quantize, and the ones kept in float with the reason (the recipe's
+    int8_layers are kept too, as INT8_KEPT: `quantize` rounds them to int8 after the method)."""
     targets, kept = {}, {}
     embeddings = {m.weight.data_ptr() for m in module.modules() if isinstance(m, torch.nn.Embedding)}
     for name, m in module.named_modules():
         if not isinstance(m, torch.nn.Linear):
             continue
-        pattern = next((p for p in recipe.exclude if fnmatch.fnmatchcase(name, p)), None)
+        pattern = _match(name, recipe.exclude)
         if pattern:
             kept[name] = f"excluded by the recipe (pattern {pattern!r})"
+        elif (pattern := _match(name, recipe.int8_layers)):
+            kept[name] = f"{INT8_KEPT} (pattern {pattern!r})"
         elif m.weight.data_ptr() in embeddings:
             kept[name] = "output head tied to the input embedding: kept in float, as GPTQ tools do"
         elif m.out_features < recipe.min_out_features:

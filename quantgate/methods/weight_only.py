@@ -34,7 +34,7 @@ import torch
 from ..formats.affine import QParams, grouped, minmax_range, qparams_from_range, quantize
 from ..formats.packing import pack_bits, packed_width, unpack_bits
 from ..recipes import WeightOnly
-from .common import Quantized, float_operators, select_linears
+from .common import INT8_KEPT, Quantized, float_operators, select_linears
 
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)
 PACKED_MAX_ROWS = 16
@@ -271,6 +271,21 @@ def quantize_head(qm, recipe, targets: dict, kept: dict, new_layers: list) -> No
         new_layers.append(new)
         targets[name] = lin
         del kept[name]
+
+
+def keep_int8(q: Quantized) -> None:
+    """The recipe's int8_layers, which the method left in float, rounded to int8 per channel
+    (symmetric, packed kernel): mixed precision, one format per layer, as artifacts store it."""
+    from ..methods.nf4 import NF4Linear
+    names = [n for n, why in q.float_layers.items() if why.startswith(INT8_KEPT)]
+    for name in names:
+        set_module(q.module, name, WeightOnlyLinear(q.module.get_submodule(name), 8, None, True))
+        del q.float_layers[name]
+        q.quantized_layers.append(name)
+    if names:
+        q.kernel = kernel_summary([m for m in q.module.modules() if isinstance(m, (WeightOnlyLinear, NF4Linear))])
+        q.notes.append(f"{len(names)} layer(s) stored as int8 per channel instead of {q.recipe._name()} "
+                       f"(int8_layers): {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}")
 
 
 def finish(model, qm, recipe, targets, kept, new_layers, calibration=None) -> Quantized:

@@ -156,7 +156,7 @@ def render(d: dict) -> str:
         mem = p.get("memory_mb")
         return ("".join(f"<td>{p['batch_sizes'][b]['p50_ms']:.1f} / {p['batch_sizes'][b]['p95_ms']:.1f} / "
                         f"{p['batch_sizes'][b]['p99_ms']:.1f}</td><td>{p['batch_sizes'][b]['throughput_per_s']:.1f}</td>"
-                        for b in bss)
+                        if b in p["batch_sizes"] else "<td class=muted>not timed</td><td></td>" for b in bss)
                 + f"<td>{x['weight_bytes'] / 2**20:.1f}</td>"
                 + "<td>" + ("" if bits is None else f"{bits:.2f}") + ("" if qbits is None else f" ({qbits:.2f})")
                 + "</td><td>" + ("" if not f else f"{100 * f['float_share']:.1f}")
@@ -212,7 +212,8 @@ def render(d: dict) -> str:
 
         h.append("<h2>" + ("Decode latency" if per_token else "Latency") + "</h2>")
         for b in bss:
-            models = [("fp32", base["perf"]["batch_sizes"][b])] + [(c["name"], c["perf"]["batch_sizes"][b]) for c in cands]
+            models = [("fp32", base["perf"]["batch_sizes"][b])] + [(c["name"], c["perf"]["batch_sizes"][b])
+                                                                   for c in cands if b in c["perf"]["batch_sizes"]]
             h.append(svg.latency_chart(models, b, f"batch {b}", unit="token" if per_token else "call"))
         h.append(f"<h2>Size against {escape(primary['label'])}</h2>")
         k = 100 if primary["kind"] == "share" else 1
@@ -309,8 +310,9 @@ def plan_section(plan: dict, d: dict) -> str:
     h.append("<h3>Path taken</h3><ol id=plan-steps>")
     for st in plan["steps"]:
         h.append(f"<li><b>{escape(st['recipe'])}</b>: {'meets' if st['accuracy_ok'] else 'misses'} the accuracy budget "
-                 f"({escape(st['result'])})" + (f" <span class=muted>{escape(st['why_tried'])}</span>"
-                                                if st["why_tried"] != "next in order" else "") + "</li>")
+                 f"({escape(st['result'])})" + (f", {st['seconds']:.0f} s" if st.get("seconds") is not None else "")
+                 + (f" <span class=muted>{escape(st['why_tried'])}</span>" if st["why_tried"] != "next in order" else "")
+                 + (f" <span class=muted>{escape(st['retry'])}</span>" if st.get("retry") else "") + "</li>")
     h.append("</ol><h3>Every candidate</h3><table id=plan-candidates><tr><th>candidate</th><th>verdict</th>"
              "<th style='text-align:left'>why</th></tr>")
     for v in plan["candidates"]:
@@ -328,10 +330,13 @@ def plan_section(plan: dict, d: dict) -> str:
     pts, colors = [("fp32", d["baseline"]["weight_bytes"] / 2**20, d["baseline"]["perf"]["batch_sizes"][bs]["p50_ms"])], ["#555"]
     for v in plan["candidates"]:
         c = cands[v["name"]]
+        if bs not in c["perf"]["batch_sizes"]:      # missed the accuracy budget: not timed
+            continue
         pts.append((v["name"], c["weight_bytes"] / 2**20, c["perf"]["batch_sizes"][bs]["p50_ms"]))
         colors.append("#2a7" if v["name"] == chosen else ("#4a90d9" if v["passed"] else "#d9534f"))
     h.append(svg.scatter(pts, "weight memory, MB", f"p50 latency at batch {bs}, ms",
                          "latency against memory", colors=colors, line=plan["front"]))
     h.append("<p class=muted>green: chosen; blue: passes the budget; red: misses it; grey: fp32; "
-             "dashed: the Pareto front of the passing candidates.</p>")
+             "dashed: the Pareto front of the passing candidates. Candidates that missed the accuracy budget "
+             "(while another met it) were not timed and are not plotted.</p>")
     return "".join(h)

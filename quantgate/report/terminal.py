@@ -98,8 +98,8 @@ def table(d: dict, slices: bool = False) -> str:
                     + [fmt_delta(m[o["name"]], o, interval=False) for o in others]
                     + ([worst, f"{c['mcnemar']['p_value']:.2f}" if c["mcnemar"] else "-"] if per_example else [])
                     + [f"{c['n_changed']}/{out_of}"]
-                    + [f"{cp[b]['p50_ms']:.1f}/{cp[b]['p99_ms']:.1f}" for b in bss]
-                    + [f"{cp[b]['throughput_per_s'] / bp[b]['throughput_per_s']:.2f}" for b in bss]
+                    + [f"{cp[b]['p50_ms']:.1f}/{cp[b]['p99_ms']:.1f}" if b in cp else "not timed" for b in bss]
+                    + [f"{cp[b]['throughput_per_s'] / bp[b]['throughput_per_s']:.2f}" if b in cp else "-" for b in bss]
                     + [_mb(c["weight_bytes"])] + _size(c))
     out = [t["about"] + (f"; decode latency per token with a KV cache, runtime: {base['perf']['runtime']}"
                          if base["perf"].get("runtime") else "")]
@@ -126,7 +126,9 @@ def plan_table(plan: dict) -> str:
     out = ["path taken:"]
     for i, st in enumerate(plan["steps"], 1):
         out.append(f"  {i}. {st['recipe']:28s} {'ok ' if st['accuracy_ok'] else 'MISS'}  {st['result']}"
-                   + (f"\n     ({st['why_tried']})" if st["why_tried"] != "next in order" else ""))
+                   + (f"  [{st['seconds']:.0f} s]" if st.get("seconds") is not None else "")
+                   + (f"\n     ({st['why_tried']})" if st["why_tried"] != "next in order" else "")
+                   + (f"\n     {st['retry']}" if st.get("retry") else ""))
     out.append("")
     for v in plan["candidates"]:
         mark = "CHOSEN" if v["name"] == plan["chosen"] else ("pass" if v["passed"] else "FAIL")
