@@ -96,15 +96,17 @@ def _run(model, data, fn, batch_size: int, desc: str, verbose: bool, enc: dict |
 
 
 def calibration_stats(model, calib: Dataset | None, batch_size: int = 32, verbose: bool = False,
-                      enc: dict | None = None) -> dict:
+                      enc: dict | None = None, also=None) -> dict:
     """One pass over the calibration data (or `enc`: an LM's calibration windows): per layer,
     per-example min and max (for prefix ranges), per-channel peaks, and a random sample of
-    tokens (for medians and kurtosis)."""
+    tokens (for medians and kurtosis). `also(layer, input, first index)` sees every input too."""
     n = len(calib) if enc is None else enc["input_ids"].shape[0]
     st: dict[str, dict] = {}
     gen = torch.Generator().manual_seed(0)
 
     def fn(name, x, off):
+        if also is not None:
+            also(name, x, off)
         x = x.detach().float()
         b, c = x.shape[0], x.shape[-1]
         s = st.setdefault(name, {"ex_min": np.zeros(n), "ex_max": np.zeros(n), "ch_peak": torch.zeros(c),
@@ -123,11 +125,16 @@ def calibration_stats(model, calib: Dataset | None, batch_size: int = 32, verbos
     return st
 
 
+def sufficiency_sizes(n: int) -> list[int]:
+    """The prefixes the sufficiency checks read: 1, 2, 4, ... and n itself."""
+    return sorted({min(n, 2 ** k) for k in range(0, int(math.ceil(math.log2(max(n, 1)))) + 1)})
+
+
 def sufficiency(st: dict, n: int) -> dict:
     """Range width per layer at prefixes 1, 2, 4, ... n of the calibration
     data (the curve), whether the last doubling still moved any layer's range
     by more than CONVERGED_CHANGE, and a recommended minimum sample count."""
-    sizes = sorted({min(n, 2 ** k) for k in range(0, int(math.ceil(math.log2(max(n, 1)))) + 1)})
+    sizes = sufficiency_sizes(n)
     half = n // 2
     curve, change = {}, {}
     for name, s in st.items():
@@ -148,15 +155,19 @@ def sufficiency(st: dict, n: int) -> dict:
             "converged_share": share}
 
 
-def coverage(model, st: dict, data, batch_size: int = 32, verbose: bool = False, enc: dict | None = None) -> dict:
+def coverage(model, st: dict, data, batch_size: int = 32, verbose: bool = False, enc: dict | None = None,
+             also=None) -> dict:
     """Share of evaluation activations outside each layer's calibrated (min-max)
-    range, overall and per slice value (`data.slices`; `enc`: an LM's encoded prompts)."""
+    range, overall and per slice value (`data.slices`; `enc`: an LM's encoded prompts).
+    `also(layer, input, first index)` sees every input too."""
     ranges = {k: (float(v["ex_min"].min()), float(v["ex_max"].max())) for k, v in st.items()}
     n = len(data)
     clipped = {k: np.zeros(n) for k in ranges}
     per_ex_values = {}
 
     def fn(name, x, off):
+        if also is not None:
+            also(name, x, off)
         lo, hi = ranges[name]
         b = x.shape[0]
         flat = x.detach().float().reshape(b, -1)
@@ -248,11 +259,78 @@ class _Prompts:
         return len(self.prompts)
 
 
-def check_lm_calibration(lm, calib, data, num_samples: int, seq_len: int, verbose: bool = False) -> dict:
+GPTQ_CONVERGED = 0.05        # GPTQ's task-input error that improves less than this on the last doubling has converged
+
+
+class GPTQProbe:
+    """Does GPTQ's result converge as calibration windows double? A few layers (the first
+    Linear of the first and last decoder blocks, the last Linear of the middle one) collect
+    their input Hessians from growing prefixes of the calibration windows and from the
+    evaluation prompts' real tokens, on the passes the checks make anyway; `result` runs
+    GPTQ on each prefix's Hessian and measures each rounding's output error on the
+    evaluation prompts' inputs (held out: GPTQ never sees them)."""
+
+    def __init__(self, module: torch.nn.Module, sizes: list[int], eval_mask: torch.Tensor):
+        from .methods.gptq import decoder_blocks
+        _, blocks = decoder_blocks(module)
+        names = {id(m): n for n, m in module.named_modules()}
+        lin = lambda b: [m for m in b.modules() if isinstance(m, torch.nn.Linear)]
+        picks = [lin(blocks[0])[0], lin(blocks[len(blocks) // 2])[-1], lin(blocks[-1])[0]]
+        self.layers = {names[id(m)]: m for m in picks}
+        self.sizes, self.mask = set(sizes), eval_mask.bool()
+        self.sum = {n: None for n in self.layers}
+        self.rows = dict.fromkeys(self.layers, 0)
+        self.prefix: dict[str, dict[int, torch.Tensor]] = {n: {} for n in self.layers}
+        self.eval: dict[str, list] = {n: [None, 0] for n in self.layers}
+
+    def calibration(self, name: str, x: torch.Tensor, off: int) -> None:
+        if name not in self.layers:
+            return
+        for j in range(x.shape[0]):            # window by window: a Hessian after every prefix size
+            xi = x[j].reshape(-1, x.shape[-1]).float()
+            self.sum[name] = xi.T @ xi if self.sum[name] is None else self.sum[name] + xi.T @ xi
+            self.rows[name] += xi.shape[0]
+            if off + j + 1 in self.sizes:
+                self.prefix[name][off + j + 1] = self.sum[name] * (2.0 / self.rows[name])
+
+    def evaluation(self, name: str, x: torch.Tensor, off: int) -> None:
+        if name not in self.layers:
+            return
+        xe = x[self.mask[off:off + x.shape[0]]].float()       # real tokens only
+        e = self.eval[name]
+        e[0] = xe.T @ xe if e[0] is None else e[0] + xe.T @ xe
+        e[1] += xe.shape[0]
+
+    def result(self, recipe) -> dict:
+        from .methods.gptq import gptq_weight, output_error
+        from .methods.weight_only import WeightOnlyLinear
+        errors = {}
+        for name, lin in self.layers.items():
+            h_eval = self.eval[name][0] * (2.0 / max(1, self.eval[name][1]))
+            errors[name] = []
+            for n in sorted(self.prefix[name]):
+                q, qp = gptq_weight(lin.weight, self.prefix[name][n], recipe.bits, recipe.group_size, recipe.symmetric,
+                                    recipe.act_order, recipe.damp, recipe.block_size, recipe.scale_search)
+                dq = WeightOnlyLinear(lin, recipe.bits, recipe.group_size, recipe.symmetric, qp=qp,
+                                      codes=q).dequantized_weight()
+                errors[name].append(output_error(lin.weight, dq, h_eval))
+        sizes = sorted(next(iter(self.prefix.values())))
+        last = {k: 1 - v[-1] / v[-2] if len(v) > 1 and v[-2] > 0 else 1.0 for k, v in errors.items()}
+        converged = len(sizes) > 1 and max(last.values()) < GPTQ_CONVERGED
+        within = [s for i, s in enumerate(sizes) if all(v[i] <= (1 + GPTQ_CONVERGED) * v[-1] for v in errors.values())]
+        return {"recipe": recipe.name, "sizes": sizes, "errors": errors, "last_doubling_gain": last,
+                "converged": converged,
+                "recommended_windows": int(within[0] if converged else max(LM_MIN_WINDOWS, 2 * sizes[-1])),
+                "held_out_tokens": int(next(iter(self.eval.values()))[1])}
+
+
+def check_lm_calibration(lm, calib, data, num_samples: int, seq_len: int, verbose: bool = False,
+                         gptq=None) -> dict:
     """The calibration checks for a causal LM on the GPTQ windows it would be calibrated on:
-    sufficiency of the activation ranges over the windows, coverage of the evaluation prompts
-    (token distance, activation clipping per slice), outlier channels. Less text than one
-    window is checked as the one short window it is."""
+    sufficiency of the activation ranges over the windows and of GPTQ's result (`gptq`, the
+    recipe to check: default GPTQ()), coverage of the evaluation prompts (token distance,
+    activation clipping per slice), outlier channels. Less text than one window is checked
+    as the one short window it is."""
     from .calibration import bos_id, cut_windows, token_stream
     tok = lm.tokenizer
     texts = list(calib.texts if isinstance(calib, Dataset) else calib)
@@ -262,16 +340,28 @@ def check_lm_calibration(lm, calib, data, num_samples: int, seq_len: int, verbos
     fit = len(stream) // max(1, seq_len - (bos is not None))
     windows = cut_windows(stream, seq_len, min(num_samples, fit), bos) if fit >= 1 else stream[None, :]
     enc = {"input_ids": windows, "attention_mask": torch.ones_like(windows)}
-    st = calibration_stats(lm, None, verbose=verbose, enc=enc)
     n = int(windows.shape[0])
     prompts = list(getattr(data, "prompts", None) or getattr(data, "texts", None) or data)[:LM_CHECK_PROMPTS]
     slices = {k: v[:len(prompts)] for k, v in (getattr(data, "slices", None) or {}).items()}
     ev = encode(lm, prompts)
+    probe = GPTQProbe(lm.module, sufficiency_sizes(n), ev["attention_mask"])
+    from .monitor import Profile, remember
+    prof = Profile()                           # the drift profile of these windows, which GPTQ would compute again
+
+    def also(name, x, off):
+        probe.calibration(name, x, off)
+        prof.observe(name, x.detach().reshape(-1, x.shape[-1]).float())
+    st = calibration_stats(lm, None, verbose=verbose, enc=enc, also=also)
+    remember(lm, windows, prof)
     ev_ids = [row[m.bool()].tolist() for row, m in zip(ev["input_ids"], ev["attention_mask"])]
-    cov = coverage(lm, st, _Prompts(prompts, slices), verbose=verbose, enc=ev)
+    cov = coverage(lm, st, _Prompts(prompts, slices), verbose=verbose, enc=ev, also=probe.evaluation)
+    from .recipes import GPTQ
+    with torch.inference_mode():
+        converges = probe.result(gptq or GPTQ())
     widest = max(m.in_features for m in lm.module.modules() if isinstance(m, torch.nn.Linear))
     return {"n": n, "unit": f"windows of {windows.shape[1]} tokens", "texts": len(texts), "requested": requested,
             "prompts_checked": len(prompts),
             "tokens": int(windows.numel()), "widest_input": widest,
-            "sufficiency": sufficiency(st, n), "coverage": cov, "tokens_vs_task": token_distance(windows, ev_ids),
+            "sufficiency": sufficiency(st, n), "gptq_convergence": converges,
+            "coverage": cov, "tokens_vs_task": token_distance(windows, ev_ids),
             "missing_slices": {}, "outliers": outliers(st)}

@@ -223,9 +223,9 @@ class Comparer:
                                environment=environment(), task=about,
                                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
-    def check_calibration(self, n: int, seq_len: int | None = None) -> None:
+    def check_calibration(self, n: int, seq_len: int | None = None, gptq: Recipe | None = None) -> None:
         """Sufficiency, coverage and outlier checks on the first n calibration examples (classifiers),
-        or on the n calibration windows of seq_len tokens an LM's GPTQ would see."""
+        or on the n calibration windows of seq_len tokens an LM's GPTQ (`gptq`) would see."""
         if self.calibration is None or not len(self.calibration):
             return
         if isinstance(self.model, Model):
@@ -235,7 +235,7 @@ class Comparer:
         elif seq_len:
             from .activations import check_lm_calibration
             self.comp.calibration_checks = check_lm_calibration(self.model, self.calibration, self.data, n, seq_len,
-                                                                self.settings.verbose)
+                                                                self.settings.verbose, gptq)
 
     def add(self, recipe: Recipe | None = None, quantized: Quantized | None = None) -> Candidate:
         """Quantize `recipe` (or take a candidate made elsewhere) and score it against the baseline."""
@@ -342,7 +342,8 @@ def compare(model, data, recipes: list[Recipe], calibration: Dataset | None = No
     c = Comparer(model, data, calibration, settings, train)
     calibrated = [r for r in recipes if r.needs_calibration]
     if calibrated:
-        c.check_calibration(max(r.num_samples for r in calibrated), max(getattr(r, "seq_len", 0) for r in calibrated))
+        c.check_calibration(max(r.num_samples for r in calibrated), max(getattr(r, "seq_len", 0) for r in calibrated),
+                            next((r for r in calibrated if r.method == "gptq"), None))
     for q in quantized or []:
         c.add(quantized=q)
     for r in recipes:

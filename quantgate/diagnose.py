@@ -131,6 +131,13 @@ def calibration_warnings(checks: dict) -> list[dict]:
                            f"activation ranges have not converged on {n} {unit}: only {su['converged_share']:.0%} of "
                            f"layers moved less than 10% on the last doubling ({layer}: {change:.0%})",
                            f"calibrate on at least {su['recommended_min_samples']} {unit.split(' of ')[0]}"))
+    g = checks.get("gptq_convergence")
+    if g and not g["converged"] and checks["tokens"] >= checks["widest_input"] and len(g["sizes"]) > 1:
+        layer, gain = max(g["last_doubling_gain"].items(), key=lambda kv: kv[1])
+        out.append(warning("warning", "calibration-insufficient", None,
+                           f"{g['recipe']}'s result has not converged on {n} {unit}: the last doubling still lowered "
+                           f"{layer}'s output error on the task's inputs by {gain:.0%}",
+                           f"calibrate on at least {g['recommended_windows']} {unit.split(' of ')[0]}"))
     if lm:
         t = checks["tokens_vs_task"]
         if t["js_bits"] > TOKEN_JS_WARN or t["unseen_share"] > UNSEEN_WARN:

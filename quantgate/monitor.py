@@ -77,7 +77,41 @@ def _bins(v: torch.Tensor, inner: torch.Tensor, lo: float, hi: float) -> np.ndar
     return torch.bincount(idx, minlength=len(inner) + 3).numpy()
 
 
-_WINDOW_PROFILES: dict[tuple, dict] = {}   # (model, windows) -> profile: auto's GPTQ candidates share windows
+class Profile:
+    """The profile's accumulator: observe(layer, x [tokens, channels]) for every Linear input,
+    then result(). Kept apart from the pass that feeds it, so the LM calibration checks
+    (which run the float model over GPTQ's windows anyway) can fill it on their own pass."""
+
+    def __init__(self):
+        self.st: dict[str, dict] = {}
+
+    def observe(self, name: str, x: torch.Tensor) -> None:
+        s = self.st.get(name)
+        v = x[:, _channels(x.shape[1])].reshape(-1)
+        if s is None:
+            inner = torch.unique(torch.quantile(v[:1 << 20], torch.linspace(0.1, 0.9, 9)))
+            s = self.st[name] = {"min": 0.0, "max": 0.0, "inner": inner, "counts": np.zeros(len(inner) + 3, np.int64)}
+        s["min"], s["max"] = min(s["min"], float(x.min())), max(s["max"], float(x.max()))
+        s["counts"] += _bins(v, s["inner"], -math.inf, math.inf)
+
+    def result(self, n: int, unit: str) -> dict:
+        layers = {name: {"min": s["min"], "max": s["max"], "inner_edges": s["inner"].tolist(),
+                         "share": (s["counts"] / max(1, s["counts"].sum())).tolist()} for name, s in self.st.items()}
+        return {"n": n, "channels_per_layer": HIST_CHANNELS, "layers": layers, "unit": unit}
+
+
+_WINDOW_PROFILES: dict[tuple, dict] = {}   # (model, windows) -> profile: one float pass serves every GPTQ candidate
+
+
+def _key(model, windows: torch.Tensor) -> tuple:
+    import hashlib
+    return id(model.module), getattr(model, "sha", None), hashlib.sha256(windows.numpy().tobytes()).hexdigest()
+
+
+def remember(model, windows: torch.Tensor, prof: Profile) -> None:
+    """Keep a profile of `windows` filled elsewhere (one model's at a time: a profile is a few MB)."""
+    _WINDOW_PROFILES.clear()
+    _WINDOW_PROFILES[_key(model, windows)] = prof.result(int(windows.shape[0]), f"windows of {windows.shape[1]} tokens")
 
 
 def profile(model, texts: list[str], batch_size: int = 32, verbose: bool = False,
@@ -85,39 +119,19 @@ def profile(model, texts: list[str], batch_size: int = 32, verbose: bool = False
     """Calibration-time activation profile, in one pass: per layer the range
     (min, max over all channels), decile edges of the first batch's values,
     and the share of all calibration values in each bin. For an LM, `windows`
-    (GPTQ's calibration token windows) are what it saw, profiled as they are
-    (once per float model and windows: every GPTQ candidate of a comparison
-    calibrates on the same ones)."""
-    if windows is not None:
-        import copy
-        import hashlib
-        key = (id(model.module), getattr(model, "sha", None), hashlib.sha256(windows.numpy().tobytes()).hexdigest())
-        if key not in _WINDOW_PROFILES:
-            _WINDOW_PROFILES.clear()           # one model's at a time: a profile is a few MB
-            _WINDOW_PROFILES[key] = _profile(model, texts, batch_size, verbose, windows)
-        return copy.deepcopy(_WINDOW_PROFILES[key])
-    return _profile(model, texts, batch_size, verbose, windows)
-
-
-def _profile(model, texts, batch_size, verbose, windows) -> dict:
+    (GPTQ's calibration token windows) are what it saw, profiled as they are,
+    once per float model and windows (the calibration checks' pass fills it)."""
+    import copy
+    if windows is not None and _key(model, windows) in _WINDOW_PROFILES:
+        return copy.deepcopy(_WINDOW_PROFILES[_key(model, windows)])
     enc = None if windows is None else {"input_ids": windows, "attention_mask": torch.ones_like(windows)}
     require(len(texts) > 0 or enc is not None, "cannot profile activations of empty calibration data")
-    st: dict[str, dict] = {}
-
-    def fn(name, x):
-        s = st.get(name)
-        v = x[:, _channels(x.shape[1])].reshape(-1)
-        if s is None:
-            inner = torch.unique(torch.quantile(v[:1 << 20], torch.linspace(0.1, 0.9, 9)))
-            s = st[name] = {"min": 0.0, "max": 0.0, "inner": inner, "counts": np.zeros(len(inner) + 3, np.int64)}
-        s["min"], s["max"] = min(s["min"], float(x.min())), max(s["max"], float(x.max()))
-        s["counts"] += _bins(v, s["inner"], -math.inf, math.inf)
-
-    _each_layer(model, list(texts), fn, batch_size, "activation profile", verbose, enc)
-    layers = {name: {"min": s["min"], "max": s["max"], "inner_edges": s["inner"].tolist(),
-                     "share": (s["counts"] / max(1, s["counts"].sum())).tolist()} for name, s in st.items()}
-    return {"n": len(texts) if enc is None else int(windows.shape[0]), "channels_per_layer": HIST_CHANNELS,
-            "layers": layers, "unit": "examples" if enc is None else f"windows of {windows.shape[1]} tokens"}
+    prof = Profile()
+    _each_layer(model, list(texts), prof.observe, batch_size, "activation profile", verbose, enc)
+    if windows is not None:
+        remember(model, windows, prof)
+    return prof.result(len(texts) if enc is None else int(windows.shape[0]),
+                       "examples" if enc is None else f"windows of {windows.shape[1]} tokens")
 
 
 def psi(p: np.ndarray, q: np.ndarray) -> float:

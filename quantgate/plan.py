@@ -71,8 +71,8 @@ def _out_of_reach(r: dict) -> str | None:
     """Why keeping a few layers at higher precision will not rescue this accuracy miss, or None."""
     for c in r["constraints"]:
         if "interval" in c and c["verdict"] != "pass" and c["value"] - c["limit"] > max(c["limit"], REACH):
-            return (f"not retried: {c['constraint']} {c['value']:.2f} {c['unit']} is over its {c['limit']:g} by more "
-                    f"than {max(c['limit'], REACH):g}; a few layers kept at higher precision recover less")
+            return (f"not retried: {c['constraint']} is over its budget of {c['limit']:g} {c['unit']} by more than "
+                    f"{max(c['limit'], REACH):g}, further than a few layers kept at higher precision recover")
     return None
 
 
@@ -201,7 +201,8 @@ def auto(model, data, calibration: Dataset | None, budget: Budget, train: Datase
 
     calibrated = [r for r in path if r.needs_calibration]
     if calibrated and calibration is not None:
-        c.check_calibration(max(r.num_samples for r in calibrated), max(getattr(r, "seq_len", 0) for r in calibrated))
+        c.check_calibration(max(r.num_samples for r in calibrated), max(getattr(r, "seq_len", 0) for r in calibrated),
+                            next((r for r in calibrated if r.method == "gptq"), None))
     int8_ok = False                 # a post-training int8 path (or QAT) met the accuracy budget
     qat_tried = any(isinstance(r, QAT) for r in path)   # a path that names QAT tries it in its place
 

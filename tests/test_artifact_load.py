@@ -53,3 +53,28 @@ def test_every_lm_artifact_loads_and_runs_as_saved(bbc, tmp_path, spec):
     ids = lm.tokenizer("Shares in the bank rose sharply on Monday after the report", return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         assert torch.equal(q.module(input_ids=ids).logits, back.module(input_ids=ids).logits)
+
+
+def test_a_mixed_precision_lm_artifact_keeps_each_layers_format(bbc, tmp_path):
+    """int8_layers: GPTQ int4 everywhere but two layers stored as int8 per channel; the artifact
+    records each layer's format and loads bit-identical."""
+    import json
+    from quantgate.methods.weight_only import WeightOnlyLinear
+    from quantgate.models import load_causal_lm
+    lm = load_causal_lm()
+    lm.verbose = False
+    kept = ("model.layers.0.self_attn.v_proj", "model.layers.1.mlp.down_proj")
+    r = GPTQ(num_samples=4, seq_len=64, exclude=LATER_BLOCKS, int8_layers=kept)
+    assert r.name == "gptq-int4-g128+float2+int8x2" and Recipe.from_dict(r.to_dict()) == r
+    q = quantize(lm, r, bbc["train"])
+    assert set(kept) <= set(q.quantized_layers) and not set(kept) & set(q.float_layers)
+    assert all(q.module.get_submodule(n).bits == 8 for n in kept)
+    assert q.module.get_submodule("model.layers.0.self_attn.q_proj").bits == 4
+    folder = save(q, lm, tmp_path / "mixed")
+    layers = json.loads((folder / "manifest.json").read_text())["layers"]
+    assert {n: (layers[n]["bits"], layers[n]["group_size"]) for n in kept} == {n: (8, None) for n in kept}
+    back = load(folder)
+    assert isinstance(back.module.get_submodule(kept[0]), WeightOnlyLinear)
+    ids = lm.tokenizer("Shares in the bank rose sharply on Monday", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        assert torch.equal(q.module(input_ids=ids).logits, back.module(input_ids=ids).logits)

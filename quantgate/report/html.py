@@ -260,6 +260,7 @@ def calibration_section(cc: dict) -> str:
          f"{unit.split(' of ')[0]}.</p>",
          svg.line_chart(series, "calibration samples (prefix of the calibration data)",
                         "range width / final width", "activation range against calibration samples (least converged layers)"),
+         gptq_convergence(cc["gptq_convergence"], unit) if cc.get("gptq_convergence") else "",
          f"<p>Evaluation activations outside the calibrated ranges: <b>{co['clip_rate']:.2e}</b> of all values.</p>",
          (f"<p>Calibration tokens against the task prompts' tokens: {cc['tokens_vs_task']['js_bits']:.2f} bits apart "
           f"(Jensen-Shannon); {cc['tokens_vs_task']['unseen_share']:.0%} of the prompts' tokens never occur in the "
@@ -278,6 +279,19 @@ def calibration_section(cc: dict) -> str:
                  f"<td>{fmt(r['channel_ratio'])}</td><td>{fmt(r['max_over_median'])}</td><td>{fmt(r['kurtosis'])}</td></tr>")
     h.append("</table>")
     return "".join(h)
+
+
+def gptq_convergence(g: dict, unit: str) -> str:
+    """GPTQ's result against the number of calibration windows, measured on the task's own inputs."""
+    series = [(name.removeprefix("model."), g["sizes"], [100 * e for e in errs]) for name, errs in g["errors"].items()]
+    gain = max(g["last_doubling_gain"].values())
+    return (f"<p id=gptq-convergence>{escape(g['recipe'])} on growing prefixes of the calibration {unit}, each "
+            f"rounding's output error measured on the inputs of {g['held_out_tokens']:,} task-prompt tokens GPTQ never "
+            f"sees: {'converged' if g['converged'] else '<b>not converged</b>'} (the last doubling lowered the error "
+            f"by {100 * gain:.1f}% at most; converged is under 5%); recommended at least "
+            f"{g['recommended_windows']} {unit.split(' of ')[0]}.</p>"
+            + svg.line_chart(series, "calibration windows (prefix)", "output error on task inputs, %",
+                             "GPTQ's result against calibration windows (three layers)"))
 
 
 def qat_line(r: dict) -> str:

@@ -128,6 +128,8 @@ def plan_table(plan: dict) -> str:
         out.append(f"  {i}. {st['recipe']:28s} {'ok ' if st['accuracy_ok'] else 'MISS'}  {st['result']}"
                    + (f"  [{st['seconds']:.0f} s]" if st.get("seconds") is not None else "")
                    + (f"\n     ({st['why_tried']})" if st["why_tried"] != "next in order" else "")
+                   + (f"\n     layer sensitivity ranked in {st['sensitivity_seconds']:.0f} s"
+                      if st.get("sensitivity_seconds") is not None else "")
                    + (f"\n     {st['retry']}" if st.get("retry") else ""))
     out.append("")
     for v in plan["candidates"]:
