@@ -35,8 +35,10 @@ def saved(smol, saved_once, bbc):
 
     def get(spec):
         # GPTQ on the first three blocks only (the rest stay float): the same layer format, a short test
+        # "mixed": int4 in groups of 64 with every v_proj at int8 per channel (int8_layers)
         r = (GPTQ(bits=4, group_size=64, num_samples=4, seq_len=64, exclude=LATER_BLOCKS) if spec == "gptq"
-             else Recipe.parse(spec))
+             else Recipe.from_dict(Recipe.parse("int4-g64").to_dict() | {"int8_layers": ["*.v_proj"]})
+             if spec == "mixed" else Recipe.parse(spec))
         return saved_once(f"lm-{spec}", lambda: (quantize(smol, r, bbc["train"]), smol))[1]
     return get
 
@@ -48,7 +50,7 @@ def logits(module, tok):
         return module(input_ids=ids).logits
 
 
-@pytest.mark.parametrize("spec", ["int4-g64", "int8", "int3-g64", "gptq"])
+@pytest.mark.parametrize("spec", ["int4-g64", "int8", "int3-g64", "gptq", "mixed"])
 def test_compressed_tensors_loads_in_transformers_bit_identical(saved, tmp_path, spec):
     from transformers import AutoModelForCausalLM
 
