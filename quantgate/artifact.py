@@ -90,13 +90,35 @@ def open_artifact(folder: str | Path, manifest: dict | None = None) -> dict:
     return m
 
 
-def write(q: Quantized, model: Model, folder: Path, evidence: dict | None = None, extra: dict | None = None) -> dict:
-    """Write weights.safetensors, recipe.yaml and manifest.json into an existing folder."""
+class Shards:
+    """The tensors of safetensors files already in a folder (the streaming path writes its blocks
+    as it goes), by name, each read when asked: what `content_hash` covers, never all in memory."""
+
+    def __init__(self, folder: Path, files: list[str]):
+        from safetensors import safe_open
+        self.handles = [safe_open(str(Path(folder) / f), framework="pt") for f in files]
+        self.where = {k: h for h in self.handles for k in h.keys()}
+
+    def __iter__(self):
+        return iter(self.where)
+
+    def __len__(self):
+        return len(self.where)
+
+    def __getitem__(self, k: str) -> torch.Tensor:
+        return self.where[k].get_tensor(k)
+
+
+def write(q: Quantized, model: Model, folder: Path, evidence: dict | None = None, extra: dict | None = None,
+          shards: list[str] | None = None) -> dict:
+    """Write weights.safetensors (or take `shards` already written there), recipe.yaml and
+    manifest.json into an existing folder."""
     from safetensors.torch import save_file
 
     from .compare import environment
 
-    tensors = {k: v.detach().contiguous().clone() for k, v in module_tensors(q.module).items()}
+    tensors = Shards(folder, shards) if shards else \
+        {k: v.detach().contiguous().clone() for k, v in module_tensors(q.module).items()}
     manifest = {
         "name": q.name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "content_hash": content_hash(tensors, q.recipe.to_dict(), model.sha, q.calibration),
@@ -106,14 +128,16 @@ def write(q: Quantized, model: Model, folder: Path, evidence: dict | None = None
         "quantized_layers": q.quantized_layers, "float_layers": q.float_layers, "float_ops": q.float_ops,
         "weight_bytes": q.weight_bytes, "quantize_seconds": q.seconds, "notes": q.notes,
         "environment": environment(), "evidence": evidence or {}, **(extra or {}),
-        "weights_file": "weights.safetensors" if tensors else None,
+        "weights_file": "weights.safetensors" if tensors and not shards else None,
     }
+    if shards:
+        manifest["weights_files"] = list(shards)
     if q.adapters:     # LoRA adapters in a file of their own, apart from the frozen base
         adapters = {k: tensors.pop(k) for k in [k for k in tensors if "lora_" in k]}
         save_file(adapters, str(folder / "adapters.safetensors"))
         manifest["adapters_file"] = "adapters.safetensors"
         (folder / "adapter_config.json").write_text(json.dumps(q.adapters, indent=2))
-    if tensors:
+    if tensors and not shards:
         # safetensors refuses tensors that share memory; the copies above do not
         save_file(tensors, str(folder / "weights.safetensors"))
     if q.activation_profile:
@@ -229,7 +253,9 @@ def load_lm(path: str | Path, adapters: bool = True) -> CausalLM:
             new = NF4Linear.empty(spec["in"], spec["out"], spec["block_size"], spec["double_quant"],
                                   spec["dq_block_size"], spec["bias"])
         set_module(hf, name, new)
-    state = load_file(str(p / manifest["weights_file"]))
+    state = {}
+    for f in manifest.get("weights_files") or [manifest["weights_file"]]:   # one file, or the streaming path's shards
+        state.update(load_file(str(p / f)))
     if manifest.get("adapters_file") and with_adapters:
         state.update(load_file(str(p / manifest["adapters_file"])))
     elif manifest.get("adapters"):

@@ -465,6 +465,8 @@ def cmd_lm(a) -> int:
         require(len(recipes) == 1, "lm quantize takes one recipe: --recipes gptq-int4-g128")
         require(a.out or a.registry, "say where the artifact goes: --out DIR, or --registry DIR")
         _check_destinations(a)
+        if a.stream:
+            return _lm_quantize_stored(a, recipes[0])
     else:
         require(not (a.task and a.data), "give --task FILE (prompted task) or --data FILE (raw text), not both")
         out = _report_dir(a, "lm")
@@ -480,6 +482,22 @@ def cmd_lm(a) -> int:
     from .compare import compare
     a.fail_on_slower = False
     return _finish(compare(lm, evaluation, recipes, cal, _lm_settings(a), train=train), a, out)
+
+
+def _lm_quantize_stored(a, recipe) -> int:
+    """`lm quantize --stream`: block by block from the model's shards (quantgate/streaming.py)."""
+    import json
+
+    from .streaming import quantize_stored
+    require(a.model, "--stream quantizes a model directory from disk: give --model DIR")
+    require(a.out and not a.registry, "--stream writes the artifact to --out (not to a registry)")
+    cal = _lm_texts(a)[0] if recipe.needs_calibration else None
+    out = quantize_stored(a.model, recipe, cal, a.out, overwrite=a.overwrite)
+    m = json.loads((out / "manifest.json").read_text())
+    print(f"{m['name']}: {len(m['quantized_layers'])} linear layers quantized from disk, {len(m['float_layers'])} "
+          f"kept in float; weights {m['weight_bytes'] / 2**20:.1f} MB in {len(m['weights_files'])} shards; "
+          f"{m['quantize_seconds']:.1f}s\nsaved to {out}")
+    return 0
 
 
 def _lm_settings(a):
@@ -669,6 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     lq.add_argument("--overwrite", action="store_true", help="replace --out if it is a quantgate artifact")
     lq.add_argument("--registry", help="also save as a new version in this registry folder")
     lq.add_argument("--name", help="base name for registry versions (default: the model folder's name)")
+    lq.add_argument("--stream", action="store_true", help="quantize from disk one decoder block at a time, never "
+                    "loading the model whole (safetensors shards; int, gptq and nf4 recipes; writes --out)")
 
     ev = Parser(add_help=False)          # what an LM is proven on: its task or raw text, and how speed is timed
     t = ev.add_argument_group("prompted task (prompt -> answer, scored per example)")

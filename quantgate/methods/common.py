@@ -142,7 +142,7 @@ def footprint(original: torch.nn.Module, weight_bytes: int, quantized_layers: li
     tied embedding and head are one tensor, counted once)."""
     seen, params = {}, []
     for name, p in original.named_parameters(remove_duplicate=False):
-        key = (p.data_ptr(), p.numel())
+        key = id(p) if p.is_meta else (p.data_ptr(), p.numel())      # a model's shapes alone (on meta): by object
         if key in seen:
             seen[key]["names"].append(name)
         else:

@@ -260,6 +260,45 @@ def block_calls(module: torch.nn.Module, blocks: torch.nn.ModuleList, windows: t
     return first["hidden"], calls
 
 
+def quantize_block(block: torch.nn.Module, names: dict[int, str], hidden: torch.Tensor, call, recipe: GPTQ,
+                   dev: torch.device, errors: dict[str, float]) -> tuple[torch.Tensor, list]:
+    """GPTQ on one decoder block: run it on the calibration hidden states, each target Linear
+    (`names`: id -> full name) quantized from its input Hessian just before it runs, so the rest
+    of the block sees the quantized weights. Returns the block's output hidden states and the
+    [(name, WeightOnlyLinear)] it made; each layer's output error goes into `errors`. The block
+    runs on `dev` and goes back to the CPU (the in-memory and the streaming path both use it)."""
+    hessians: dict[str, torch.Tensor] = {}   # the last input seen and its Hessian (shared by q/k/v, gate/up)
+    made, hooks = [], []
+
+    def pre_hook(lin, inputs):
+        x = inputs[0]
+        if hessians.get("x") is not x:          # holding x keeps its memory from being reused by another input
+            hessians["x"], hessians["h"] = x, hessian(x)
+        q, qp = gptq_weight(lin.weight, hessians["h"], recipe.bits, recipe.group_size, recipe.symmetric,
+                            recipe.act_order, recipe.damp, recipe.block_size, recipe.scale_search)
+        qp.scale, qp.zero_point = qp.scale.cpu(), qp.zero_point.cpu()
+        new = WeightOnlyLinear(lin, recipe.bits, recipe.group_size, recipe.symmetric, qp=qp, codes=q.cpu()).to("cpu")
+        with torch.no_grad():
+            dq = new.dequantized_weight().to(lin.weight.device)
+            errors[names[id(lin)]] = output_error(lin.weight, dq, hessians["h"])
+            lin.weight.copy_(dq)                # the rest of this block runs on the quantized weight
+        made.append((names[id(lin)], new))
+
+    for m in block.modules():
+        if id(m) in names:
+            hooks.append(m.register_forward_pre_hook(pre_hook))
+    block.to(dev)
+    args, kwargs = _to(call, dev)
+    try:
+        with torch.inference_mode():
+            out = block(hidden, *args, **kwargs)
+    finally:
+        for hk in hooks:
+            hk.remove()
+        block.to("cpu")
+    return (out[0] if isinstance(out, (tuple, list)) else out), made
+
+
 def apply(model, recipe: GPTQ, calibration=None, train=None) -> Quantized:
     windows, cal = lm_windows(model.tokenizer, calibration, recipe.num_samples, recipe.seq_len)
     src = model.module
@@ -280,38 +319,8 @@ def apply(model, recipe: GPTQ, calibration=None, train=None) -> Quantized:
     with progress(total=len(blocks), desc=f"GPTQ {recipe.name}", enabled=getattr(model, "verbose", True)) as bar:
         for bi, block in enumerate(blocks):
             names = {id(m): n for n, m in qm.named_modules() if n in targets and any(m is x for x in block.modules())}
-            hessians: dict[str, torch.Tensor] = {}   # the last input seen and its Hessian (shared by q/k/v, gate/up)
-            hooks = []
-
-            def pre_hook(lin, inputs, _names=names, _h=hessians):
-                x = inputs[0]
-                if _h.get("x") is not x:         # holding x keeps its memory from being reused by another input
-                    _h["x"], _h["h"] = x, hessian(x)
-                q, qp = gptq_weight(lin.weight, _h["h"], recipe.bits, recipe.group_size, recipe.symmetric,
-                                    recipe.act_order, recipe.damp, recipe.block_size, recipe.scale_search)
-                qp.scale, qp.zero_point = qp.scale.cpu(), qp.zero_point.cpu()
-                new = WeightOnlyLinear(lin, recipe.bits, recipe.group_size, recipe.symmetric, qp=qp,
-                                       codes=q.cpu()).to("cpu")
-                with torch.no_grad():
-                    dq = new.dequantized_weight().to(lin.weight.device)
-                    errors[_names[id(lin)]] = output_error(lin.weight, dq, _h["h"])
-                    lin.weight.copy_(dq)            # the rest of this block runs on the quantized weight
-                new_layers.append((_names[id(lin)], new))
-
-            for m in block.modules():
-                if id(m) in names:
-                    hooks.append(m.register_forward_pre_hook(pre_hook))
-            block.to(dev)
-            args, kwargs = _to(calls[bi], dev)
-            try:
-                with torch.inference_mode():
-                    out = block(hidden, *args, **kwargs)
-            finally:
-                for hk in hooks:
-                    hk.remove()
-                block.to("cpu")
-            hidden = out[0] if isinstance(out, (tuple, list)) else out
-            hessians.clear()
+            hidden, made = quantize_block(block, names, hidden, calls[bi], recipe, dev, errors)
+            new_layers += made
             bar.update(1, block=bi)
     for name, new in new_layers:
         set_module(qm, name, new)

@@ -1,0 +1,175 @@
+"""How quantizing from disk grows with the model: Llama-architecture models with
+random bf16 weights built from configs (nothing to download), saved as sharded
+safetensors, each quantized by `quantgate.streaming.quantize_stored` in a fresh
+process: wall time and peak RSS against parameter count, and a log-log fit.
+
+    .venv/bin/python bench/scale_lm.py                                  # 0.5B, 1.1B, 3B; RTN int4 and GPTQ int4 g128
+    .venv/bin/python bench/scale_lm.py --sizes 7B --windows 8 --seq-len 128
+    .venv/bin/python bench/scale_lm.py --sizes 7B --recipes int4-g128 --limit-gb 2   # the refusal, with its numbers
+
+The bound each run is held to (the issue's): 1.3 x (stored bytes + one block in
+fp32 + calibration hidden states). Random weights make the timing and memory
+real and the quality meaningless; the tokenizer is SmolLM2's (49,152 tokens).
+Models are built once under --dir and reused."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+# hidden, intermediate, layers, heads, kv heads: TinyLlama-, OpenLLaMA-3B- and Llama-2-7B-shaped
+SHAPES = {"0.5B": (1280, 3456, 24, 20, 4), "1.1B": (2048, 5632, 22, 32, 4), "3B": (3200, 8640, 26, 32, 32),
+          "7B": (4096, 11008, 32, 32, 32)}
+SHARD = 2 * 2**30
+
+
+def build(size: str, root: Path) -> Path:
+    """A Llama model of `size`'s shape with random bf16 weights, written shard by shard (never whole)."""
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, LlamaConfig
+
+    from quantgate.models import default_lm_dir
+    d = root / f"llama-{size}-random-bf16"
+    if (d / "model.safetensors.index.json").is_file():
+        return d
+    tmp = root / f".{d.name}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    hidden, inter, layers, heads, kv = SHAPES[size]
+    tok = AutoTokenizer.from_pretrained(default_lm_dir(), local_files_only=True)
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv, vocab_size=len(tok), max_position_embeddings=2048,
+                      tie_word_embeddings=False, torch_dtype="bfloat16")
+    hd = hidden // heads
+    shapes = {"model.embed_tokens.weight": (len(tok), hidden), "model.norm.weight": (hidden,),
+              "lm_head.weight": (len(tok), hidden)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes |= {p + "self_attn.q_proj.weight": (heads * hd, hidden), p + "self_attn.k_proj.weight": (kv * hd, hidden),
+                   p + "self_attn.v_proj.weight": (kv * hd, hidden), p + "self_attn.o_proj.weight": (hidden, heads * hd),
+                   p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
+                   p + "mlp.down_proj.weight": (hidden, inter), p + "input_layernorm.weight": (hidden,),
+                   p + "post_attention_layernorm.weight": (hidden,)}
+    g = torch.Generator().manual_seed(0)
+    shard, size_now, n, weight_map = {}, 0, 0, {}
+
+    def flush():
+        nonlocal shard, size_now, n
+        if shard:
+            n += 1
+            name = f"model-{n:05d}.safetensors"
+            save_file(shard, str(tmp / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+            shard, size_now = {}, 0
+    for k, s in shapes.items():
+        t = torch.ones(s, dtype=torch.bfloat16) if len(s) == 1 else \
+            (torch.randn(s, generator=g) * 0.02).to(torch.bfloat16)
+        shard[k] = t
+        size_now += t.numel() * 2
+        if size_now >= SHARD:
+            flush()
+    flush()
+    total = sum(math.prod(s) * 2 for s in shapes.values())
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    cfg.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(d)
+    return d
+
+
+JOB = """
+import json, resource, sys, time, psutil
+from quantgate.data import bbc_splits
+from quantgate.recipes import Recipe
+from quantgate.streaming import quantize_stored
+model, spec, out, windows, seq_len, limit = sys.argv[1:7]
+r = Recipe.parse(spec)
+if r.method == "gptq":
+    r = Recipe.from_dict(r.to_dict() | {"num_samples": int(windows), "seq_len": int(seq_len)})
+cal = bbc_splits()["train"] if r.needs_calibration else None
+before = psutil.Process().memory_info().rss
+t = time.perf_counter()
+try:
+    quantize_stored(model, r, cal, out, verbose=False, available=int(float(limit) * 2**30) if float(limit) else None)
+except Exception as e:
+    print(json.dumps({"refused": str(e)}))
+    sys.exit(0)
+print(json.dumps({"seconds": time.perf_counter() - t, "before": before,
+                  "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def run(model: Path, spec: str, out: Path, windows: int, seq_len: int, limit_gb: float) -> dict:
+    import shutil
+    shutil.rmtree(out, ignore_errors=True)     # bench outputs only, made below --dir by this script
+    r = subprocess.run([sys.executable, "-c", JOB, str(model), spec, str(out), str(windows), str(seq_len),
+                        str(limit_gb)], capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    if r.returncode:
+        raise SystemExit(r.stderr[-3000:])
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    shutil.rmtree(out, ignore_errors=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="0.5B,1.1B,3B")
+    ap.add_argument("--recipes", default="int4-g128,gptq-int4-g128")
+    ap.add_argument("--windows", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--dir", default="/tmp/quantgate-scale")
+    ap.add_argument("--limit-gb", type=float, default=0.0, help="pretend only this much memory is available")
+    a = ap.parse_args()
+    from quantgate.streaming import Stored
+    root = Path(a.dir)
+    rows = []
+    for size in a.sizes.split(","):
+        t = time.perf_counter()
+        model = build(size, root)
+        s = Stored(model)
+        hidden, inter, layers, _, _ = SHAPES[size]
+        params = sum(math.prod(sh) for _, _, sh in s.tensors.values())
+        block = sum(math.prod(sh) for n, (_, _, sh) in s.tensors.items() if ".layers.0." in n) * 4
+        print(f"{size}: {params / 1e9:.2f}B parameters, {s.nbytes() / 2**30:.2f} GB stored "
+              f"(built or found in {time.perf_counter() - t:.0f} s)", flush=True)
+        for spec in a.recipes.split(","):
+            res = run(model, spec, root / "out", a.windows, a.seq_len, a.limit_gb)
+            gptq = spec.startswith("gptq")
+            calib = a.windows * a.seq_len * hidden * 4 * 2 if gptq else 0
+            bound = 1.3 * (s.nbytes() + block + calib)
+            if "refused" in res:
+                print(f"  {spec}: refused: {res['refused']}", flush=True)
+                continue
+            rows.append({"size": size, "params": params, "stored": s.nbytes(), "recipe": spec, "tokens":
+                         a.windows * a.seq_len if gptq else 0, **res, "bound": bound})
+            print(f"  {spec}: {res['seconds']:.0f} s, peak RSS {res['peak'] / 2**30:.2f} GB "
+                  f"({(res['peak'] - res['before']) / 2**30:.2f} GB over the process's start); bound "
+                  f"{bound / 2**30:.2f} GB: {res['peak'] / bound:.2f} of it", flush=True)
+    print("\n| model | parameters | stored (bf16) | recipe | calibration tokens | wall | peak RSS | peak / bound |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['size']} | {r['params'] / 1e9:.2f}B | {r['stored'] / 2**30:.2f} GB | {r['recipe']} | "
+              f"{r['tokens'] or '-'} | {r['seconds']:.0f} s | {r['peak'] / 2**30:.2f} GB | {r['peak'] / r['bound']:.2f} |")
+    import numpy as np
+    for spec in a.recipes.split(","):
+        pts = [r for r in rows if r["recipe"] == spec]
+        if len(pts) >= 2:
+            x = np.log([r["params"] for r in pts])
+            ft = np.polyfit(x, np.log([r["seconds"] for r in pts]), 1)[0]
+            fm = np.polyfit(x, np.log([r["peak"] - r["before"] for r in pts]), 1)[0]
+            print(f"{spec}: time grows as parameters^{ft:.2f}, peak memory (over the start) as parameters^{fm:.2f}")
+
+
+if __name__ == "__main__":
+    main()

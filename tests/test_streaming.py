@@ -1,0 +1,161 @@
+"""Quantizing from disk, one decoder block at a time (quantgate/streaming.py): the same
+artifact as the in-memory path, a peak memory bounded by one block, and clear refusals
+of damaged checkpoints before any work."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantgate.cli import main
+from quantgate.recipes import GPTQ, NF4, WeightOnly
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """The bundled SmolLM2 saved as people ship models: bf16, in several safetensors shards with an index."""
+    from quantgate.models import load_causal_lm
+    d = tmp_path_factory.mktemp("smol-bf16")
+    lm = load_causal_lm()
+    lm.module.to(torch.bfloat16).save_pretrained(d, max_shard_size="100MB", safe_serialization=True)
+    lm.tokenizer.save_pretrained(d)
+    assert (d / "model.safetensors.index.json").is_file() and len(list(d.glob("*.safetensors"))) >= 3
+    return d
+
+
+@pytest.fixture(scope="module")
+def in_memory(stored):
+    from quantgate.models import load_causal_lm
+    lm = load_causal_lm(stored)                  # bf16 on disk, fp32 in memory: the same values
+    lm.verbose = False
+    return lm
+
+
+def _same_artifact(a: Path, b: Path) -> None:
+    from safetensors.torch import load_file
+    ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
+    assert ma["content_hash"] == mb["content_hash"]          # tensors, recipe, base model and calibration
+    ta = {}
+    for f in ma.get("weights_files") or [ma["weights_file"]]:
+        ta.update(load_file(str(a / f)))
+    tb = load_file(str(b / mb["weights_file"]))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)   # codes and scales, bit for bit
+    assert ma["layers"] == mb["layers"] and ma["weight_bytes"] == mb["weight_bytes"]
+
+
+@pytest.mark.parametrize("recipe", [WeightOnly(bits=4, group_size=64, int8_layers=("*.layers.3.self_attn.v_proj",)),
+                                    NF4()], ids=["int4-g64+int8", "nf4"])
+def test_streaming_gives_the_in_memory_artifact(stored, in_memory, tmp_path, recipe):
+    from quantgate.artifact import load, save
+    from quantgate.quantize import quantize
+    from quantgate.streaming import quantize_stored
+    streamed = quantize_stored(stored, recipe, out=tmp_path / "streamed", verbose=False)
+    save(quantize(in_memory, recipe), in_memory, tmp_path / "memory")
+    _same_artifact(streamed, tmp_path / "memory")
+    ids = in_memory.tokenizer("Shares in the bank rose sharply", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        a, b = load(streamed).module(input_ids=ids).logits, load(tmp_path / "memory").module(input_ids=ids).logits
+    assert torch.equal(a, b)
+
+
+def test_streaming_gptq_gives_the_in_memory_artifact_and_profile(stored, in_memory, bbc, tmp_path):
+    from quantgate.artifact import save
+    from quantgate.quantize import quantize
+    from quantgate.streaming import quantize_stored
+    r = GPTQ(bits=4, group_size=64, num_samples=4, seq_len=64)
+    streamed = quantize_stored(stored, r, bbc["train"], tmp_path / "streamed", verbose=False)
+    save(quantize(in_memory, r, bbc["train"]), in_memory, tmp_path / "memory")
+    _same_artifact(streamed, tmp_path / "memory")
+    pa, pb = (json.loads((p / "activation_profile.json").read_text()) for p in (streamed, tmp_path / "memory"))
+    assert pa["layers"].keys() == pb["layers"].keys() and pa["n"] == pb["n"] == 4
+    for k in pa["layers"]:                      # the float pass block by block sees what the whole model sees
+        assert pa["layers"][k]["inner_edges"] == pytest.approx(pb["layers"][k]["inner_edges"], rel=1e-4, abs=1e-5)
+        assert pa["layers"][k]["share"] == pytest.approx(pb["layers"][k]["share"], abs=1e-3)
+
+
+PEAK = """
+import resource, sys, psutil
+from quantgate.recipes import WeightOnly
+from quantgate.streaming import quantize_stored
+before = psutil.Process().memory_info().rss
+quantize_stored(sys.argv[1], WeightOnly(bits=4, group_size=64), out=sys.argv[2], verbose=False)
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def test_streaming_peak_memory_is_bounded_by_one_block_not_the_model(stored, tmp_path):
+    """Peak RSS over the process's own before the work, against a bound from the model's sizes: the
+    embedding in fp32 twice (in the model, and serialised into the last shard), two blocks in fp32, and
+    64 MB for the allocator and the libraries' first use. The model in fp32 is more than that bound."""
+    from quantgate.streaming import Stored
+    from transformers import AutoConfig
+    s = Stored(stored)
+    cfg = AutoConfig.from_pretrained(stored)
+    embed = cfg.vocab_size * cfg.hidden_size * 4
+    block = (sum(torch.Size(sh).numel() for n, (_, _, sh) in s.tensors.items() if ".layers." in n)
+             // cfg.num_hidden_layers) * 4
+    bound = 2 * embed + 2 * block + 64 * 2**20
+    model_fp32 = s.nbytes() * 2
+    assert bound < model_fp32
+    r = subprocess.run([sys.executable, "-c", PEAK, str(stored), str(tmp_path / "a")], capture_output=True, text=True,
+                       env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, peak = map(int, r.stdout.split()[-2:])
+    assert peak - before < bound, (f"peak {(peak - before) / 2**20:.0f} MB over the start, bound "
+                                   f"{bound / 2**20:.0f} MB, the model in fp32 {model_fp32 / 2**20:.0f} MB")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_damaged_checkpoints_are_refused_in_one_line_before_any_work(stored, tmp_path, capsys):
+    from safetensors.torch import save_file
+    index = json.loads((stored / "model.safetensors.index.json").read_text())
+    shard = sorted(set(index["weight_map"].values()))[1]
+    cases = {}
+    d = _copy(stored, tmp_path / "absent")
+    (d / shard).unlink()
+    cases["absent"] = (d, "points at 1 shard(s) that are not there")
+    d = _copy(stored, tmp_path / "truncated")
+    with open(d / shard, "r+b") as f:
+        f.truncate((d / shard).stat().st_size // 2)
+    cases["truncated"] = (d, "is truncated")
+    d = _copy(stored, tmp_path / "int8")
+    name = next(k for k, v in index["weight_map"].items() if v == shard)
+    from safetensors import safe_open
+    with safe_open(str(d / shard), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors[name] = tensors[name].to(torch.int8)
+    save_file(tensors, str(d / shard))
+    cases["dtype"] = (d, "is stored as I8")
+    for what, (d, says) in cases.items():
+        out = tmp_path / f"out-{what}"
+        code = main(["lm", "quantize", "--stream", "--model", str(d), "--recipe", "int4-g64", "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and says in err[0], (what, err)
+        assert not out.exists()
+
+
+def test_an_interrupted_streaming_save_leaves_nothing(stored, tmp_path):
+    out = tmp_path / "artifact"
+    p = subprocess.Popen([sys.executable, "-m", "quantgate", "lm", "quantize", "--stream", "--model", str(stored),
+                          "--recipe", "int4-g64", "--out", str(out)], stderr=subprocess.PIPE, text=True,
+                         env=os.environ | {"PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+    seen = ""
+    while "block=" not in seen and p.poll() is None:        # interrupted once its first blocks are written
+        seen += p.stderr.read(64)
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=120)
+    assert p.returncode != 0 and not out.exists()
+    assert [x.name for x in tmp_path.iterdir()] == []         # no temporary folder left either
