@@ -37,7 +37,7 @@ def content_hash(tensors: dict[str, torch.Tensor], recipe: dict, base_sha: str, 
     for k in sorted(tensors):
         t = tensors[k].detach().contiguous().cpu()
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.view(-1).view(torch.uint8).numpy() if t.numel() else b"")     # the buffer itself, not a copy
     return h.hexdigest()[:20]
 
 
@@ -92,12 +92,20 @@ def open_artifact(folder: str | Path, manifest: dict | None = None) -> dict:
 
 class Shards:
     """The tensors of safetensors files already in a folder (the streaming path writes its blocks
-    as it goes), by name, each read when asked: what `content_hash` covers, never all in memory."""
+    as it goes), by name, each read from its file when asked (not mapped: a mapped file's pages
+    would count as the process's memory): what `content_hash` covers, never all in memory."""
 
     def __init__(self, folder: Path, files: list[str]):
-        from safetensors import safe_open
-        self.handles = [safe_open(str(Path(folder) / f), framework="pt") for f in files]
-        self.where = {k: h for h in self.handles for k in h.keys()}
+        from .streaming import DTYPES, _header
+        self.dtypes = {"I8": torch.int8, "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32,
+                       "I64": torch.int64, "F64": torch.float64, "BOOL": torch.bool} | DTYPES
+        self.where = {}
+        for f in files:
+            p = Path(folder) / f
+            with open(p, "rb") as fh:
+                start = 8 + int.from_bytes(fh.read(8), "little")
+            for k, v in _header(p).items():
+                self.where[k] = (p, start, v)
 
     def __iter__(self):
         return iter(self.where)
@@ -106,7 +114,13 @@ class Shards:
         return len(self.where)
 
     def __getitem__(self, k: str) -> torch.Tensor:
-        return self.where[k].get_tensor(k)
+        p, start, v = self.where[k]
+        a, b = v["data_offsets"]
+        with open(p, "rb") as f:
+            f.seek(start + a)
+            buf = bytearray(f.read(b - a))
+        t = torch.frombuffer(buf, dtype=self.dtypes[v["dtype"]]) if buf else torch.empty(0, dtype=self.dtypes[v["dtype"]])
+        return t.reshape(v["shape"])
 
 
 def write(q: Quantized, model: Model, folder: Path, evidence: dict | None = None, extra: dict | None = None,
@@ -132,6 +146,7 @@ def write(q: Quantized, model: Model, folder: Path, evidence: dict | None = None
     }
     if shards:
         manifest["weights_files"] = list(shards)
+        tensors = {}                   # hashed: the shards' maps close
     if q.adapters:     # LoRA adapters in a file of their own, apart from the frozen base
         adapters = {k: tensors.pop(k) for k in [k for k in tensors if "lora_" in k]}
         save_file(adapters, str(folder / "adapters.safetensors"))

@@ -36,6 +36,25 @@ from .errors import QuantgateError, require
 
 DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 INDEX = "model.safetensors.index.json"
+_CODES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64", torch.int8: "I8",
+          torch.uint8: "U8", torch.int16: "I16", torch.int32: "I32", torch.int64: "I64", torch.bool: "BOOL"}
+
+
+def save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """A safetensors file written tensor by tensor from the tensors' own memory (safetensors'
+    save_file first copies every tensor into one buffer: the embedding twice at the peak)."""
+    table, offset = {}, 0
+    for k, t in tensors.items():
+        n = t.numel() * t.element_size()
+        table[k] = {"dtype": _CODES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    head = json.dumps(table, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head)
+        for t in tensors.values():
+            if t.numel():
+                f.write(memoryview(t.contiguous().view(-1).view(torch.uint8).numpy()))
 
 
 def _header(path: Path) -> dict:
@@ -87,11 +106,13 @@ class Stored:
                 self.tensors[name] = (f, v["dtype"], v["shape"])
         if wm is not None:
             wrong = [k for k, s in wm.items() if k not in self.tensors or self.tensors[k][0].name != s]
-            require(not wrong, f"{index} puts {wrong[0]} in {wm[wrong[0]]}, which does not hold it; "
-                               "re-download the model")
+            if wrong:
+                raise QuantgateError(f"{index} puts {wrong[0]} in {wm[wrong[0]]}, which does not hold it; "
+                                     "re-download the model")
         odd = [(k, d) for k, (_, d, _) in self.tensors.items() if d not in DTYPES]
-        require(not odd, f"{odd[0][0]} is stored as {odd[0][1]}: quantizing from disk reads F32, BF16 and F16 "
-                         "weights (an already quantized checkpoint cannot be quantized again)")
+        if odd:
+            raise QuantgateError(f"{odd[0][0]} is stored as {odd[0][1]}: quantizing from disk reads F32, BF16 and "
+                                 "F16 weights (an already quantized checkpoint cannot be quantized again)")
         from .models import hash_files
         weights = [f for f in p.iterdir() if f.suffix in (".safetensors", ".bin")]
         self.sha = hash_files(weights)            # as models.load_causal_lm hashes the same directory
@@ -131,8 +152,9 @@ def materialize(module: torch.nn.Module, prefix: str, store: Stored, skip: set[s
     from accelerate.utils import set_module_tensor_to_device
     want = [n for n, p in module.named_parameters() if p.device.type == "meta" and prefix + n not in skip]
     absent = [prefix + n for n in want if prefix + n not in store.tensors]
-    require(not absent, f"{store.path}'s weights have no {absent[0]} (and {len(absent) - 1} more): "
-                        "not the checkpoint of this config.json")
+    if absent:
+        raise QuantgateError(f"{store.path}'s weights have no {absent[0]} (and {len(absent) - 1} more): "
+                             "not the checkpoint of this config.json")
     for n, t in store.load([prefix + n for n in want]).items():
         set_module_tensor_to_device(module, n[len(prefix):], "cpu", value=t.float())
 
@@ -226,10 +248,10 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
     from .methods.nf4 import NF4Linear
     from .methods.weight_only import WeightOnlyLinear, kernel_summary, quantize_head, set_module
     from .models import CausalLM
+    from .evaluate.perf import _trim as trim
     from .monitor import Profile
     from .progress import progress
     from .report.files import atomic_dir
-    from safetensors.torch import save_file
 
     require(recipe.method in ("weight-only", "gptq", "nf4"),
             f"quantizing from disk is for weight formats (int, gptq, nf4), not {recipe.name}")
@@ -291,12 +313,15 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
                 layer += [(n, WeightOnlyLinear(block.get_submodule(n[len(prefix):]), 8, None, True))
                           for n, why in kept.items() if n.startswith(prefix) and why.startswith(INT8_KEPT)]
                 for n, new in layer:
+                    old = hf.get_submodule(n)
                     set_module(hf, n, new)
+                    old.to("meta")                 # `targets` still names it: its float weight goes now
                 made += layer
-                save_file({prefix + k: v.contiguous() for k, v in module_tensors(block).items()},
-                          str(tmp / f"weights-{bi:05d}.safetensors"))
+                save_shard({prefix + k: v for k, v in module_tensors(block).items()},
+                           tmp / f"weights-{bi:05d}.safetensors")
                 files.append(f"weights-{bi:05d}.safetensors")
                 block.to("meta")                   # freed: the next block is read in its place
+                trim()                             # ... and the heap's free memory goes back to the system
                 bar.update(1, block=bi)
         if gptq and head_name:
             _head_input(hf, blocks_name, fl, prof, head_name)
@@ -312,8 +337,7 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
         layers = [m for _, m in made]
         if getattr(recipe, "head_bits", None):
             quantize_head(hf, recipe, targets, kept, layers)
-        rest = {k: v.contiguous() for k, v in module_tensors(hf).items()}
-        save_file(rest, str(tmp / "weights-rest.safetensors"))
+        save_shard(module_tensors(hf), tmp / "weights-rest.safetensors")
         files.append("weights-rest.safetensors")
         q = Quantized(hf, recipe, list(targets) + sorted(int8), kept, kernel_summary(layers), calibration=cal,
                       float_ops=float_operators(hf, "weight-only quantization (activations stay float)"))
@@ -328,6 +352,8 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
         if gptq:
             q.extra["layer_errors"] = errors
             q.activation_profile = prof.result(int(windows.shape[0]), f"windows of {windows.shape[1]} tokens")
+        hf.to("meta")                              # all written: only the layers' formats are read from here on
+        trim()
         write(q, lm, tmp, shards=files)
     return out
 

@@ -82,19 +82,22 @@ def test_streaming_gptq_gives_the_in_memory_artifact_and_profile(stored, in_memo
 
 
 PEAK = """
-import resource, sys, psutil
+import sys, psutil
+import transformers.models.llama.modeling_llama  # noqa: F401  (the libraries' own import, not the work's memory)
 from quantgate.recipes import WeightOnly
 from quantgate.streaming import quantize_stored
 before = psutil.Process().memory_info().rss
 quantize_stored(sys.argv[1], WeightOnly(bits=4, group_size=64), out=sys.argv[2], verbose=False)
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))   # this process's own peak (ru_maxrss
+print(before, int(hwm.split()[1]) * 1024)                                       # keeps the forking parent's)
 """
 
 
 def test_streaming_peak_memory_is_bounded_by_one_block_not_the_model(stored, tmp_path):
     """Peak RSS over the process's own before the work, against a bound from the model's sizes: the
-    embedding in fp32 twice (in the model, and serialised into the last shard), two blocks in fp32, and
-    64 MB for the allocator and the libraries' first use. The model in fp32 is more than that bound."""
+    embedding in fp32 twice (held, and read back for the content hash), two blocks in fp32, and 64 MB
+    for the allocator and the libraries' first use. The model in fp32 is more than that bound
+    (measured: 248 MB over the start against a 307 MB bound; the model is 513 MB in fp32)."""
     from quantgate.streaming import Stored
     from transformers import AutoConfig
     s = Stored(stored)
@@ -151,7 +154,7 @@ def test_an_interrupted_streaming_save_leaves_nothing(stored, tmp_path):
     out = tmp_path / "artifact"
     p = subprocess.Popen([sys.executable, "-m", "quantgate", "lm", "quantize", "--stream", "--model", str(stored),
                           "--recipe", "int4-g64", "--out", str(out)], stderr=subprocess.PIPE, text=True,
-                         env=os.environ | {"PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+                         env=os.environ | {"PYTHONPATH": str(ROOT), "QUANTGATE_PROGRESS": "1"}, cwd=tmp_path)
     seen = ""
     while "block=" not in seen and p.poll() is None:        # interrupted once its first blocks are written
         seen += p.stderr.read(64)
