@@ -48,6 +48,13 @@ class QParams:
     def qmax(self) -> int:
         return qrange(self.bits, self.symmetric)[1]
 
+    def rows(self, i: int, j: int) -> "QParams":
+        """The parameters of output rows i:j (per-tensor parameters are every row's)."""
+        if self.granularity == "tensor":
+            return self
+        return QParams(self.scale[i:j], self.zero_point[i:j], self.bits, self.symmetric, self.granularity,
+                       self.group_size)
+
     def expand(self, t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Broadcast a per-group parameter to a weight of `shape` ([N, K])."""
         if self.granularity != "group":

@@ -37,6 +37,7 @@ from ..recipes import WeightOnly
 from .common import INT8_KEPT, Quantized, float_operators, select_linears
 
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)
+PACK_ROWS_ELEMENTS = 1 << 22   # weights rounded and packed at a time (bounds the temporaries to ~100 MB)
 PACKED_MAX_ROWS = 16
 DEQUANT = "dequantize + fp32 matmul"
 INT8_KERNEL = "aten._weight_int8pack_mm (bf16 activations)"
@@ -99,8 +100,13 @@ class WeightOnlyLinear(torch.nn.Module):
         self._setup(k, n, bits, group_size, symmetric, linear.bias is not None)
         w = linear.weight.detach().float()
         qp = qp or rtn_qparams(w, bits, group_size, symmetric, search)
-        q = quantize(w, qp) if codes is None else codes.to(torch.int32)
-        self.qweight = pack_bits((q - qp.qmin).to(torch.uint8), bits)
+        # rows at a time: rounding and packing make full-size float and int64 temporaries, which for a
+        # large output head (49k x 4k) would be gigabytes at once
+        step = max(1, PACK_ROWS_ELEMENTS // max(1, k))
+        self.qweight = torch.cat([
+            pack_bits(((quantize(w[r:r + step], qp.rows(r, r + step)) if codes is None else
+                        codes[r:r + step].to(torch.int32)) - qp.qmin).to(torch.uint8), bits)
+            for r in range(0, n, step)])
         self.scales = qp.scale.to(torch.float16).reshape(n, -1).contiguous()
         if not symmetric:
             self.zero_points = pack_bits((qp.zero_point - qp.qmin).to(torch.uint8).reshape(n, -1), bits)
