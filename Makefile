@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo demo-lm test setup system bench bench-lm bench-deploy clean
+.PHONY: demo demo-lm test setup system bench bench-lm bench-deploy bench-scale clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,11 @@ bench-deploy: $(STAMP)
 	bash bench/setup_reference.sh .venv-reference
 	$(PY) bench/deploy_gguf.py
 	$(PY) bench/deploy_gptq.py
+
+# Quantizing from disk as models grow: random-weight Llama shapes at 0.5B, 1.1B, 3B and 7B (24 GB of shards under
+# /tmp/quantgate-scale, built once; about an hour on 2 cores).
+bench-scale: $(STAMP)
+	$(PY) bench/scale_lm.py --sizes 0.5B,1.1B,3B,7B --windows 8 --seq-len 256
 
 clean:
 	rm -rf $(VENV) runs

@@ -38,6 +38,7 @@ import math
 
 from .compare import Comparer, Comparison, Settings
 from .data import Dataset
+from .errors import require
 from .gate import Budget, check
 from .models import CausalLM
 from .recipes import GPTQ, NF4, QAT, DynamicInt8, Half, Recipe, StaticInt8, WeightOnly
@@ -164,7 +165,6 @@ def auto(model, data, calibration: Dataset | None, budget: Budget, train: Datase
     For a causal LM `data` is a PromptSet (its task) or a list of texts (perplexity). A miss within
     reach is retried keeping its `keep` most sensitive layers `keep_as` int8 (weight formats under
     8 bits; others keep them in float) or float."""
-    from .errors import require
     require(keep_as in ("int8", "float"), f"keep_as must be int8 or float, got {keep_as!r}")
     import sys
     import time
