@@ -346,13 +346,17 @@ def check_lm_calibration(lm, calib, data, num_samples: int, seq_len: int, verbos
     ev = encode(lm, prompts)
     probe = GPTQProbe(lm.module, sufficiency_sizes(n), ev["attention_mask"])
     from .monitor import Profile, remember
-    prof = Profile()                           # the drift profile of these windows, which GPTQ would compute again
+    # the drift profile of these windows, when they are the ones `gptq` will calibrate on (it would run the
+    # float model over them again); not otherwise: it costs a third of this pass
+    prof = Profile() if gptq is not None and (gptq.num_samples, gptq.seq_len) == tuple(windows.shape) else None
 
     def also(name, x, off):
         probe.calibration(name, x, off)
-        prof.observe(name, x.detach().reshape(-1, x.shape[-1]).float())
+        if prof is not None:
+            prof.observe(name, x.detach().reshape(-1, x.shape[-1]).float())
     st = calibration_stats(lm, None, verbose=verbose, enc=enc, also=also)
-    remember(lm, windows, prof)
+    if prof is not None:
+        remember(lm, windows, prof)
     ev_ids = [row[m.bool()].tolist() for row, m in zip(ev["input_ids"], ev["attention_mask"])]
     cov = coverage(lm, st, _Prompts(prompts, slices), verbose=verbose, enc=ev, also=probe.evaluation)
     from .recipes import GPTQ

@@ -101,7 +101,8 @@ def test_quantize_writes_a_complete_artifact(capsys, tmp_path, finetuned_dir):
     assert code == 0, err
     m = json.loads((out / "manifest.json").read_text())
     assert m["recipe"] == {"method": "weight-only", "bits": 4, "group_size": 64, "symmetric": True, "scale_search": False,
-                           "head_bits": None, "head_group_size": None, "exclude": [], "min_out_features": 16}
+                           "head_bits": None, "head_group_size": None, "exclude": [], "min_out_features": 16,
+                           "int8_layers": []}
     assert len(m["base_model"]["sha"]) == 16 and m["environment"]["torch"].startswith("2.13")
     from safetensors.torch import load_file
     w = load_file(out / "weights.safetensors")
