@@ -3,9 +3,9 @@ random bf16 weights built from configs (nothing to download), saved as sharded
 safetensors, each quantized by `quantgate.streaming.quantize_stored` in a fresh
 process: wall time and peak RSS against parameter count, and a log-log fit.
 
-    .venv/bin/python bench/scale_lm.py                                  # 0.5B, 1.1B, 3B; RTN int4 and GPTQ int4 g128
-    .venv/bin/python bench/scale_lm.py --sizes 7B --windows 8 --seq-len 128
-    .venv/bin/python bench/scale_lm.py --sizes 7B --recipes int4-g128 --limit-gb 2   # the refusal, with its numbers
+    .venv/bin/python bench/scale_lm.py                  # 0.5B, 1.1B, 3B; RTN int4 and GPTQ int4 g128 on 8 x 256 tokens
+    .venv/bin/python bench/scale_lm.py --sizes 7B
+    .venv/bin/python bench/scale_lm.py --sizes 7B --recipes gptq-int4-g128 --limit-gb 2   # the refusal, with its numbers
 
 The bound each run is held to (the issue's): 1.3 x (stored bytes + one block in
 fp32 + calibration hidden states). Random weights make the timing and memory
@@ -126,7 +126,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="0.5B,1.1B,3B")
     ap.add_argument("--recipes", default="int4-g128,gptq-int4-g128")
-    ap.add_argument("--windows", type=int, default=16)
+    ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--dir", default="/tmp/quantgate-scale")
     ap.add_argument("--limit-gb", type=float, default=0.0, help="pretend only this much memory is available")

@@ -248,7 +248,7 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
     from .methods.nf4 import NF4Linear
     from .methods.weight_only import WeightOnlyLinear, kernel_summary, quantize_head, set_module
     from .models import CausalLM
-    from .evaluate.perf import _trim as trim
+    from .evaluate.perf import trim_heap
     from .monitor import Profile
     from .progress import progress
     from .report.files import atomic_dir
@@ -275,7 +275,6 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
     tied = bool(getattr(hf.config, "tie_word_embeddings", False))
     head = hf.get_output_embeddings()
     head_name = next((n for n, m in hf.named_modules() if m is head), None)
-    outer = {n for n, _ in hf.named_parameters() if not inside(n)}
     materialize(hf, "", store, skip={n for n, _ in hf.named_parameters() if inside(n)}
                 | ({f"{head_name}.weight"} if tied and head_name else set()))
     if tied:
@@ -321,7 +320,7 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
                            tmp / f"weights-{bi:05d}.safetensors")
                 files.append(f"weights-{bi:05d}.safetensors")
                 block.to("meta")                   # freed: the next block is read in its place
-                trim()                             # ... and the heap's free memory goes back to the system
+                trim_heap()                        # ... and the heap's free memory goes back to the system
                 bar.update(1, block=bi)
         if gptq and head_name:
             _head_input(hf, blocks_name, fl, prof, head_name)
@@ -353,7 +352,7 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
             q.extra["layer_errors"] = errors
             q.activation_profile = prof.result(int(windows.shape[0]), f"windows of {windows.shape[1]} tokens")
         hf.to("meta")                              # all written: only the layers' formats are read from here on
-        trim()
+        trim_heap()
         write(q, lm, tmp, shards=files)
     return out
 

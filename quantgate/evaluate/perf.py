@@ -85,7 +85,7 @@ class RssSampler:
                              f"sampled every {self.interval_s * 1e3:.0f} ms"}
 
 
-def _trim() -> bool:
+def trim_heap() -> bool:
     """Hand the heap's free memory back to the kernel (glibc's malloc_trim), so that a
     later peak measures what is allocated then, not what an earlier model left free."""
     try:
@@ -109,7 +109,7 @@ def own_memory(modules: dict[str, torch.nn.Module], weight_bytes: dict[str, int]
                                         "held before loading the model (working: less the model file)"}
             continue
         call(m)                                  # warm: lazily built kernels and tables are not working memory
-        trimmed = _trim()
+        trimmed = trim_heap()
         with RssSampler() as s:
             call(m)
         work = (s.peak - s.start) / 2**20
