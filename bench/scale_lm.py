@@ -60,6 +60,12 @@ def build(size: str, root: Path) -> Path:
                    p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
                    p + "mlp.down_proj.weight": (hidden, inter), p + "input_layernorm.weight": (hidden,),
                    p + "post_attention_layernorm.weight": (hidden,)}
+    import shutil
+    need = 2 * sum(math.prod(s) * 2 for s in shapes.values())     # the model, and room for its artifacts
+    free = shutil.disk_usage(root).free
+    if free < need:
+        raise SystemExit(f"building the {size} model needs about {need / 2**30:.0f} GB free under {root}, and "
+                         f"{free / 2**30:.0f} GB is: free some, or pass --dir on a larger disk")
     g = torch.Generator().manual_seed(0)
     shard, size_now, n, weight_map = {}, 0, 0, {}
 
