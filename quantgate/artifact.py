@@ -96,15 +96,13 @@ class Shards:
     would count as the process's memory): what `content_hash` covers, never all in memory."""
 
     def __init__(self, folder: Path, files: list[str]):
-        from .streaming import DTYPES, _header
-        self.dtypes = {"I8": torch.int8, "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32,
-                       "I64": torch.int64, "F64": torch.float64, "BOOL": torch.bool} | DTYPES
+        from .streaming import _CODES, read_table
+        self.dtypes = {code: dtype for dtype, code in _CODES.items()}
         self.where = {}
         for f in files:
             p = Path(folder) / f
-            with open(p, "rb") as fh:
-                start = 8 + int.from_bytes(fh.read(8), "little")
-            for k, v in _header(p).items():
+            table, start = read_table(p)
+            for k, v in table.items():
                 self.where[k] = (p, start, v)
 
     def __iter__(self):

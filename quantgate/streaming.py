@@ -59,6 +59,11 @@ def save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 def _header(path: Path) -> dict:
     """A safetensors file's tensor table, checked against the file's size (a truncated shard is refused)."""
+    return read_table(path)[0]
+
+
+def read_table(path: Path) -> tuple[dict, int]:
+    """A safetensors file's tensor table and where its data starts (offsets count from there)."""
     size = path.stat().st_size
     fix = "re-download or re-save the model"
     require(size >= 8, f"{path} is truncated ({size} bytes): not a safetensors file; {fix}")
@@ -74,7 +79,7 @@ def _header(path: Path) -> dict:
     end = max((v["data_offsets"][1] for v in table.values()), default=0)
     require(8 + n + end <= size, f"{path} is truncated: its tensors need {8 + n + end:,} bytes and the file has "
                                  f"{size:,}; {fix}")
-    return table
+    return table, 8 + n
 
 
 class Stored:
