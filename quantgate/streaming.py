@@ -10,10 +10,13 @@ the same code the in-memory path runs), written to a shard of its own in the
 artifact's temporary folder, and freed. The artifact becomes visible only when
 every shard and the manifest are written (an interrupted run leaves nothing).
 
-What is held at the peak, then: the embedding and head in fp32, one block in
-fp32 (and its stored copy while it is read), the block's work, and for GPTQ
+What is held at the peak, then: one block in fp32 (and its stored copy while
+it is read), the block's work, and for GPTQ
 the calibration hidden states in and out of a block (windows x length x hidden
-x 4 bytes each, twice more for the float pass that records the drift profile).
+x 4 bytes each, twice more for the float pass that records the drift profile);
+or, at the end, the embedding and head in fp32 while the head is rounded
+(they are read only then; GPTQ reads the embedding for the first hidden states
+and frees it before the blocks).
 `estimate` states it before any work, and `quantize_stored` refuses with the
 numbers when it will not fit. Never the model: the in-memory path holds the
 model in fp32 and a copy being quantized.
@@ -174,13 +177,17 @@ def estimate(store: Stored, recipe, windows: int = 0, seq_len: int = 0) -> dict:
     block = (sum(int(torch.Size(s).numel()) for n, (_, _, s) in store.tensors.items() if ".layers." in n)
              // max(1, blocks))
     tokens = windows * seq_len
-    parts = {"embedding, norm and head in fp32": outside * 4,
-             "one block in fp32, its stored copy and its quantized copy": block * (4 + 2 + 1)}
+    # Two phases, each its own peak: the blocks one at a time, then what is outside them.
+    parts = {"one block in fp32, its stored copy and its quantized copy": block * (4 + 2 + 1)}
     if recipe.method == "gptq":
         parts["calibration hidden states (quantized and float passes, in and out)"] = 4 * tokens * hidden * 4
         parts["one block's work on them"] = (tokens * (4 * inter + 6 * hidden) * 4
                                              + windows * cfg.num_attention_heads * seq_len * seq_len * 4)
         parts["Hessians and GPTQ's working copies"] = 3 * max(hidden, inter) ** 2 * 4 + 3 * inter * hidden * 4
+    end = {"embedding, norm and head in fp32, and their quantized copies": outside * (4 + 1),
+           "the float stream for the head's drift profile": tokens * hidden * 4 * 2}
+    if sum(end.values()) > sum(parts.values()):
+        parts = end
     return {"total": sum(parts.values()), "parts": parts}
 
 
@@ -278,12 +285,17 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
     in_blocks = {f"{blocks_name}.{i}." for i in range(len(blocks))}
     inside = lambda n: any(n.startswith(p) for p in in_blocks)
     tied = bool(getattr(hf.config, "tie_word_embeddings", False))
+    if tied:
+        hf.tie_weights()                           # on the skeleton too: select_linears knows the head by it
     head = hf.get_output_embeddings()
     head_name = next((n for n, m in hf.named_modules() if m is head), None)
-    materialize(hf, "", store, skip={n for n, _ in hf.named_parameters() if inside(n)}
-                | ({f"{head_name}.weight"} if tied and head_name else set()))
-    if tied:
-        hf.tie_weights()
+    in_block_params = {n for n, _ in hf.named_parameters() if inside(n)}
+
+    def materialize_rest():
+        """Everything outside the blocks (embedding, final norm, head), read only when needed."""
+        materialize(hf, "", store, skip=in_block_params | ({f"{head_name}.weight"} if tied and head_name else set()))
+        if tied:
+            hf.tie_weights()
     lm = CausalLM(hf, tok, str(store.path), store.sha)
     targets, kept = select_linears(hf, recipe)
     names_of = {id(m): n for n, m in hf.named_modules()}
@@ -299,7 +311,10 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
         if gptq:
             from .methods.common import compute_device
             from .methods.gptq import _to
+            emb = hf.get_input_embeddings()
+            materialize(emb, f"{names_of[id(emb)]}.", store)
             hidden, calls = block_calls(hf, blocks, windows)
+            emb.to("meta")                         # read again at the end: not held through the blocks
             fl = hidden                            # the float stream, for the drift profile
             dev = torch.device(compute_device(recipe.device, "GPTQ"))
             hidden = _to(hidden, dev)
@@ -327,6 +342,7 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
                 block.to("meta")                   # freed: the next block is read in its place
                 trim_heap()                        # ... and the heap's free memory goes back to the system
                 bar.update(1, block=bi)
+        materialize_rest()
         if gptq and head_name:
             _head_input(hf, blocks_name, fl, prof, head_name)
         int8 = {n for n, why in kept.items() if why.startswith(INT8_KEPT)}

@@ -57,7 +57,9 @@ def select_linears(module: torch.nn.Module, recipe: Recipe) -> tuple[dict[str, t
     """Linear layers to quantize, and the ones kept in float with the reason (the recipe's
     int8_layers are kept too, as INT8_KEPT: `quantize` rounds them to int8 after the method)."""
     targets, kept = {}, {}
-    embeddings = {m.weight.data_ptr() for m in module.modules() if isinstance(m, torch.nn.Embedding)}
+    embeddings = [m.weight for m in module.modules() if isinstance(m, torch.nn.Embedding)]
+    real = lambda w: w.device.type != "meta"     # a skeleton's weights (streaming) are all at address 0
+    tied = lambda w: any(w is e or (real(w) and real(e) and w.data_ptr() == e.data_ptr()) for e in embeddings)
     for name, m in module.named_modules():
         if not isinstance(m, torch.nn.Linear):
             continue
@@ -66,7 +68,7 @@ def select_linears(module: torch.nn.Module, recipe: Recipe) -> tuple[dict[str, t
             kept[name] = f"excluded by the recipe (pattern {pattern!r})"
         elif (pattern := _match(name, recipe.int8_layers)):
             kept[name] = f"{INT8_KEPT} (pattern {pattern!r})"
-        elif m.weight.data_ptr() in embeddings:
+        elif tied(m.weight):
             kept[name] = "output head tied to the input embedding: kept in float, as GPTQ tools do"
         elif m.out_features < recipe.min_out_features:
             kept[name] = f"too small (out_features={m.out_features} < min_out_features={recipe.min_out_features})"
