@@ -175,7 +175,8 @@ def cmd_auto(a) -> int:
     data, cal = _load_data(a, "evaluate")
     train = _train_data(a) if (a.train or not a.data) and not a.no_qat else None
     budget = _budget(a)
-    s = Settings(batch_sizes=budget.batch_sizes or (1, 32), perf_budget_s=a.perf_seconds, threads=a.threads)
+    s = Settings(batch_sizes=budget.batch_sizes or (1, 32), perf_budget_s=a.perf_seconds, threads=a.threads,
+                 memory_limit_gb=a.memory_limit)
     comp, plan = auto(model, data, cal, budget, train=train, settings=s, path=path, keep=keep, keep_as=a.keep_as,
                       registry=registry, base_name=_base_name(a))
     paths = write_reports(comp, out)
@@ -315,7 +316,7 @@ def _compare(a, recipes):
     data, cal = _load_data(a, "evaluate")
     parsed = [Recipe.parse(r) for r in recipes]
     s = Settings(batch_sizes=_batch_sizes(a.batch_sizes), perf_budget_s=a.perf_seconds, threads=a.threads,
-                 serve_in=getattr(a, "runtime", "quantgate"))
+                 serve_in=getattr(a, "runtime", "quantgate"), memory_limit_gb=a.memory_limit)
     train = None
     if any(r.needs_training for r in parsed):
         train = _train_data(a)
@@ -505,7 +506,7 @@ def _lm_settings(a):
     return Settings(context=a.context, max_windows=a.windows or None, n_prompts=a.prompts, new_tokens=a.new_tokens,
                     batch_sizes=_batch_sizes(a.batch_sizes) if a.batch_sizes else None, runtime=a.runtime,
                     decode_steps=a.decode_steps, answer_tokens=a.answer_tokens, task_metric=a.task_metric,
-                    chat_template=a.chat_template, threads=a.threads)
+                    chat_template=a.chat_template, threads=a.threads, memory_limit_gb=a.memory_limit)
 
 
 def _lm_evaluation(a):
@@ -577,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--perf-seconds", type=_positive_float, default=5.0, help="time budget per latency measurement")
     common.add_argument("--threads", type=POSITIVE, help="torch threads while timing (default: as many as cores "
                         "sat idle just before; the report states the number and why)")
+    common.add_argument("--memory-limit", type=_positive_float, metavar="GB", help="the most memory a comparison may "
+                        "use (default: what the system has available); one that needs more is refused with the numbers")
     common.add_argument("--slices", action="store_true", help="also print every slice's change, not only the worst")
 
     cls_grammar = f"recipes: {recipe_grammar('sequence-classification')}"
@@ -716,6 +719,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-sizes", default="", help="decode batch sizes (default 1,8; 1 with --runtime llama.cpp)")
     sp.add_argument("--decode-steps", type=POSITIVE, default=32, help="decode steps timed per round (default 32, 3 rounds)")
     sp.add_argument("--threads", type=POSITIVE, help="torch threads while timing (default: the idle cores)")
+    ev.add_argument("--memory-limit", type=_positive_float, metavar="GB", help="the most memory a comparison may use "
+                    "(default: what the system has available); one that needs more is refused with the numbers")
 
     lc = lm_sub.add_parser("compare", parents=[model, made, ev],
                            help="compare the fp32 LM with quantized candidates on its task or on raw text",

@@ -41,6 +41,7 @@ class Settings:
     max_changed: int = 200
     verbose: bool = True
     threads: int | None = None     # torch threads while timing (None: as many as cores sat idle before timing)
+    memory_limit_gb: float | None = None   # the most memory a comparison may use (None: what the system has free)
     # causal LMs
     context: int = 512             # tokens per perplexity window (non-overlapping, no carried context)
     max_windows: int | None = 40
@@ -66,6 +67,8 @@ class Settings:
             v = getattr(self, name)
             require(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
         require(isinstance(self.context, int) and self.context >= 16, f"context must be an integer >= 16, got {self.context!r}")
+        require(self.memory_limit_gb is None or (isinstance(self.memory_limit_gb, (int, float)) and self.memory_limit_gb > 0),
+                f"memory_limit_gb must be a positive number, got {self.memory_limit_gb!r}")
         require(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
                 f"threads must be a positive integer, got {self.threads!r}")
         from .decoder import RUNTIMES
@@ -185,6 +188,62 @@ def qat_recovery(model: Model, q: Quantized, task, calibration: Dataset | None, 
             "note": None if lost > 0 else "post-training quantization with these formats lost no accuracy: nothing to recover"}
 
 
+def weight_bits(recipe: Recipe) -> float:
+    """Bits a candidate stores per Linear weight (scales included): what it will hold in memory."""
+    if recipe.method == "qlora" and recipe.merge:
+        return 32                                        # adapters merged into float weights
+    if recipe.method in ("nf4", "qlora"):
+        return 4 + 8 / recipe.block_size + 32 / (recipe.block_size * getattr(recipe, "dq_block_size", 256))
+    if recipe.method == "half":
+        return 16
+    bits = getattr(recipe, "bits", None) or getattr(recipe, "weight_bits", None) or 8
+    group = getattr(recipe, "group_size", None)
+    return bits + (64 / group if group else 0)           # an fp32 scale and zero point per group
+
+
+def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None) -> dict:
+    """What a comparison will hold at its peak, by part (bytes): the fp32 model, every candidate
+    (kept for the interleaved timing), the largest quantization's working copy and work, and
+    scoring's working memory (measured on the baseline). The model is already resident."""
+    module = model.module
+    total = tensor_bytes(module)
+    embeddings = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.Embedding)}
+    linear = sum(m.weight.numel() for m in module.modules()       # a head tied to the embedding stays float
+                 if isinstance(m, torch.nn.Linear) and id(m.weight) not in embeddings)
+    held, work, worst = {}, 0, ""
+    for r in recipes:
+        held[r.name] = int(total - linear * 4 + linear * weight_bits(r) / 8)
+        w = total                                           # the copy a method quantizes in place
+        if r.method == "gptq":
+            from .methods.gptq import estimate_peak_bytes
+            windows = torch.empty(r.num_samples, r.seq_len)
+            w += sum(v for k, v in estimate_peak_bytes(module, windows)["parts"].items() if not k.startswith("model"))
+        elif r.method in ("qat",):
+            w += 3 * total                                  # gradients and Adam's two moments
+        if w > work:
+            work, worst = w, r.name
+    parts = {"the fp32 model": total, f"{len(held)} candidates, held for the interleaved timing": sum(held.values()),
+             f"quantizing {worst or 'a candidate'}: the working copy and its method's work": work}
+    if scoring_bytes is not None:
+        parts["scoring a batch (measured on the baseline)"] = scoring_bytes
+    return {"total": sum(parts.values()), "parts": parts, "resident": total, "candidates": held}
+
+
+def check_memory(plan: dict, limit_gb: float | None = None) -> None:
+    """Refuse a plan that needs more than is available now (or than `limit_gb` in all)."""
+    import psutil
+    gb = lambda b: f"{b / 2**30:.2f} GB"                    # noqa: E731
+    if limit_gb is None:
+        more, avail, what = plan["total"] - plan["resident"], psutil.virtual_memory().available, "more memory"
+    else:
+        more, avail, what = plan["total"], int(limit_gb * 2**30), "memory (--memory-limit)"
+    if more > avail:
+        raise QuantgateError(f"this comparison would need about {gb(more)} {what} at its peak but {gb(avail)} "
+                             "is available (" + "; ".join(f"{k} {gb(v)}" for k, v in plan["parts"].items())
+                             + "); compare fewer recipes at once or lower GPTQ's calibration (--samples, --seq-len)")
+    plan["available"] = avail
+
+
 class Comparer:
     """A comparison built one candidate at a time (what `quantgate auto` needs),
     for any task (tasks.for_model picks it from the model and the data): the
@@ -192,9 +251,11 @@ class Comparer:
     measures speed with every model interleaved, then diagnoses."""
 
     def __init__(self, model, data, calibration: Dataset | None = None, settings: Settings | None = None,
-                 train: Dataset | None = None):
+                 train: Dataset | None = None, recipes: list[Recipe] | None = None):
         from . import tasks
         s = self.settings = settings or Settings()
+        if recipes:             # the memory `recipes` will need, before any work, then with scoring's measured
+            check_memory(memory_plan(model, recipes), s.memory_limit_gb)
         self.task = task = tasks.for_model(model, data, s)
         if s.batch_sizes is None:
             s.batch_sizes = task.batch_sizes
@@ -210,6 +271,7 @@ class Comparer:
         self.served = self._serving(model.module, "fp32")
         with perf.RssSampler() as mem:
             self.base = task.score(self.served, "fp32")
+        self.scoring_bytes = max(0, mem.peak - mem.start)     # scoring's working memory, for memory_plan
         about = task.describe()
         data_info = about.pop("data")
         data_info["calibration"] = None if calibration is None else {"source": calibration.source, "n": len(calibration)}
@@ -222,6 +284,15 @@ class Comparer:
         self.comp = Comparison(model=model_info, data=data_info, settings=asdict(s), baseline=baseline,
                                environment=environment(), task=about,
                                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        if recipes:
+            self.plan_memory(recipes)
+
+    def plan_memory(self, recipes: list[Recipe]) -> dict:
+        """Before any candidate: refuse, with the numbers, a comparison of `recipes` that will not fit."""
+        plan = memory_plan(self.model, recipes, self.scoring_bytes)
+        check_memory(plan, self.settings.memory_limit_gb)
+        self.comp.environment["memory_plan"] = {k: v for k, v in plan.items() if k != "candidates"}
+        return plan
 
     def check_calibration(self, n: int, seq_len: int | None = None, gptq: Recipe | None = None) -> None:
         """Sufficiency, coverage and outlier checks on the first n calibration examples (classifiers),
@@ -339,7 +410,7 @@ def compare(model, data, recipes: list[Recipe], calibration: Dataset | None = No
     for r in recipes:
         check_applies(r, model.task)
         check_serves(settings or Settings(), model, r)
-    c = Comparer(model, data, calibration, settings, train)
+    c = Comparer(model, data, calibration, settings, train, recipes)
     calibrated = [r for r in recipes if r.needs_calibration]
     if calibrated:
         c.check_calibration(max(r.num_samples for r in calibrated), max(getattr(r, "seq_len", 0) for r in calibrated),

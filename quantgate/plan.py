@@ -173,7 +173,7 @@ def auto(model, data, calibration: Dataset | None, budget: Budget, train: Datase
     if s.batch_sizes is None and budget.batch_sizes:
         s.batch_sizes = budget.batch_sizes
     t0 = time.perf_counter()
-    c = Comparer(model, data, calibration, s, train)
+    c = Comparer(model, data, calibration, s, train, list(path))
     if budget.metric is None:
         budget = dataclasses.replace(budget, metric=c.task.primary)
     acc_budget = _accuracy_only(budget)

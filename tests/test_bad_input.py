@@ -140,6 +140,10 @@ CASES = [
     (["monitor", "{bad}", "--inputs", "{bad}/texts.txt"], "not a quantgate artifact"),
     (["lm", "compare", "--task", "{bad}/texts.txt"], "unsupported data file type"),
     (["compare", "--model", "{model}", "--threads", "0"], "expected an integer >= 1"),
+    (["compare", "--model", "{model}", "--recipes", "dynamic,int8", "--memory-limit", "0.2"],
+     "this comparison would need about"),
+    (["lm", "compare", "--model", "{lm}", "--data", "{bad}/texts.txt", "--recipes", "int4-g128,gptq-int4-g128",
+      "--memory-limit", "0.5"], "quantizing gptq-int4-g128: the working copy and its method's work"),
 ]
 
 
@@ -150,7 +154,8 @@ def test_every_verb_refuses_bad_input_with_one_line_and_touches_nothing(args, me
     work.mkdir()
     monkeypatch.chdir(work)
     before, bad_before = _snapshot(work), _snapshot(corpus)
-    argv = [a.format(bad=corpus, work=work, model=finetuned_dir) for a in args]
+    from quantgate.models import default_lm_dir
+    argv = [a.format(bad=corpus, work=work, model=finetuned_dir, lm=default_lm_dir()) for a in args]
     with pytest.raises(SystemExit) if args[-1] in ("0", "-1") or "--threads" in args else _nullcontext() as exit_:
         code = main(argv)
     if exit_ is not None and hasattr(exit_, "value"):

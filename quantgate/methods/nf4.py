@@ -13,8 +13,8 @@ from collections import Counter
 
 import torch
 
-from ..formats.nf4 import double_dequantize, double_quantize, nf4_dequantize, nf4_quantize
-from ..formats.packing import pack_bits, packed_width, unpack_bits
+from ..formats.nf4 import double_dequantize, double_quantize, nf4_dequantize_packed, nf4_quantize
+from ..formats.packing import pack_bits, packed_width
 from ..recipes import NF4
 from .common import Quantized, float_operators, select_linears
 from .weight_only import kernel_summary, set_module
@@ -67,8 +67,7 @@ class NF4Linear(torch.nn.Linear):
         return self.absmax
 
     def dequantized_weight(self) -> torch.Tensor:
-        codes = unpack_bits(self.qweight, 4, self.in_features)
-        return nf4_dequantize(codes, self.block_absmax(), self.block_size, self.in_features)
+        return nf4_dequantize_packed(self.qweight, self.block_absmax(), self.block_size, self.in_features)
 
     @property
     def weight(self) -> torch.Tensor:   # what peft and other readers of .weight see; frozen

@@ -148,6 +148,11 @@ def render(d: dict) -> str:
                  + f"<td>{c['n_changed']}</td>"
                  + (f"<td>{c['mean_kl']:.4f}</td><td>{100 * same:.1f}</td>" if tokens else "") + "</tr>")
     h.append("</tbody></table>")
+    if tokens and base.get("kl_rest_mass") is not None:
+        from ..evaluate.next_token import TOP_K
+        h.append(f"<p class=muted id=kl-note>KL over fp32's {TOP_K:,} most likely tokens at each position and one "
+                 "bucket for the rest of the vocabulary: a lower bound on the full KL, as close as the rest is small "
+                 f"(fp32 put {100 * base['kl_rest_mass']:.2f}% of its probability there).</p>")
 
     def cost_cells(x: dict, quantize_s) -> str:
         p, f = x["perf"], x.get("footprint") or {}

@@ -40,41 +40,39 @@ def eval_windows(tokenizer, texts: list[str], context: int, max_windows: int | N
     return cut_windows(stream, context, n, bos)
 
 
-@torch.inference_mode()
-def window_logprobs(module, windows: torch.Tensor, i: int) -> torch.Tensor:
-    """Log-probabilities of the next token at every position of window i, [L-1, vocab], fp32."""
-    logits = module(input_ids=windows[i:i + 1]).logits[0, :-1].float()
-    return torch.log_softmax(logits, dim=-1)
-
-
 @dataclass
 class WindowScores:
     nll: np.ndarray          # [windows] mean negative log-likelihood per token
     kl: np.ndarray           # [windows] mean KL(baseline || model) per position; 0 for the baseline
     same_top: np.ndarray     # [windows] share of positions with the baseline's top token
+    positions: list | None = None    # the baseline's next_token.Positions per window (kept instead of the model)
+    rest_mass: float | None = None   # the baseline's mean probability outside its top tokens
 
 
-def score_windows(modules: dict[str, torch.nn.Module], windows: torch.Tensor, verbose: bool = True,
-                  baseline: str = "fp32") -> dict[str, WindowScores]:
-    """Every model on every window, one window at a time: only one window's
-    distributions are ever held, however many windows there are."""
-    n = windows.shape[0]
-    acc = {k: ([], [], []) for k in modules}
-    with progress(total=n, desc="perplexity windows", enabled=verbose) as bar:
+def score_windows(module, windows: torch.Tensor, verbose: bool = True, base: WindowScores | None = None,
+                  desc: str = "perplexity windows") -> WindowScores:
+    """A model on every window, one at a time, each window's distributions reduced at once
+    (evaluate/next_token.py). The baseline (base None) keeps its summaries; a candidate is read
+    against them: one forward pass per window, and the baseline model is not run again."""
+    from ..evaluate import next_token
+    n, length = windows.shape
+    nll, kl, same, kept = [], [], [], []
+    with progress(total=n, desc=desc, enabled=verbose) as bar:
         for i in range(n):
-            target = windows[i, 1:]
-            base = window_logprobs(modules[baseline], windows, i)
-            base_top = base.argmax(-1)
-            p_base = base.exp()
-            for name, m in modules.items():
-                lp = base if name == baseline else window_logprobs(m, windows, i)
-                nll = -lp.gather(-1, target[:, None]).mean().item()
-                kl = 0.0 if name == baseline else (p_base * (base - lp)).sum(-1).mean().item()
-                same = (lp.argmax(-1) == base_top).float().mean().item()
-                for lst, v in zip(acc[name], (nll, kl, same)):
-                    lst.append(v)
+            ids = windows[i:i + 1].to(device(module))
+            b = None if base is None else [base.positions[i]]
+            p = next_token.score(module, ids, None, [(0, 0, length - 1)], [windows[i, 1:]], b)[0]
+            nll.append(-float(p.target.mean()))
+            if base is None:
+                kept.append(p)
+            else:
+                kl.append(float(next_token.kl(b[0], p).mean()))
+                same.append(float((b[0].top1 == p.top1).float().mean()))
             bar.update(1)
-    return {k: WindowScores(*(np.array(v) for v in vals)) for k, vals in acc.items()}
+    if base is None:
+        rest = float(torch.cat([next_token.rest_mass(p) for p in kept]).mean())
+        return WindowScores(np.array(nll), np.zeros(n), np.ones(n), kept, rest)
+    return WindowScores(np.array(nll), np.array(kl), np.array(same))
 
 
 # -- generation ---------------------------------------------------------------
@@ -226,7 +224,6 @@ def decode_speed(modules: dict[str, torch.nn.Module], tokenizer, prompt: str, ba
 class TextResults:
     windows: WindowScores
     generations: list[list[int]]
-    module: torch.nn.Module
 
 
 class LanguageModelling:
@@ -274,19 +271,19 @@ class LanguageModelling:
                          "prompts": len(self.prompts), "new_tokens": self.s.new_tokens, "slices": {}}}
 
     def score(self, module, name: str) -> TextResults:
-        if self.base is None:
-            sc = score_windows({name: module}, self.windows, self.s.verbose, baseline=name)[name]
-        else:       # KL needs the baseline's distributions: recomputed window by window, never all held
-            sc = score_windows({"baseline": self.base.module, name: module}, self.windows, self.s.verbose,
-                               baseline="baseline")[name]
+        sc = score_windows(module, self.windows, self.s.verbose, None if self.base is None else self.base.windows,
+                           f"perplexity windows {name}")
         gens = greedy(module, self.lm.tokenizer, self.prompts, self.s.new_tokens, self.s.runtime)
-        r = TextResults(sc, gens, module)
+        r = TextResults(sc, gens)
         if self.base is None:
             self.base = r
         return r
 
     def summary(self, r: TextResults) -> dict:
-        return {"perplexity": float(np.exp(r.windows.nll.mean()))}
+        out = {"perplexity": float(np.exp(r.windows.nll.mean()))}
+        if r.windows.rest_mass is not None:
+            out["kl_rest_mass"] = r.windows.rest_mass
+        return out
 
     def compare(self, base: TextResults, cand: TextResults) -> dict:
         diffs = generation_diff(self.lm.tokenizer, self.prompts, base.generations, cand.generations)

@@ -165,24 +165,6 @@ def token_f1(answer: str, reference: str) -> float:
     return 2 * prec * rec / (prec + rec)
 
 
-@torch.inference_mode()
-def _continuation_logprobs(module, ids: torch.Tensor, am: torch.Tensor, rows: list[tuple[int, int, int]]) -> list[torch.Tensor]:
-    """Log-probabilities at the continuation positions only: (row, first position, count) per sequence.
-    The output head runs on those positions alone (it is a fifth of a small model's work over every
-    position, and the full [batch, length, vocab] log-softmax is hundreds of MB); models whose forward
-    does more after the head (logit soft-capping) run whole."""
-    if hasattr(module, "continuation_logprobs"):     # served by another runtime: it returns only these
-        return module.continuation_logprobs(ids, am, rows)
-    decoder, head = module.get_decoder(), module.get_output_embeddings()
-    if decoder is None or head is None or getattr(module.config, "final_logit_softcapping", None):
-        logits = module(input_ids=ids, attention_mask=am).logits
-        return [torch.log_softmax(logits[j, s:s + n].float(), dim=-1).cpu() for j, s, n in rows]
-    h = decoder(input_ids=ids, attention_mask=am).last_hidden_state
-    sel = torch.cat([h[j, s:s + n] for j, s, n in rows])
-    lp = torch.log_softmax(head(sel).float(), dim=-1).cpu()
-    return list(lp.split([n for _, _, n in rows]))
-
-
 def _continuation(prompt: str, text: str) -> str:
     """The answer as it follows the prompt: one space between them unless either side has one."""
     return text if (not prompt or prompt[-1].isspace() or text[:1].isspace()) else " " + text
@@ -197,7 +179,8 @@ class Answers:
     ref_tokens: np.ndarray       # [n] reference token counts
     kl: np.ndarray               # [n] mean KL(baseline || this) over reference tokens; 0 for the baseline
     same_top: np.ndarray         # [n] share of reference positions with the baseline's top token
-    logprobs: list[torch.Tensor] | None = None    # the baseline's, at the reference positions (fp16)
+    positions: list | None = None    # the baseline's next_token.Positions of every scored continuation
+    rest_mass: float | None = None   # the baseline's: mean probability outside its top tokens (next_token)
 
 
 class PromptedTask:
@@ -284,8 +267,11 @@ class PromptedTask:
 
     # -- model runs ----------------------------------------------------------------
     @torch.inference_mode()
-    def _teacher_forced(self, module, pairs: list[tuple[list[int], list[int]]], desc: str) -> list[torch.Tensor]:
-        """Log-probabilities [len(cont), vocab] at each continuation token, for (prompt ids, continuation ids) pairs."""
+    def _teacher_forced(self, module, pairs: list[tuple[list[int], list[int]]], desc: str) -> list:
+        """next_token.Positions at each continuation token, for (prompt ids, continuation ids) pairs:
+        the baseline's own, or a candidate's read at the baseline's top tokens."""
+        from ..evaluate import next_token
+        bases = None if self.base is None else self.base.positions
         out, bs = [], self.s.eval_batch_size
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         dev = device(module)
@@ -300,7 +286,8 @@ class PromptedTask:
                     ids[j, :len(sq)] = torch.tensor(sq)
                     am[j, :len(sq)] = 1
                 rows = [(j, len(p) - 1, len(c)) for j, (p, c) in enumerate(chunk)]
-                out.extend(_continuation_logprobs(module, ids.to(dev), am.to(dev), rows))
+                out.extend(next_token.score(module, ids.to(dev), am.to(dev), rows, [torch.tensor(c) for _, c in chunk],
+                                            None if bases is None else bases[i:i + bs]))
                 bar.update(len(chunk))
         return out
 
@@ -338,7 +325,7 @@ class PromptedTask:
         ids = {eos} if isinstance(eos, int) else set(eos or [])
         return ids | {i for i in range(len(self.tok)) if self.tok.decode([i]).startswith("\n")}
 
-    def _along_reference(self, lps: list[torch.Tensor], refs: list[list[int]]) -> dict[int, str]:
+    def _along_reference(self, lps: list, refs: list[list[int]]) -> dict[int, str]:
         """Greedy answers read off the teacher-forced pass over prompt + reference + end of text:
         where every greedy token equals the reference's and the next one ends the answer (or the
         answer-length limit is reached), greedy decoding would have produced the reference. The
@@ -346,7 +333,7 @@ class PromptedTask:
         out, limit, stops = {}, self.s.answer_tokens, self.stops
         for i, (lp, r) in enumerate(zip(lps, refs)):
             k = min(len(r), limit)
-            if lp[:k].argmax(-1).tolist() == r[:k] and (k == limit or int(lp[k].argmax()) in stops):
+            if lp.top1[:k].tolist() == r[:k] and (k == limit or int(lp.top1[k]) in stops):
                 out[i] = self._answer(r[:k])
         return out
 
@@ -354,42 +341,40 @@ class PromptedTask:
         return self.tok(_continuation(prompt, text), add_special_tokens=False)["input_ids"]
 
     def score(self, module, name: str) -> Answers:
+        from ..evaluate import next_token
         d, refs = self.data, self.refs
         if self.choice:
             flat = [(i, c, ids) for i, cs in enumerate(self.choice_ids) for c, ids in cs]
             lps = self._teacher_forced(module, [(self.prompts[i], ids) for i, _, ids in flat], f"choices {name}")
-            by: dict[int, list[tuple[float, str, torch.Tensor]]] = {}
-            for (i, c, ids), lp in zip(flat, lps):
-                by.setdefault(i, []).append((float(lp.gather(-1, torch.tensor(ids)[:, None]).sum()), c, lp))
+            by: dict[int, list[tuple[float, str, int]]] = {}
+            for k, ((i, c, ids), lp) in enumerate(zip(flat, lps)):
+                by.setdefault(i, []).append((float(lp.target.sum()), c, k))
             answers = [max(by[i], key=lambda t: t[0])[1] for i in range(len(d))]
-            ref_lp = [next(lp for _, c, lp in by[i] if c == d.references[i]) for i in range(len(d))]
+            at = [next(k for _, c, k in by[i] if c == d.references[i]) for i in range(len(d))]
+            ref_lp = [lps[k] for k in at]
             correct = np.array([a == r for a, r in zip(answers, d.references)], dtype=float)
             f1 = None
         else:
             eos = self.tok.eos_token_id if isinstance(self.tok.eos_token_id, int) else 0
             lps = self._teacher_forced(module, [(p, r + [eos]) for p, r in zip(self.prompts, refs)], f"references {name}")
+            at = list(range(len(d)))
             ref_lp = [lp[:len(r)] for lp, r in zip(lps, refs)]
             found = self._along_reference(lps, refs)
             found |= self._generate(module, [i for i in range(len(d)) if i not in found], f"answers {name}")
             answers = [found[i] for i in range(len(d))]
             f1 = np.array([token_f1(a, r) for a, r in zip(answers, d.references)])
             correct = np.array([normalize(a) == normalize(r) for a, r in zip(answers, d.references)], dtype=float)
-        nll = np.array([-float(lp.gather(-1, torch.tensor(r)[:, None]).sum()) for lp, r in zip(ref_lp, refs)])
+        nll = np.array([-float(lp.target.sum()) for lp in ref_lp])
         counts = np.array([len(r) for r in refs], dtype=float)
         if self.base is None:
-            kl, same = np.zeros(len(d)), np.ones(len(d))
-        else:
-            kl, same = [], []
-            for b, c in zip(self.base.logprobs, ref_lp):
-                b = b.float()
-                kl.append(float((b.exp() * (b - c)).sum(-1).mean()))
-                same.append(float((b.argmax(-1) == c.argmax(-1)).float().mean()))
-            kl, same = np.array(kl), np.array(same)
-        r = Answers(answers, correct, f1, nll, counts, kl, same)
-        if self.base is None:
-            r.logprobs = [lp.half() for lp in ref_lp]
+            r = Answers(answers, correct, f1, nll, counts, np.zeros(len(d)), np.ones(len(d)), positions=lps)
+            r.rest_mass = float(torch.cat([next_token.rest_mass(lp) for lp in ref_lp]).mean())
             self.base = r
-        return r
+            return r
+        base = [self.base.positions[k][:len(c)] for k, c in zip(at, ref_lp)]
+        kl = np.array([float(next_token.kl(b, c).mean()) for b, c in zip(base, ref_lp)])
+        same = np.array([float((b.top1 == c.top1).float().mean()) for b, c in zip(base, ref_lp)])
+        return Answers(answers, correct, f1, nll, counts, kl, same)
 
     # -- results -------------------------------------------------------------------
     def _scores(self, r: Answers) -> dict[str, np.ndarray]:
@@ -401,6 +386,8 @@ class PromptedTask:
     def summary(self, r: Answers) -> dict:
         out = {k: float(v.mean()) for k, v in self._scores(r).items()}
         out["reference_perplexity"] = math.exp(r.ref_nll.sum() / r.ref_tokens.sum())
+        if r.rest_mass is not None:
+            out["kl_rest_mass"] = r.rest_mass
         return out
 
     def compare(self, base: Answers, cand: Answers) -> dict:
