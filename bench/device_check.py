@@ -5,7 +5,7 @@
 
 1. tests/test_gpu.py (GPTQ block by block on the GPU against the CPU run,
    QLoRA in fp16 with a gradient scaler, quantized layers and the decoder on
-   the GPU);
+   the GPU, GPTQ from bf16 shards on disk with one block at a time on the GPU);
 2. GPTQ int4 g128 on SmolLM2's full architecture (30 blocks, random weights:
    the time does not depend on them) with 128 x 512 calibration tokens, on the
    GPU: the wall time of the job that takes minutes on a 2-core CPU;

@@ -19,7 +19,8 @@ The candidate is the fp32 model itself, so the figures are scoring's cost
 alone, not a quantized kernel's. Peak RSS over each call's start is the
 kernel's high-water mark (perf.RssSampler). Then the NF4 dequantization every
 NF4 layer runs per call: unpacking codes (before) against the byte lookup
-(now), on this model's MLP weight."""
+(now), on this model's MLP weight, and what it does to decoding the bundled
+SmolLM2 in NF4 against fp32."""
 
 from __future__ import annotations
 
@@ -119,6 +120,38 @@ def main() -> None:
     for name, v in t.items():
         print(f"  {name}: {statistics.median(v) * 1e3:.2f} ms")
     print(f"  for scale, that layer's fp32 matmul at one token: {statistics.median(mv) * 1e3:.3f} ms")
+    nf4_decode()
+
+
+def nf4_decode(rounds: int = 3, steps: int = 16) -> None:
+    """Decode speed of the bundled SmolLM2 in NF4, the layers dequantizing the old way and the new,
+    against fp32, in alternating rounds (tasks.causal_lm.decode_speed's own loop)."""
+    from quantgate.formats.nf4 import nf4_dequantize
+    from quantgate.formats.packing import unpack_bits
+    from quantgate.methods.nf4 import NF4Linear
+    from quantgate.models import load_causal_lm
+    from quantgate.quantize import quantize
+    from quantgate.recipes import NF4
+    from quantgate.tasks.causal_lm import _decode
+    lm = load_causal_lm()
+    lm.verbose = False
+    q = quantize(lm, NF4()).module
+    new = NF4Linear.dequantized_weight
+
+    def old(self):
+        return nf4_dequantize(unpack_bits(self.qweight, 4, self.in_features), self.block_absmax(), self.block_size,
+                              self.in_features)
+    ids = lm.tokenizer("The central bank said on Tuesday that", return_tensors="pt")["input_ids"]
+    lat = {"fp32": [], "nf4, unpack then look up (before)": [], "nf4, packed-byte lookup (now)": []}
+    for _ in range(rounds):
+        for name in lat:
+            NF4Linear.dequantized_weight = old if "before" in name else new
+            lat[name].extend(_decode(lm.module if name == "fp32" else q, ids, steps)[1])
+    NF4Linear.dequantized_weight = new
+    print(f"\nDecode at batch 1 on the bundled SmolLM2 (median ms per token, {rounds} rounds of {steps}):")
+    for name, v in lat.items():
+        m = statistics.median(v)
+        print(f"  {name}: {m:.1f} ms/token, {1e3 / m:.1f} tokens/s")
 
 
 if __name__ == "__main__":
