@@ -6,6 +6,7 @@ process: wall time and peak RSS against parameter count, and a log-log fit.
     .venv/bin/python bench/scale_lm.py                  # 0.5B, 1.1B, 3B; RTN int4 and GPTQ int4 g128 on 8 x 256 tokens
     .venv/bin/python bench/scale_lm.py --sizes 7B
     .venv/bin/python bench/scale_lm.py --sizes 7B --recipes gptq-int4-g128 --limit-gb 2   # the refusal, with its numbers
+    .venv/bin/python bench/scale_lm.py --fits           # what fits on which machine: the estimates, for Llama families
 
 The bound each run is held to (the issue's): 1.3 x (stored bytes + one block in
 fp32 + calibration hidden states). Random weights make the timing and memory
@@ -128,6 +129,55 @@ def run(model: Path, spec: str, out: Path, windows: int, seq_len: int, limit_gb:
     return res
 
 
+# hidden, intermediate, layers, heads, kv heads, vocabulary: the shapes people quantize
+FAMILIES = {"7B (Llama-2)": (4096, 11008, 32, 32, 32, 32000), "8B (Llama-3, 128k vocabulary)": (4096, 14336, 32, 32, 8, 128256),
+            "13B (Llama-2)": (5120, 13824, 40, 40, 40, 32000), "34B (CodeLlama)": (8192, 22016, 48, 64, 8, 32000),
+            "70B (Llama-2)": (8192, 28672, 80, 64, 8, 32000)}
+
+
+def fits_table(machines=(8, 16, 24, 32, 64)) -> None:
+    """What fits on which machine: streaming.estimate for each family's shapes (no weights built),
+    the smallest machine (90% of its memory available) that holds each job, and GPTQ's windows
+    per block forward there."""
+    import tempfile
+    import types
+    from transformers import LlamaConfig
+
+    from quantgate.recipes import Recipe
+    from quantgate.streaming import _check_fits, estimate
+    print("| model | stored (bf16) | RTN int4-g128 | GPTQ, 8 x 256 tokens | GPTQ, 128 x 512 tokens | GPTQ, 128 x 2048 tokens |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    gptq = Recipe.parse("gptq-int4-g128")
+    for name, (h, i, n, heads, kv, vocab) in FAMILIES.items():
+        d = tempfile.mkdtemp(prefix="quantgate-fits-")
+        LlamaConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=heads,
+                    num_key_value_heads=kv, vocab_size=vocab, tie_word_embeddings=False).save_pretrained(d)
+        hd = h // heads
+        t = {"model.embed_tokens.weight": (vocab, h), "lm_head.weight": (vocab, h), "model.norm.weight": (h,)}
+        for b in range(n):
+            p = f"model.layers.{b}."
+            t |= {p + "self_attn.q_proj.weight": (heads * hd, h), p + "self_attn.k_proj.weight": (kv * hd, h),
+                  p + "self_attn.v_proj.weight": (kv * hd, h), p + "self_attn.o_proj.weight": (h, heads * hd),
+                  p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h), p + "mlp.down_proj.weight": (h, i)}
+        store = types.SimpleNamespace(path=d, tensors={k: ("BF16", 0, v) for k, v in t.items()})
+        cells = [f"{estimate(store, Recipe.parse('int4-g128'))['total'] / 2**30:.1f} GB"]
+        for w, sl in ((8, 256), (128, 512), (128, 2048)):
+            for gb in machines:
+                try:
+                    e = _check_fits(store, gptq, w, sl, int(gb * 2**30 * 0.9))
+                except Exception:
+                    continue
+                cells.append(f"{e['total'] / 2**30:.1f} GB: fits {gb} GB"
+                             + (f" ({e['chunk']} at a time)" if e["chunk"] < w else ""))
+                break
+            else:
+                cells.append(f"over {machines[-1]} GB")
+        stored = sum(math.prod(v) for v in t.values()) * 2
+        print(f"| {name} | {stored / 2**30:.1f} GB | " + " | ".join(cells) + " |")
+        import shutil
+        shutil.rmtree(d)                        # its own temporary config folder
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="0.5B,1.1B,3B")
@@ -136,7 +186,10 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--dir", default="/tmp/quantgate-scale")
     ap.add_argument("--limit-gb", type=float, default=0.0, help="pretend only this much memory is available")
+    ap.add_argument("--fits", action="store_true", help="only print what fits on which machine (estimates, no runs)")
     a = ap.parse_args()
+    if a.fits:
+        return fits_table()
     from quantgate.streaming import Stored
     root = Path(a.dir)
     rows = []

@@ -167,8 +167,10 @@ def materialize(module: torch.nn.Module, prefix: str, store: Stored, skip: set[s
         set_module_tensor_to_device(module, n[len(prefix):], "cpu", value=t.float())
 
 
-def estimate(store: Stored, recipe, windows: int = 0, seq_len: int = 0) -> dict:
-    """Peak memory of quantizing from disk, by part (bytes)."""
+def estimate(store: Stored, recipe, windows: int = 0, seq_len: int = 0, chunk: int | None = None) -> dict:
+    """Peak memory of quantizing from disk, by part (bytes), GPTQ's blocks running `chunk`
+    of the calibration windows at a time (None: all)."""
+    from .methods.gptq import block_work_bytes
     from transformers import AutoConfig
     cfg = AutoConfig.from_pretrained(store.path, local_files_only=True)
     hidden, inter = cfg.hidden_size, getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)
@@ -181,43 +183,42 @@ def estimate(store: Stored, recipe, windows: int = 0, seq_len: int = 0) -> dict:
     parts = {"one block in fp32, its stored copy and its quantized copy": block * (4 + 2 + 1)}
     if recipe.method == "gptq":
         parts["calibration hidden states (quantized and float passes, in and out)"] = 4 * tokens * hidden * 4
-        parts["one block's work on them"] = (tokens * (4 * inter + 6 * hidden) * 4
-                                             + windows * cfg.num_attention_heads * seq_len * seq_len * 4)
+        parts[f"one block's work on {chunk or windows} windows at a time"] = block_work_bytes(cfg, chunk or windows,
+                                                                                              seq_len)
         parts["Hessians and GPTQ's working copies"] = 3 * max(hidden, inter) ** 2 * 4 + 3 * inter * hidden * 4
+    largest = max(int(torch.Size(s).numel()) for _, _, s in store.tensors.values())
     end = {"embedding, norm and head in fp32, and their quantized copies": outside * (4 + 1),
+           "the largest tensor read back in fp32 for the content hash": largest * 4,
            "the float stream for the head's drift profile": tokens * hidden * 4 * 2}
     if sum(end.values()) > sum(parts.values()):
         parts = end
-    return {"total": sum(parts.values()), "parts": parts}
+    return {"total": sum(parts.values()), "parts": parts, "chunk": chunk or windows}
 
 
-def _check_fits(est: dict, available: int | None = None) -> None:
+def _check_fits(store: Stored, recipe, windows: int, seq_len: int, available: int | None = None) -> dict:
+    """The estimate with the most calibration windows per block forward that fits, or refused."""
     import psutil
+    from .methods.gptq import chunks_to_try
     avail = psutil.virtual_memory().available if available is None else available
-    gb = lambda b: f"{b / 2**30:.2f} GB"
+    gb = lambda b: f"{b / 2**30:.2f} GB"                # noqa: E731
+    for chunk in chunks_to_try(max(1, windows)):
+        est = estimate(store, recipe, windows, seq_len, chunk)
+        if est["total"] <= avail:
+            break
     if est["total"] > avail:
         raise QuantgateError(f"quantizing from disk would need about {gb(est['total'])} at its peak but "
                              f"{gb(avail)} is available ("
                              + "; ".join(f"{k} {gb(v)}" for k, v in est["parts"].items())
                              + "); lower num_samples or seq_len, or use a machine with more memory")
     est["available"] = avail
-
-
-def _rows(x, i: int, j: int, n: int):
-    """Rows i:j of every tensor in nested args whose first dimension is the n windows."""
-    if isinstance(x, torch.Tensor):
-        return x[i:j] if x.dim() and x.shape[0] == n else x
-    if isinstance(x, (tuple, list)):
-        return type(x)(_rows(v, i, j, n) for v in x)
-    if isinstance(x, dict):
-        return {k: _rows(v, i, j, n) for k, v in x.items()}
-    return x
+    return est
 
 
 def _float_pass(block, hidden: torch.Tensor, call, prof, names: dict) -> torch.Tensor:
     """The float block on the float hidden states, in the batches of windows the in-memory profile
     reads (activations.LM_BATCH), recording every Linear input into `prof` (the drift profile)."""
     from .activations import LM_BATCH
+    from .methods.gptq import window_rows
     n = hidden.shape[0]
     hooks = [m.register_forward_pre_hook(lambda mod, a, k=names[id(m)]: prof.observe(
         k, a[0].detach().reshape(-1, a[0].shape[-1]).float())) for m in block.modules() if id(m) in names]
@@ -225,7 +226,7 @@ def _float_pass(block, hidden: torch.Tensor, call, prof, names: dict) -> torch.T
     try:
         with torch.inference_mode():
             for i in range(0, n, LM_BATCH):
-                args, kwargs = _rows(call, i, i + LM_BATCH, n)
+                args, kwargs = window_rows(call, i, i + LM_BATCH, n)
                 o = block(hidden[i:i + LM_BATCH], *args, **kwargs)
                 outs.append(o[0] if isinstance(o, (tuple, list)) else o)
     finally:
@@ -277,8 +278,7 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
     windows = cal = None
     if gptq:
         windows, cal = lm_windows(tok, calibration, recipe.num_samples, recipe.seq_len)
-    est = estimate(store, recipe, *(windows.shape if gptq else (0, 0)))
-    _check_fits(est, available)
+    est = _check_fits(store, recipe, *(windows.shape if gptq else (0, 0)), available)
     t0 = time.perf_counter()
     hf = skeleton(store)
     blocks_name, blocks = decoder_blocks(hf)
@@ -326,7 +326,7 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
                 linears = {id(m): names_of[id(m)] for m in block.modules() if isinstance(m, torch.nn.Linear)}
                 if gptq:
                     fl = _float_pass(block, fl, calls[bi], prof, linears)       # before any weight changes
-                    hidden, layer = quantize_block(block, mine, hidden, calls[bi], recipe, dev, errors)
+                    hidden, layer = quantize_block(block, mine, hidden, calls[bi], recipe, dev, errors, est["chunk"])
                 else:
                     layer = [(n, new_layer(block.get_submodule(n[len(prefix):]))) for n in mine.values()]
                 layer += [(n, WeightOnlyLinear(block.get_submodule(n[len(prefix):]), 8, None, True))
@@ -368,7 +368,9 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
             original.tie_weights()
         q.footprint = footprint(original, q.weight_bytes, q.quantized_layers, None, list(kept))
         q.notes.append(f"quantized from disk, one block at a time: {len(blocks)} blocks in {q.seconds:.1f} s; "
-                       f"estimated peak {est['total'] / 2**30:.2f} GB of {est['available'] / 2**30:.1f} GB available")
+                       f"estimated peak {est['total'] / 2**30:.2f} GB of {est['available'] / 2**30:.1f} GB available"
+                       + (f"; the blocks ran {est['chunk']} of {windows.shape[0]} calibration windows at a time to fit"
+                          if gptq and est["chunk"] < windows.shape[0] else ""))
         if gptq:
             q.extra["layer_errors"] = errors
             q.activation_profile = prof.result(int(windows.shape[0]), f"windows of {windows.shape[1]} tokens")

@@ -84,6 +84,36 @@ def test_streaming_gptq_gives_the_in_memory_artifact_and_profile(stored, in_memo
         assert pa["layers"][k]["share"] == pytest.approx(pb["layers"][k]["share"], abs=1e-3)
 
 
+def test_gptq_a_few_windows_at_a_time_is_the_same_gptq(in_memory, bbc):
+    """When a block's work on every calibration window would not fit, the block runs a few windows
+    at a time, once per group of layers sharing an input, summing each group's Hessian: the same
+    Hessians in another summation order. Measured on block 0 (6 x 512 tokens, 4 + 2 windows):
+    q/k/v codes identical, o 99.99%, gate/up 99.5%, down 82% (96% without act-order: a flip early
+    in a row changes the error it passes on, and act-order's permutation follows near-equal Hessian
+    diagonals), every layer's output error within 0.2% of the one-pass run's."""
+    import copy
+    from quantgate.calibration import lm_windows
+    from quantgate.methods.gptq import block_calls, decoder_blocks, quantize_block
+    r = GPTQ(bits=4, group_size=64, num_samples=6, seq_len=512)
+    windows, _ = lm_windows(in_memory.tokenizer, bbc["train"], 6, 512)
+    runs = []
+    for chunk in (None, 4):                       # all six windows at once; 4 + 2
+        hf = copy.deepcopy(in_memory.module)
+        _, blocks = decoder_blocks(hf)
+        hidden, calls = block_calls(hf, blocks, windows)
+        names = {id(m): n for n, m in hf.named_modules() if n.startswith("model.layers.0.") and isinstance(m, torch.nn.Linear)}
+        errors = {}
+        out, made = quantize_block(blocks[0], names, hidden, calls[0], r, torch.device("cpu"), errors, chunk)
+        runs.append((out, dict(made), errors))
+    (o1, m1, e1), (o2, m2, e2) = runs
+    assert m1.keys() == m2.keys() and len(m1) == 7 and list(e1) == list(e2)     # every layer, in the block's order
+    for n in m1:
+        same = float((m1[n].codes() == m2[n].codes()).float().mean())
+        assert same > (0.999 if ".self_attn." in n else 0.8), (n, same)   # later inputs differ by earlier flips,
+        assert e2[n] == pytest.approx(e1[n], rel=1e-2), n                   # and act-order reorders near-ties
+    assert (o1 - o2).abs().max() < 0.05 * o1.abs().max()    # measured: 3%, the same as a flip's worth of noise
+
+
 PEAK = """
 import sys, psutil
 import transformers.models.llama.modeling_llama  # noqa: F401  (the libraries' own import, not the work's memory)
@@ -155,8 +185,10 @@ def test_damaged_checkpoints_are_refused_in_one_line_before_any_work(stored, tmp
 
 def test_an_interrupted_streaming_save_leaves_nothing(stored, tmp_path):
     out = tmp_path / "artifact"
+    # GPTQ: a second or more per block, so the signal lands mid-run (round to nearest can finish first)
     p = subprocess.Popen([sys.executable, "-m", "quantgate", "lm", "quantize", "--stream", "--model", str(stored),
-                          "--recipe", "int4-g64", "--out", str(out)], stderr=subprocess.PIPE, text=True,
+                          "--recipe", "gptq-int4-g64", "--samples", "4", "--seq-len", "64", "--out", str(out)],
+                         stderr=subprocess.PIPE, text=True,
                          env=os.environ | {"PYTHONPATH": str(ROOT), "QUANTGATE_PROGRESS": "1"}, cwd=tmp_path)
     seen = ""
     while "block=" not in seen and p.poll() is None:        # interrupted once its first blocks are written

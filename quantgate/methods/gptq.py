@@ -166,47 +166,72 @@ def decoder_blocks(module: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
     return best
 
 
-def estimate_peak_bytes(model_module: torch.nn.Module, windows: torch.Tensor) -> dict:
+def block_work_bytes(cfg, windows: int, seq: int) -> int:
+    """One block's activations on `windows` windows of `seq` tokens (MLP, attention scores)."""
+    hidden = cfg.hidden_size
+    inter = getattr(cfg, "intermediate_size", 4 * hidden)
+    return windows * seq * (4 * inter + 6 * hidden) * 4 + windows * cfg.num_attention_heads * seq * seq * 4
+
+
+def chunks_to_try(n: int):
+    """Windows per block forward, largest first: all, then halving down to one."""
+    c = n
+    while True:
+        yield c
+        if c == 1:
+            return
+        c = (c + 1) // 2
+
+
+def estimate_peak_bytes(model_module: torch.nn.Module, windows: torch.Tensor, chunk: int | None = None) -> dict:
     """What a GPTQ run holds at its peak: the model, the quantized copy, the
     hidden states entering and leaving a block for all windows, and one block's
-    work on them (MLP activations, attention, Hessians)."""
+    work on `chunk` of them at a time (MLP activations, attention, Hessians)."""
     cfg = model_module.config
     n, seq = windows.shape
     hidden = cfg.hidden_size
     inter = getattr(cfg, "intermediate_size", 4 * hidden)
-    heads = cfg.num_attention_heads
     tokens = n * seq
     model = sum(p.numel() * p.element_size() for p in model_module.parameters())
     parts = {
         "model (fp32) and its copy being quantized": 2 * model,
         "hidden states in and out of a block": 2 * tokens * hidden * 4,
-        "one block's activations": tokens * (4 * inter + 6 * hidden) * 4 + n * heads * seq * seq * 4,
+        f"one block's activations on {chunk or n} windows at a time": block_work_bytes(cfg, chunk or n, seq),
         "Hessians": 2 * max(hidden, inter) ** 2 * 4,
     }
-    return {"total": sum(parts.values()), "parts": parts}
+    return {"total": sum(parts.values()), "parts": parts, "chunk": chunk or n}
 
 
 def check_memory(model_module: torch.nn.Module, windows: torch.Tensor, available: int | None = None) -> dict:
-    est = estimate_peak_bytes(model_module, windows)
+    """The estimate with the most windows per block forward that fits (all of them where they fit);
+    refused, with the numbers, when even one window at a time does not."""
     avail = psutil.virtual_memory().available if available is None else available
-    gb = lambda b: f"{b / 2**30:.2f} GB"
-    if est["total"] > avail:
-        parts = "; ".join(f"{k} {gb(v)}" for k, v in est["parts"].items())
-        raise QuantgateError(
-            f"GPTQ would need about {gb(est['total'])} of memory at its peak but {gb(avail)} is available "
-            f"({parts}); lower num_samples ({windows.shape[0]}) or seq_len ({windows.shape[1]})")
-    est["available"] = avail
-    return est
+    for chunk in chunks_to_try(windows.shape[0]):
+        est = estimate_peak_bytes(model_module, windows, chunk)
+        if est["total"] <= avail:
+            est["available"] = avail
+            return est
+    gb = lambda b: f"{b / 2**30:.2f} GB"                # noqa: E731
+    parts = "; ".join(f"{k} {gb(v)}" for k, v in est["parts"].items())
+    raise QuantgateError(
+        f"GPTQ would need about {gb(est['total'])} of memory at its peak but {gb(avail)} is available "
+        f"({parts}); lower num_samples ({windows.shape[0]}) or seq_len ({windows.shape[1]})")
 
 
-def check_gpu_memory(model_module: torch.nn.Module, windows: torch.Tensor) -> None:
-    """On a GPU only the hidden states, one block's work and one block live there."""
-    parts = {k: v for k, v in estimate_peak_bytes(model_module, windows)["parts"].items() if not k.startswith("model")}
-    need = sum(parts.values()) + 2 * max(sum(p.numel() for p in b.parameters()) for b in decoder_blocks(model_module)[1]) * 4
+def check_gpu_memory(model_module: torch.nn.Module, windows: torch.Tensor) -> int:
+    """On a GPU only the hidden states, one block's work and one block live there: the most
+    windows per block forward that fit in its free memory, or refused with the numbers."""
+    block = 2 * max(sum(p.numel() for p in b.parameters()) for b in decoder_blocks(model_module)[1]) * 4
     free = torch.cuda.mem_get_info()[0]
-    gb = lambda b: f"{b / 2**30:.2f} GB"
-    require(need <= free, f"GPTQ on the GPU would need about {gb(need)} of GPU memory but {gb(free)} is free; "
-                          f"lower num_samples ({windows.shape[0]}) or seq_len ({windows.shape[1]}), or use device: cpu")
+    for chunk in chunks_to_try(windows.shape[0]):
+        parts = {k: v for k, v in estimate_peak_bytes(model_module, windows, chunk)["parts"].items()
+                 if not k.startswith("model")}
+        need = sum(parts.values()) + block
+        if need <= free:
+            return chunk
+    gb = lambda b: f"{b / 2**30:.2f} GB"                # noqa: E731
+    raise QuantgateError(f"GPTQ on the GPU would need about {gb(need)} of GPU memory but {gb(free)} is free; "
+                         f"lower num_samples ({windows.shape[0]}) or seq_len ({windows.shape[1]}), or use device: cpu")
 
 
 def _to(x, dev):
@@ -261,42 +286,119 @@ def block_calls(module: torch.nn.Module, blocks: torch.nn.ModuleList, windows: t
 
 
 def quantize_block(block: torch.nn.Module, names: dict[int, str], hidden: torch.Tensor, call, recipe: GPTQ,
-                   dev: torch.device, errors: dict[str, float]) -> tuple[torch.Tensor, list]:
+                   dev: torch.device, errors: dict[str, float], chunk: int | None = None) -> tuple[torch.Tensor, list]:
     """GPTQ on one decoder block: run it on the calibration hidden states, each target Linear
     (`names`: id -> full name) quantized from its input Hessian just before it runs, so the rest
     of the block sees the quantized weights. Returns the block's output hidden states and the
     [(name, WeightOnlyLinear)] it made; each layer's output error goes into `errors`. The block
-    runs on `dev` and goes back to the CPU (the in-memory and the streaming path both use it)."""
-    hessians: dict[str, torch.Tensor] = {}   # the last input seen and its Hessian (shared by q/k/v, gate/up)
-    made, hooks = [], []
+    runs on `dev` and goes back to the CPU (the in-memory and the streaming path both use it).
 
-    def pre_hook(lin, inputs):
-        x = inputs[0]
-        if hessians.get("x") is not x:          # holding x keeps its memory from being reused by another input
-            hessians["x"], hessians["h"] = x, hessian(x)
-        q, qp = gptq_weight(lin.weight, hessians["h"], recipe.bits, recipe.group_size, recipe.symmetric,
+    `chunk` windows at a time (None: all at once) bounds the block's working memory (its MLP
+    activations over every calibration token are the largest part at 7B): the block then runs
+    once per group of layers that share an input (q/k/v, o, gate/up, down in a Llama block),
+    over all chunks, summing that group's Hessian, stopping after the group; then the group is
+    quantized, and a last pass gives the outputs. The same Hessians as one pass, summed in
+    another order: the same GPTQ, for a few more partial forwards."""
+    made = []
+
+    def quantize(lin, h):
+        q, qp = gptq_weight(lin.weight, h, recipe.bits, recipe.group_size, recipe.symmetric,
                             recipe.act_order, recipe.damp, recipe.block_size, recipe.scale_search)
         qp.scale, qp.zero_point = qp.scale.cpu(), qp.zero_point.cpu()
         new = WeightOnlyLinear(lin, recipe.bits, recipe.group_size, recipe.symmetric, qp=qp, codes=q.cpu()).to("cpu")
         with torch.no_grad():
             dq = new.dequantized_weight().to(lin.weight.device)
-            errors[names[id(lin)]] = output_error(lin.weight, dq, hessians["h"])
+            errors[names[id(lin)]] = output_error(lin.weight, dq, h)
             lin.weight.copy_(dq)                # the rest of this block runs on the quantized weight
         made.append((names[id(lin)], new))
 
-    for m in block.modules():
-        if id(m) in names:
-            hooks.append(m.register_forward_pre_hook(pre_hook))
+    n = hidden.shape[0]
+    chunk = n if not chunk or chunk >= n else chunk
     block.to(dev)
-    args, kwargs = _to(call, dev)
     try:
         with torch.inference_mode():
-            out = block(hidden, *args, **kwargs)
+            if chunk < n:
+                _quantize_by_groups(block, names, hidden, call, dev, chunk, quantize)
+                return torch.cat([_block_out(block, hidden[i:i + chunk], _to(window_rows(call, i, i + chunk, n), dev))
+                                  for i in range(0, n, chunk)]), made
+            hessians: dict[str, torch.Tensor] = {}   # the last input seen and its Hessian (shared by q/k/v, gate/up)
+
+            def pre_hook(lin, inputs):
+                x = inputs[0]
+                if hessians.get("x") is not x:      # holding x keeps its memory from being reused by another input
+                    hessians["x"], hessians["h"] = x, hessian(x)
+                quantize(lin, hessians["h"])
+            hooks = [m.register_forward_pre_hook(pre_hook) for m in block.modules() if id(m) in names]
+            try:
+                return _block_out(block, hidden, _to(call, dev)), made
+            finally:
+                for hk in hooks:
+                    hk.remove()
     finally:
-        for hk in hooks:
-            hk.remove()
         block.to("cpu")
-    return (out[0] if isinstance(out, (tuple, list)) else out), made
+
+
+class _GroupDone(Exception):
+    """Raised inside a block's forward once the group being calibrated has its input."""
+
+
+def _block_out(block, hidden, call):
+    args, kwargs = call
+    out = block(hidden, *args, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def window_rows(x, i: int, j: int, n: int):
+    """Rows i:j of every tensor in nested args whose first dimension is the n windows."""
+    if isinstance(x, torch.Tensor):
+        return x[i:j] if x.dim() and x.shape[0] == n else x
+    if isinstance(x, (tuple, list)):
+        return type(x)(window_rows(v, i, j, n) for v in x)
+    if isinstance(x, dict):
+        return {k: window_rows(v, i, j, n) for k, v in x.items()}
+    return x
+
+
+def _quantize_by_groups(block, names, hidden, call, dev, chunk: int, quantize) -> None:
+    """The chunked form of quantize_block's pass: per group of target layers sharing an input, in
+    the order the block calls them, the block runs over every chunk up to that group, summing
+    X^T X over all calibration tokens; then the group is quantized from 2 X^T X / tokens."""
+    n, todo = hidden.shape[0], set(names)
+    while todo:
+        st = {"group": [], "x": None, "sum": None, "rows": 0, "finding": True}
+
+        def pre_hook(lin, inputs):
+            if id(lin) not in todo:
+                return                              # quantized already: runs on its quantized weight
+            x, group = inputs[0], st["group"]
+            if st["finding"] and group and x is not st["x"]:
+                raise _GroupDone                    # the next group's input: this group is complete
+            if st["finding"] and not group:
+                st["x"] = x
+            if st["finding"]:
+                group.append(lin)
+            if lin is group[0]:                     # the group's one input, once per chunk
+                x2 = x.reshape(-1, x.shape[-1])
+                xtx = hessian(x2) * (x2.shape[0] / 2)
+                st["sum"] = xtx if st["sum"] is None else st["sum"] + xtx
+                st["rows"] += x2.shape[0]
+            if not st["finding"] and lin is group[-1]:
+                raise _GroupDone
+        hooks = [m.register_forward_pre_hook(pre_hook) for m in block.modules() if id(m) in names]
+        try:
+            for i in range(0, n, chunk):
+                try:
+                    _block_out(block, hidden[i:i + chunk], _to(window_rows(call, i, i + chunk, n), dev))
+                except _GroupDone:
+                    pass
+                st["finding"], st["x"] = False, None
+        finally:
+            for hk in hooks:
+                hk.remove()
+        h = st["sum"] * (2.0 / st["rows"])
+        for lin in st["group"]:
+            quantize(lin, h)
+            todo.discard(id(lin))
 
 
 def apply(model, recipe: GPTQ, calibration=None, train=None) -> Quantized:
@@ -313,13 +415,13 @@ def apply(model, recipe: GPTQ, calibration=None, train=None) -> Quantized:
     # on a GPU: the hidden states and one block at a time live there; the model stays on the CPU
     dev = torch.device(compute_device(recipe.device, "GPTQ"))
     if dev.type == "cuda":
-        check_gpu_memory(src, windows)
+        mem["chunk"] = min(mem["chunk"], check_gpu_memory(src, windows))
     hidden = _to(hidden, dev)
     new_layers, errors = [], {}
     with progress(total=len(blocks), desc=f"GPTQ {recipe.name}", enabled=getattr(model, "verbose", True)) as bar:
         for bi, block in enumerate(blocks):
             names = {id(m): n for n, m in qm.named_modules() if n in targets and any(m is x for x in block.modules())}
-            hidden, made = quantize_block(block, names, hidden, calls[bi], recipe, dev, errors)
+            hidden, made = quantize_block(block, names, hidden, calls[bi], recipe, dev, errors, mem["chunk"])
             new_layers += made
             bar.update(1, block=bi)
     for name, new in new_layers:
@@ -336,7 +438,9 @@ def apply(model, recipe: GPTQ, calibration=None, train=None) -> Quantized:
                          "exclude them in the recipe")
     q = finish(model, qm, recipe, targets, kept, layers, calibration=cal)
     q.notes.append(f"GPTQ pass: {time.perf_counter() - t0:.1f} s over {len(blocks)} blocks; estimated peak "
-                   f"{mem['total'] / 2**30:.2f} GB of {mem['available'] / 2**30:.1f} GB available")
+                   f"{mem['total'] / 2**30:.2f} GB of {mem['available'] / 2**30:.1f} GB available"
+                   + (f"; the blocks ran {mem['chunk']} of {windows.shape[0]} calibration windows at a time to fit"
+                      if mem["chunk"] < windows.shape[0] else ""))
     if outside:
         q.notes.append(f"{len(outside)} layer(s) outside the decoder blocks ({', '.join(outside[:3])}) were rounded "
                        "to nearest: GPTQ captures inputs only inside the blocks")
