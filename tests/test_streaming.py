@@ -130,7 +130,7 @@ def test_streaming_peak_memory_is_bounded_by_one_block_not_the_model(stored, tmp
     """Peak RSS over the process's own before the work, against a bound from the model's sizes: the
     embedding in fp32 twice (held, and read back for the content hash), two blocks in fp32, and 64 MB
     for the allocator and the libraries' first use. The model in fp32 is more than that bound
-    (measured: 248 MB over the start against a 307 MB bound; the model is 513 MB in fp32)."""
+    (measured: 248-250 MB over the start against a 307 MB bound; the model is 513 MB in fp32)."""
     from quantgate.streaming import Stored
     from transformers import AutoConfig
     s = Stored(stored)
