@@ -219,7 +219,7 @@ def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None) 
             windows = torch.empty(r.num_samples, r.seq_len)
             w += sum(v for k, v in estimate_peak_bytes(module, windows, 1)["parts"].items()   # GPTQ runs fewer
                      if not k.startswith("model"))                                             # windows at once to fit
-        elif r.method in ("qat",):
+        elif r.method == "qat":
             w += 3 * total                                  # gradients and Adam's two moments
         if w > work:
             work, worst = w, r.name
