@@ -43,9 +43,10 @@ _CODES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", to
           torch.uint8: "U8", torch.int16: "I16", torch.int32: "I32", torch.int64: "I64", torch.bool: "BOOL"}
 
 
-def save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def save_shard(tensors: dict[str, torch.Tensor], path: Path) -> int:
     """A safetensors file written tensor by tensor from the tensors' own memory (safetensors'
-    save_file first copies every tensor into one buffer: the embedding twice at the peak)."""
+    save_file first copies every tensor into one buffer: the embedding twice at the peak).
+    Returns the tensors' bytes."""
     table, offset = {}, 0
     for k, t in tensors.items():
         n = t.numel() * t.element_size()
@@ -58,6 +59,7 @@ def save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
         for t in tensors.values():
             if t.numel():
                 f.write(memoryview(t.contiguous().view(-1).view(torch.uint8).numpy()))
+    return offset
 
 
 def _header(path: Path) -> dict:
@@ -198,14 +200,12 @@ def estimate(store: Stored, recipe, windows: int = 0, seq_len: int = 0, chunk: i
 def _check_fits(store: Stored, recipe, windows: int, seq_len: int, available: int | None = None) -> dict:
     """The estimate with the most calibration windows per block forward that fits, or refused."""
     import psutil
-    from .methods.gptq import chunks_to_try
+    from .methods.gptq import fitting_chunk
     avail = psutil.virtual_memory().available if available is None else available
     gb = lambda b: f"{b / 2**30:.2f} GB"                # noqa: E731
-    for chunk in chunks_to_try(max(1, windows)):
-        est = estimate(store, recipe, windows, seq_len, chunk)
-        if est["total"] <= avail:
-            break
-    if est["total"] > avail:
+    chunk, _ = fitting_chunk(max(1, windows), lambda c: estimate(store, recipe, windows, seq_len, c)["total"], avail)
+    est = estimate(store, recipe, windows, seq_len, chunk or 1)
+    if not chunk:
         raise QuantgateError(f"quantizing from disk would need about {gb(est['total'])} at its peak but "
                              f"{gb(avail)} is available ("
                              + "; ".join(f"{k} {gb(v)}" for k, v in est["parts"].items())
@@ -299,7 +299,7 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
     lm = CausalLM(hf, tok, str(store.path), store.sha)
     targets, kept = select_linears(hf, recipe)
     names_of = {id(m): n for n, m in hf.named_modules()}
-    made, errors, files, prof = [], {}, [], Profile() if gptq else None
+    made, errors, files, nbytes, prof = [], {}, [], 0, Profile() if gptq else None
 
     def new_layer(lin):
         if recipe.method == "nf4":
@@ -336,7 +336,7 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
                     set_module(hf, n, new)
                     old.to("meta")                 # `targets` still names it: its float weight goes now
                 made += layer
-                save_shard({prefix + k: v for k, v in module_tensors(block).items()},
+                nbytes += save_shard({prefix + k: v for k, v in module_tensors(block).items()},
                            tmp / f"weights-{bi:05d}.safetensors")
                 files.append(f"weights-{bi:05d}.safetensors")
                 block.to("meta")                   # freed: the next block is read in its place
@@ -357,12 +357,12 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
         layers = [m for _, m in made]
         if getattr(recipe, "head_bits", None):
             quantize_head(hf, recipe, targets, kept, layers)
-        save_shard(module_tensors(hf), tmp / "weights-rest.safetensors")
+        nbytes += save_shard(module_tensors(hf), tmp / "weights-rest.safetensors")
         files.append("weights-rest.safetensors")
         q = Quantized(hf, recipe, list(targets) + sorted(int8), kept, kernel_summary(layers), calibration=cal,
                       float_ops=float_operators(hf, "weight-only quantization (activations stay float)"))
         q.seconds = round(time.perf_counter() - t0, 2)
-        q.weight_bytes = sum(v["data_offsets"][1] - v["data_offsets"][0] for f in files for v in _header(tmp / f).values())
+        q.weight_bytes = nbytes
         original = skeleton(store)                 # the float model's shapes (on meta), for the footprint
         if tied:
             original.tie_weights()

@@ -44,9 +44,6 @@ class Positions:
     idx: torch.Tensor | None              # [N, k] the baseline's TOP_K tokens (the baseline's own summary only)
     at: torch.Tensor                      # [N, k] log-probabilities at the baseline's TOP_K tokens, fp32
 
-    def __len__(self) -> int:
-        return int(self.target.shape[0])
-
     def __getitem__(self, s: slice) -> Positions:
         return Positions(self.target[s], self.top1[s], None if self.idx is None else self.idx[s], self.at[s])
 
@@ -57,15 +54,15 @@ class Positions:
                          torch.cat([p.at for p in parts]))
 
 
-def reduce(logits: torch.Tensor, targets: torch.Tensor, base: Positions | None = None, k: int | None = None) -> Positions:
+def reduce(logits: torch.Tensor, targets: torch.Tensor, base: Positions | None = None) -> Positions:
     """[N, vocab] logits (or log-probabilities) at N positions and their targets -> Positions,
-    with top-k tokens of its own (base None: this is the baseline) or read at base's."""
+    with TOP_K tokens of its own (base None: this is the baseline) or read at base's."""
     x = logits.float()
     lse = torch.logsumexp(x, dim=-1, keepdim=True)
     target = (x.gather(-1, targets.to(x.device)[:, None]) - lse)[:, 0]
     top1 = x.argmax(-1)
     if base is None:
-        vals, idx = x.topk(min(k or TOP_K, x.shape[-1]), dim=-1)
+        vals, idx = x.topk(min(TOP_K, x.shape[-1]), dim=-1)
         return Positions(target.cpu(), top1.cpu(), idx.int().cpu(), (vals - lse).cpu())
     return Positions(target.cpu(), top1.cpu(), None, (x.gather(-1, base.idx.to(x.device, torch.long)) - lse).cpu())
 
@@ -126,4 +123,4 @@ def kl(base: Positions, cand: Positions) -> torch.Tensor:
 
 def rest_mass(base: Positions) -> torch.Tensor:
     """[N] the baseline's probability outside its TOP_K tokens."""
-    return (1 - base.at.double().exp().sum(-1)).clamp(min=0).float()
+    return _rest(base.at.double()).exp().float()

@@ -173,13 +173,16 @@ def block_work_bytes(cfg, windows: int, seq: int) -> int:
     return windows * seq * (4 * inter + 6 * hidden) * 4 + windows * cfg.num_attention_heads * seq * seq * 4
 
 
-def chunks_to_try(n: int):
-    """Windows per block forward, largest first: all, then halving down to one."""
+def fitting_chunk(n: int, need, available: int) -> tuple[int, int]:
+    """The most of n calibration windows per block forward (all, then halving down to one) whose
+    `need(chunk)` bytes fit in `available`: (chunk, need); chunk 0 when even one does not fit."""
     c = n
     while True:
-        yield c
+        b = need(c)
+        if b <= available:
+            return c, b
         if c == 1:
-            return
+            return 0, b
         c = (c + 1) // 2
 
 
@@ -206,11 +209,11 @@ def check_memory(model_module: torch.nn.Module, windows: torch.Tensor, available
     """The estimate with the most windows per block forward that fits (all of them where they fit);
     refused, with the numbers, when even one window at a time does not."""
     avail = psutil.virtual_memory().available if available is None else available
-    for chunk in chunks_to_try(windows.shape[0]):
-        est = estimate_peak_bytes(model_module, windows, chunk)
-        if est["total"] <= avail:
-            est["available"] = avail
-            return est
+    chunk, _ = fitting_chunk(windows.shape[0], lambda c: estimate_peak_bytes(model_module, windows, c)["total"], avail)
+    est = estimate_peak_bytes(model_module, windows, chunk or 1)
+    if chunk:
+        est["available"] = avail
+        return est
     gb = lambda b: f"{b / 2**30:.2f} GB"                # noqa: E731
     parts = "; ".join(f"{k} {gb(v)}" for k, v in est["parts"].items())
     raise QuantgateError(
@@ -223,12 +226,11 @@ def check_gpu_memory(model_module: torch.nn.Module, windows: torch.Tensor) -> in
     windows per block forward that fit in its free memory, or refused with the numbers."""
     block = 2 * max(sum(p.numel() for p in b.parameters()) for b in decoder_blocks(model_module)[1]) * 4
     free = torch.cuda.mem_get_info()[0]
-    for chunk in chunks_to_try(windows.shape[0]):
-        parts = {k: v for k, v in estimate_peak_bytes(model_module, windows, chunk)["parts"].items()
-                 if not k.startswith("model")}
-        need = sum(parts.values()) + block
-        if need <= free:
-            return chunk
+    on_gpu = lambda c: block + sum(v for k, v in estimate_peak_bytes(model_module, windows, c)["parts"].items()  # noqa: E731
+                                   if not k.startswith("model"))
+    chunk, need = fitting_chunk(windows.shape[0], on_gpu, free)
+    if chunk:
+        return chunk
     gb = lambda b: f"{b / 2**30:.2f} GB"                # noqa: E731
     raise QuantgateError(f"GPTQ on the GPU would need about {gb(need)} of GPU memory but {gb(free)} is free; "
                          f"lower num_samples ({windows.shape[0]}) or seq_len ({windows.shape[1]}), or use device: cpu")
