@@ -44,6 +44,9 @@ class Positions:
     idx: torch.Tensor | None              # [N, k] the baseline's TOP_K tokens (the baseline's own summary only)
     at: torch.Tensor                      # [N, k] log-probabilities at the baseline's TOP_K tokens, fp32
 
+    def __len__(self) -> int:
+        return int(self.target.shape[0])
+
     def __getitem__(self, s: slice) -> Positions:
         return Positions(self.target[s], self.top1[s], None if self.idx is None else self.idx[s], self.at[s])
 
