@@ -145,9 +145,10 @@ def fits_table(machines=(8, 16, 24, 32, 64)) -> None:
 
     from quantgate.recipes import Recipe
     from quantgate.streaming import _check_fits, estimate
-    print("| model | stored (bf16) | RTN int4-g128 | GPTQ, 8 x 256 tokens | GPTQ, 128 x 512 tokens | GPTQ, 128 x 2048 tokens |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    gptq = Recipe.parse("gptq-int4-g128")
+    print("| model | stored (bf16) | RTN int4-g128 | GPTQ, 8 x 256 tokens | GPTQ, 128 x 512 tokens | GPTQ, 128 x 2048 tokens "
+          "| the same, -bf16states |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    gptq, half = Recipe.parse("gptq-int4-g128"), Recipe.parse("gptq-int4-g128-bf16states")
     for name, (h, i, n, heads, kv, vocab) in FAMILIES.items():
         d = tempfile.mkdtemp(prefix="quantgate-fits-")
         LlamaConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=heads,
@@ -161,10 +162,10 @@ def fits_table(machines=(8, 16, 24, 32, 64)) -> None:
                   p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h), p + "mlp.down_proj.weight": (h, i)}
         store = types.SimpleNamespace(path=d, tensors={k: ("BF16", 0, v) for k, v in t.items()})
         cells = [f"{estimate(store, Recipe.parse('int4-g128'))['total'] / 2**30:.1f} GB"]
-        for w, sl in ((8, 256), (128, 512), (128, 2048)):
+        for w, sl, r in ((8, 256, gptq), (128, 512, gptq), (128, 2048, gptq), (128, 2048, half)):
             for gb in machines:
                 try:
-                    e = _check_fits(store, gptq, w, sl, int(gb * 2**30 * 0.9))
+                    e = _check_fits(store, r, w, sl, int(gb * 2**30 * 0.9))
                 except Exception:
                     continue
                 cells.append(f"{e['total'] / 2**30:.1f} GB: fits {gb} GB"

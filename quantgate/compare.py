@@ -217,7 +217,7 @@ def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None) 
         if r.method == "gptq":
             from .methods.gptq import estimate_peak_bytes
             windows = torch.empty(r.num_samples, r.seq_len)
-            w += sum(v for k, v in estimate_peak_bytes(module, windows, 1)["parts"].items()   # GPTQ runs fewer
+            w += sum(v for k, v in estimate_peak_bytes(module, windows, 1, r.states)["parts"].items()   # GPTQ runs fewer
                      if not k.startswith("model"))                                             # windows at once to fit
         elif r.method == "qat":
             w += 3 * total                                  # gradients and Adam's two moments

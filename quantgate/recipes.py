@@ -150,10 +150,10 @@ class Recipe:
             return QAT()
         if s == "qat-w4a8":
             return QAT(weight_bits=4)
-        if s.startswith("gptq"):   # gptq[-int<bits>][-g<N>][-noact][-nosearch][-asym][-head<b>]
+        if s.startswith("gptq"):   # gptq[-int<bits>][-g<N>][-noact][-nosearch][-asym][-head<b>][-bf16states]
             parts = s.split("-")[1:]
             kw = {"act_order": "noact" not in parts, "symmetric": "asym" not in parts,
-                  "scale_search": "nosearch" not in parts}
+                  "scale_search": "nosearch" not in parts, "states": "bf16" if "bf16states" in parts else "fp32"}
             for p in parts:
                 if p.startswith("head"):
                     kw["head_bits"], kw["head_group_size"] = _head_flag(p, spec)
@@ -163,9 +163,9 @@ class Recipe:
                 elif p.startswith("g"):
                     require(p[1:].isdigit(), f"cannot parse group size in {spec!r}: expected e.g. gptq-int4-g128")
                     kw["group_size"] = int(p[1:])
-                elif p not in ("act", "noact", "nosearch", "asym"):
-                    raise QuantgateError(f"cannot parse {p!r} in {spec!r}: "
-                                         "expected gptq[-int<bits>][-g<N>][-noact][-nosearch][-asym][-head<b>]")
+                elif p not in ("act", "noact", "nosearch", "asym", "bf16states"):
+                    raise QuantgateError(f"cannot parse {p!r} in {spec!r}: expected "
+                                         "gptq[-int<bits>][-g<N>][-noact][-nosearch][-asym][-head<b>][-bf16states]")
             return GPTQ(**kw)
         if s.startswith("nf4"):    # nf4[-b<N>][-nodq], the recipe's own name
             kw = {}
@@ -402,12 +402,15 @@ class GPTQ(Recipe):
     device: str = "auto"           # where the work runs: auto (CUDA when present, one block at a time), cpu, cuda
     head_bits: int | None = None   # a tied output head: None keeps it float; 8 or 4 rounds an untied copy to nearest
     head_group_size: int | None = None   # the copy's groups (None: per channel at 8 bits, the recipe's groups at 4)
+    states: str = "fp32"           # the calibration hidden states kept between blocks: fp32, or bf16 (half the
+                                   # memory where they dominate; every block still computes in fp32)
     seed: int = 0
 
     def __post_init__(self):
         super().__post_init__()
         _one_of("bits", self.bits, WEIGHT_ONLY_BITS)
         _one_of("device", self.device, ("auto", "cpu", "cuda"))
+        _one_of("states", self.states, ("fp32", "bf16"))
         _check_head(self)
         _check_group(self.group_size)
         require(isinstance(self.symmetric, bool), f"symmetric must be true or false, got {self.symmetric!r}")
@@ -422,7 +425,7 @@ class GPTQ(Recipe):
     def _name(self) -> str:
         g = f"-g{self.group_size}" if self.group_size else ""
         return (f"gptq-int{self.bits}{g}{'' if self.act_order else '-noact'}{'' if self.scale_search else '-nosearch'}"
-                f"{'' if self.symmetric else '-asym'}{_head(self)}")
+                f"{'' if self.symmetric else '-asym'}{_head(self)}{'-bf16states' if self.states == 'bf16' else ''}")
 
 
 @dataclass(frozen=True)
@@ -500,7 +503,8 @@ def recipe_grammar(task: str | None = None) -> str:
     woq = ["int<b>[-g<N>][-asym][-search]" + ("" if task == "sequence-classification" else "[-head<h>[g<N>]]")
            + " (b = 2, 3, 4, 8; N a multiple of 8; h = 4 or 8: a low-bit copy of a tied head, in its own groups "
              "with g<N>)"]
-    lm = ["gptq[-int<b>][-g<N>][-noact][-nosearch][-asym][-head<h>[g<N>]] (default gptq-int4-g128)",
+    lm = ["gptq[-int<b>][-g<N>][-noact][-nosearch][-asym][-head<h>[g<N>]][-bf16states] (default gptq-int4-g128; "
+          "bf16states: calibration hidden states kept in bf16 between blocks)",
           "nf4[-b<N>][-nodq] (default block 64, double quantization)", "qlora[-r<N>][-merged] (default rank 8)"]
     half = ["bf16", "fp16"]
     parts = {"sequence-classification": half + cls + woq, "causal-lm": half + woq + lm}.get(task, half + cls + woq + lm)

@@ -13,7 +13,8 @@ every shard and the manifest are written (an interrupted run leaves nothing).
 What is held at the peak, then: one block in fp32 (and its stored copy while
 it is read), the block's work, and for GPTQ
 the calibration hidden states in and out of a block (windows x length x hidden
-x 4 bytes each, twice more for the float pass that records the drift profile);
+x 4 bytes each, 2 with -bf16states, twice more for the float pass that records
+the drift profile);
 or, at the end, the embedding and head in fp32 while the head is rounded
 (they are read only then; GPTQ reads the embedding for the first hidden states
 and frees it before the blocks).
@@ -172,7 +173,7 @@ def materialize(module: torch.nn.Module, prefix: str, store: Stored, skip: set[s
 def estimate(store: Stored, recipe, windows: int = 0, seq_len: int = 0, chunk: int | None = None) -> dict:
     """Peak memory of quantizing from disk, by part (bytes), GPTQ's blocks running `chunk`
     of the calibration windows at a time (None: all)."""
-    from .methods.gptq import block_work_bytes
+    from .methods.gptq import STATE_BYTES, block_work_bytes
     from transformers import AutoConfig
     cfg = AutoConfig.from_pretrained(store.path, local_files_only=True)
     hidden, inter = cfg.hidden_size, getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)
@@ -183,15 +184,17 @@ def estimate(store: Stored, recipe, windows: int = 0, seq_len: int = 0, chunk: i
     tokens = windows * seq_len
     # Two phases, each its own peak: the blocks one at a time, then what is outside them.
     parts = {"one block in fp32, its stored copy and its quantized copy": block * (4 + 2 + 1)}
+    states = getattr(recipe, "states", "fp32")
     if recipe.method == "gptq":
-        parts["calibration hidden states (quantized and float passes, in and out)"] = 4 * tokens * hidden * 4
+        parts[f"calibration hidden states (quantized and float passes, in and out; {states})"] = \
+            4 * tokens * hidden * STATE_BYTES[states]
         parts[f"one block's work on {chunk or windows} windows at a time"] = block_work_bytes(cfg, chunk or windows,
-                                                                                              seq_len)
+                                                                                              seq_len, states)
         parts["Hessians and GPTQ's working copies"] = 3 * max(hidden, inter) ** 2 * 4 + 3 * inter * hidden * 4
     largest = max(int(torch.Size(s).numel()) for _, _, s in store.tensors.values())
     end = {"embedding, norm and head in fp32, and their quantized copies": outside * (4 + 1),
            "the largest tensor read back in fp32 for the content hash": largest * 4,
-           "the float stream for the head's drift profile": tokens * hidden * 4 * 2}
+           "the float stream for the head's drift profile": tokens * hidden * (STATE_BYTES[states] + 4)}
     if sum(end.values()) > sum(parts.values()):
         parts = end
     return {"total": sum(parts.values()), "parts": parts, "chunk": chunk or windows}
@@ -209,7 +212,10 @@ def _check_fits(store: Stored, recipe, windows: int, seq_len: int, available: in
         raise QuantgateError(f"quantizing from disk would need about {gb(est['total'])} at its peak but "
                              f"{gb(avail)} is available ("
                              + "; ".join(f"{k} {gb(v)}" for k, v in est["parts"].items())
-                             + "); lower num_samples or seq_len, or use a machine with more memory")
+                             + "); lower num_samples or seq_len"
+                             + (", keep the calibration states in bf16 (-bf16states)"
+                                if getattr(recipe, "states", "bf16") == "fp32" else "")
+                             + ", or use a machine with more memory")
     est["available"] = avail
     return est
 
@@ -218,7 +224,7 @@ def _float_pass(block, hidden: torch.Tensor, call, prof, names: dict) -> torch.T
     """The float block on the float hidden states, in the batches of windows the in-memory profile
     reads (activations.LM_BATCH), recording every Linear input into `prof` (the drift profile)."""
     from .activations import LM_BATCH
-    from .methods.gptq import window_rows
+    from .methods.gptq import _block_out, window_rows
     n = hidden.shape[0]
     hooks = [m.register_forward_pre_hook(lambda mod, a, k=names[id(m)]: prof.observe(
         k, a[0].detach().reshape(-1, a[0].shape[-1]).float())) for m in block.modules() if id(m) in names]
@@ -226,9 +232,7 @@ def _float_pass(block, hidden: torch.Tensor, call, prof, names: dict) -> torch.T
     try:
         with torch.inference_mode():
             for i in range(0, n, LM_BATCH):
-                args, kwargs = window_rows(call, i, i + LM_BATCH, n)
-                o = block(hidden[i:i + LM_BATCH], *args, **kwargs)
-                outs.append(o[0] if isinstance(o, (tuple, list)) else o)
+                outs.append(_block_out(block, hidden[i:i + LM_BATCH], window_rows(call, i, i + LM_BATCH, n)))
     finally:
         for h in hooks:
             h.remove()
@@ -244,7 +248,7 @@ def _head_input(hf, blocks_name: str, fl: torch.Tensor, prof, head_name: str) ->
         return
     with torch.inference_mode():
         for i in range(0, fl.shape[0], LM_BATCH):
-            x = norm(fl[i:i + LM_BATCH])
+            x = norm(fl[i:i + LM_BATCH].float())
             prof.observe(head_name, x.reshape(-1, x.shape[-1]).float())
 
 
@@ -257,7 +261,7 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
     from .artifact import check_out, write
     from .calibration import lm_windows
     from .methods.common import INT8_KEPT, Quantized, float_operators, footprint, module_tensors, select_linears
-    from .methods.gptq import block_calls, decoder_blocks, quantize_block
+    from .methods.gptq import STATE_DTYPES, block_calls, decoder_blocks, quantize_block
     from .methods.nf4 import NF4Linear
     from .methods.weight_only import WeightOnlyLinear, kernel_summary, quantize_head, set_module
     from .models import CausalLM
@@ -314,6 +318,7 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
             emb = hf.get_input_embeddings()
             materialize(emb, f"{names_of[id(emb)]}.", store)
             hidden, calls = block_calls(hf, blocks, windows)
+            hidden = hidden.to(STATE_DTYPES[recipe.states])
             emb.to("meta")                         # read again at the end: not held through the blocks
             fl = hidden                            # the float stream, for the drift profile
             dev = torch.device(compute_device(recipe.device, "GPTQ"))

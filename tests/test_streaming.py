@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +83,20 @@ def test_streaming_gptq_gives_the_in_memory_artifact_and_profile(stored, in_memo
         assert pa["layers"][k]["share"] == pytest.approx(pb["layers"][k]["share"], abs=1e-3)
 
 
+def test_bf16_states_streamed_give_the_in_memory_artifact(stored, in_memory, bbc, tmp_path):
+    from quantgate.artifact import save
+    from quantgate.quantize import quantize
+    from quantgate.recipes import Recipe
+    from quantgate.streaming import estimate, quantize_stored, Stored
+    r = GPTQ(bits=4, group_size=64, num_samples=4, seq_len=64, exclude=LATER_BLOCKS, states="bf16")
+    assert Recipe.parse("gptq-int4-g64-bf16states").states == "bf16" and r.name.startswith("gptq-int4-g64-bf16states")
+    streamed = quantize_stored(stored, r, bbc["train"], tmp_path / "streamed", verbose=False)
+    save(quantize(in_memory, r, bbc["train"]), in_memory, tmp_path / "memory")
+    _same_artifact(streamed, tmp_path / "memory")
+    half, full = (estimate(Stored(stored), GPTQ(states=s), 128, 2048)["parts"] for s in ("bf16", "fp32"))
+    states = lambda parts: next(v for k, v in parts.items() if k.startswith("calibration hidden states"))  # noqa: E731
+    assert states(half) * 2 == states(full)
+
 def test_gptq_a_few_windows_at_a_time_is_the_same_gptq(in_memory, bbc):
     """When a block's work on every calibration window would not fit, the block runs a few windows
     at a time, once per group of layers sharing an input, summing each group's Hessian: the same
@@ -113,6 +126,36 @@ def test_gptq_a_few_windows_at_a_time_is_the_same_gptq(in_memory, bbc):
         assert e2[n] == pytest.approx(e1[n], rel=1e-2), n                   # and act-order reorders near-ties
     assert (o1 - o2).abs().max() < 0.05 * o1.abs().max()    # measured: 3%, the same as a flip's worth of noise
 
+
+
+def test_gptq_on_bf16_calibration_states_is_as_good_as_on_fp32(in_memory, bbc):
+    """-bf16states keeps the hidden states between blocks in bf16 (half their memory, the largest part
+    at 7B with long calibration) while every block computes in fp32. On block 1 (its input is not
+    bf16 already, as the bf16 embedding's output is), 6 x 256 tokens: every layer's output error
+    within 3% of the fp32 states' (measured: within 0.2%), the block's output within 5% of its largest
+    value (measured: 1.1%)."""
+    import copy
+    from quantgate.calibration import lm_windows
+    from quantgate.methods.gptq import _block_out, block_calls, decoder_blocks, quantize_block
+    r = GPTQ(bits=4, group_size=64, num_samples=6, seq_len=256)
+    windows, _ = lm_windows(in_memory.tokenizer, bbc["train"], 6, 256)
+    hf = copy.deepcopy(in_memory.module)
+    _, blocks = decoder_blocks(hf)
+    hidden, calls = block_calls(hf, blocks, windows)
+    with torch.inference_mode():
+        hidden = _block_out(blocks[0], hidden, calls[0])          # block 1's input, from the float block 0
+    names = {id(m): n for n, m in hf.named_modules() if n.startswith("model.layers.1.") and isinstance(m, torch.nn.Linear)}
+    runs = []
+    for states in (torch.float32, torch.bfloat16):
+        block, errors = copy.deepcopy(blocks[1]), {}
+        ids = {id(m): names[id(o)] for m, o in zip(block.modules(), blocks[1].modules()) if id(o) in names}
+        out, _ = quantize_block(block, ids, hidden.to(states), calls[1], r, torch.device("cpu"), errors, 4)
+        runs.append((out, errors))
+    (o1, e1), (o2, e2) = runs
+    assert o2.dtype == torch.bfloat16 and list(e1) == list(e2) and len(e1) == 7
+    for n in e1:
+        assert e2[n] == pytest.approx(e1[n], rel=0.03), n
+    assert (o2.float() - o1).abs().max() < 0.05 * o1.abs().max()
 
 PEAK = """
 import sys, psutil

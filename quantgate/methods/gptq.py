@@ -166,13 +166,6 @@ def decoder_blocks(module: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
     return best
 
 
-def block_work_bytes(cfg, windows: int, seq: int) -> int:
-    """One block's activations on `windows` windows of `seq` tokens (MLP, attention scores)."""
-    hidden = cfg.hidden_size
-    inter = getattr(cfg, "intermediate_size", 4 * hidden)
-    return windows * seq * (4 * inter + 6 * hidden) * 4 + windows * cfg.num_attention_heads * seq * seq * 4
-
-
 def fitting_chunk(n: int, need, available: int) -> tuple[int, int]:
     """The most of n calibration windows per block forward (all, then halving down to one) whose
     `need(chunk)` bytes fit in `available`: (chunk, need); chunk 0 when even one does not fit."""
@@ -186,10 +179,24 @@ def fitting_chunk(n: int, need, available: int) -> tuple[int, int]:
         c = (c + 1) // 2
 
 
-def estimate_peak_bytes(model_module: torch.nn.Module, windows: torch.Tensor, chunk: int | None = None) -> dict:
+def block_work_bytes(cfg, windows: int, seq: int, states: str = "fp32") -> int:
+    """One block's activations on `windows` windows of `seq` tokens (MLP, attention scores), and
+    with bf16 states the fp32 copies of its input and output."""
+    hidden = cfg.hidden_size
+    inter = getattr(cfg, "intermediate_size", 4 * hidden)
+    copies = 2 * hidden if states == "bf16" else 0
+    return windows * seq * (4 * inter + 6 * hidden + copies) * 4 + windows * cfg.num_attention_heads * seq * seq * 4
+
+
+STATE_BYTES = {"fp32": 4, "bf16": 2}
+STATE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def estimate_peak_bytes(model_module: torch.nn.Module, windows: torch.Tensor, chunk: int | None = None,
+                        states: str = "fp32") -> dict:
     """What a GPTQ run holds at its peak: the model, the quantized copy, the
-    hidden states entering and leaving a block for all windows, and one block's
-    work on `chunk` of them at a time (MLP activations, attention, Hessians)."""
+    hidden states entering and leaving a block for all windows (in `states`), and one
+    block's work on `chunk` of them at a time (MLP activations, attention, Hessians)."""
     cfg = model_module.config
     n, seq = windows.shape
     hidden = cfg.hidden_size
@@ -198,19 +205,21 @@ def estimate_peak_bytes(model_module: torch.nn.Module, windows: torch.Tensor, ch
     model = sum(p.numel() * p.element_size() for p in model_module.parameters())
     parts = {
         "model (fp32) and its copy being quantized": 2 * model,
-        "hidden states in and out of a block": 2 * tokens * hidden * 4,
-        f"one block's activations on {chunk or n} windows at a time": block_work_bytes(cfg, chunk or n, seq),
+        f"hidden states in and out of a block ({states})": 2 * tokens * hidden * STATE_BYTES[states],
+        f"one block's activations on {chunk or n} windows at a time": block_work_bytes(cfg, chunk or n, seq, states),
         "Hessians": 2 * max(hidden, inter) ** 2 * 4,
     }
     return {"total": sum(parts.values()), "parts": parts, "chunk": chunk or n}
 
 
-def check_memory(model_module: torch.nn.Module, windows: torch.Tensor, available: int | None = None) -> dict:
+def check_memory(model_module: torch.nn.Module, windows: torch.Tensor, available: int | None = None,
+                 states: str = "fp32") -> dict:
     """The estimate with the most windows per block forward that fits (all of them where they fit);
     refused, with the numbers, when even one window at a time does not."""
     avail = psutil.virtual_memory().available if available is None else available
-    chunk, _ = fitting_chunk(windows.shape[0], lambda c: estimate_peak_bytes(model_module, windows, c)["total"], avail)
-    est = estimate_peak_bytes(model_module, windows, chunk or 1)
+    need = lambda c: estimate_peak_bytes(model_module, windows, c, states)["total"]    # noqa: E731
+    chunk, _ = fitting_chunk(windows.shape[0], need, avail)
+    est = estimate_peak_bytes(model_module, windows, chunk or 1, states)
     if chunk:
         est["available"] = avail
         return est
@@ -218,15 +227,16 @@ def check_memory(model_module: torch.nn.Module, windows: torch.Tensor, available
     parts = "; ".join(f"{k} {gb(v)}" for k, v in est["parts"].items())
     raise QuantgateError(
         f"GPTQ would need about {gb(est['total'])} of memory at its peak but {gb(avail)} is available "
-        f"({parts}); lower num_samples ({windows.shape[0]}) or seq_len ({windows.shape[1]})")
+        f"({parts}); lower num_samples ({windows.shape[0]}) or seq_len ({windows.shape[1]})"
+        + ("" if states == "bf16" else ", or keep the calibration states in bf16 (-bf16states)"))
 
 
-def check_gpu_memory(model_module: torch.nn.Module, windows: torch.Tensor) -> int:
+def check_gpu_memory(model_module: torch.nn.Module, windows: torch.Tensor, states: str = "fp32") -> int:
     """On a GPU only the hidden states, one block's work and one block live there: the most
     windows per block forward that fit in its free memory, or refused with the numbers."""
     block = 2 * max(sum(p.numel() for p in b.parameters()) for b in decoder_blocks(model_module)[1]) * 4
     free = torch.cuda.mem_get_info()[0]
-    on_gpu = lambda c: block + sum(v for k, v in estimate_peak_bytes(model_module, windows, c)["parts"].items()  # noqa: E731
+    on_gpu = lambda c: block + sum(v for k, v in estimate_peak_bytes(model_module, windows, c, states)["parts"].items()  # noqa: E731
                                    if not k.startswith("model"))
     chunk, need = fitting_chunk(windows.shape[0], on_gpu, free)
     if chunk:
@@ -345,9 +355,10 @@ class _GroupDone(Exception):
 
 
 def _block_out(block, hidden, call):
+    """The block's output on `hidden`, computed in fp32 and kept in the states' dtype (fp32 or bf16)."""
     args, kwargs = call
-    out = block(hidden, *args, **kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
+    out = block(hidden.float(), *args, **kwargs)
+    return (out[0] if isinstance(out, (tuple, list)) else out).to(hidden.dtype)
 
 
 def window_rows(x, i: int, j: int, n: int):
@@ -406,7 +417,7 @@ def _quantize_by_groups(block, names, hidden, call, dev, chunk: int, quantize) -
 def apply(model, recipe: GPTQ, calibration=None, train=None) -> Quantized:
     windows, cal = lm_windows(model.tokenizer, calibration, recipe.num_samples, recipe.seq_len)
     src = model.module
-    mem = check_memory(src, windows)
+    mem = check_memory(src, windows, states=recipe.states)
     qm = copy.deepcopy(src).eval()
     targets, kept = select_linears(qm, recipe)
     _, blocks = decoder_blocks(qm)
@@ -417,8 +428,8 @@ def apply(model, recipe: GPTQ, calibration=None, train=None) -> Quantized:
     # on a GPU: the hidden states and one block at a time live there; the model stays on the CPU
     dev = torch.device(compute_device(recipe.device, "GPTQ"))
     if dev.type == "cuda":
-        mem["chunk"] = min(mem["chunk"], check_gpu_memory(src, windows))
-    hidden = _to(hidden, dev)
+        mem["chunk"] = min(mem["chunk"], check_gpu_memory(src, windows, recipe.states))
+    hidden = _to(hidden.to(STATE_DTYPES[recipe.states]), dev)
     new_layers, errors = [], {}
     with progress(total=len(blocks), desc=f"GPTQ {recipe.name}", enabled=getattr(model, "verbose", True)) as bar:
         for bi, block in enumerate(blocks):
