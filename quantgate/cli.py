@@ -176,7 +176,7 @@ def cmd_auto(a) -> int:
     train = _train_data(a) if (a.train or not a.data) and not a.no_qat else None
     budget = _budget(a)
     s = Settings(batch_sizes=budget.batch_sizes or (1, 32), perf_budget_s=a.perf_seconds, threads=a.threads,
-                 memory_limit_gb=a.memory_limit)
+                 memory_limit_gb=a.memory_limit, hold=_hold(a))
     comp, plan = auto(model, data, cal, budget, train=train, settings=s, path=path, keep=keep, keep_as=a.keep_as,
                       registry=registry, base_name=_base_name(a))
     paths = write_reports(comp, out)
@@ -316,7 +316,7 @@ def _compare(a, recipes):
     data, cal = _load_data(a, "evaluate")
     parsed = [Recipe.parse(r) for r in recipes]
     s = Settings(batch_sizes=_batch_sizes(a.batch_sizes), perf_budget_s=a.perf_seconds, threads=a.threads,
-                 serve_in=getattr(a, "runtime", "quantgate"), memory_limit_gb=a.memory_limit)
+                 serve_in=getattr(a, "runtime", "quantgate"), memory_limit_gb=a.memory_limit, hold=_hold(a))
     train = None
     if any(r.needs_training for r in parsed):
         train = _train_data(a)
@@ -367,10 +367,16 @@ def cmd_evaluate(a) -> int:
         module, name = quantize(model, r, cal if r.needs_calibration else None).module, r.name
     pr = predict(module, model, data)
     pf = perf.measure({name: module}, model, data.texts, _batch_sizes(a.batch_sizes), budget_s=a.perf_seconds)[name]
+    for st in pf["batch_sizes"].values():
+        st.pop("samples_ms")
     res = {"model": name, "n": len(data), "accuracy": metrics.accuracy(pr.labels, pr.pred),
            "macro_f1": metrics.macro_f1(pr.labels, pr.pred, len(model.labels)), "perf": pf}
     print(json.dumps(res, indent=2))
     return 0
+
+
+def _hold(a) -> str:
+    return "one at a time" if getattr(a, "one_at_a_time", False) else "auto"
 
 
 def cmd_compare(a) -> int:
@@ -506,7 +512,7 @@ def _lm_settings(a):
     return Settings(context=a.context, max_windows=a.windows or None, n_prompts=a.prompts, new_tokens=a.new_tokens,
                     batch_sizes=_batch_sizes(a.batch_sizes) if a.batch_sizes else None, runtime=a.runtime,
                     decode_steps=a.decode_steps, answer_tokens=a.answer_tokens, task_metric=a.task_metric,
-                    chat_template=a.chat_template, threads=a.threads, memory_limit_gb=a.memory_limit)
+                    chat_template=a.chat_template, threads=a.threads, memory_limit_gb=a.memory_limit, hold=_hold(a))
 
 
 def _lm_evaluation(a):
@@ -580,6 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sat idle just before; the report states the number and why)")
     common.add_argument("--memory-limit", type=_positive_float, metavar="GB", help="the most memory a comparison may "
                         "use (default: what the system has available); one that needs more is refused with the numbers")
+    common.add_argument("--one-at-a-time", action="store_true", help="hold one candidate in memory at a time (each "
+                        "waits on disk once scored, timed loaded in turn); the default does so only where they do not "
+                        "fit together")
     common.add_argument("--slices", action="store_true", help="also print every slice's change, not only the worst")
 
     cls_grammar = f"recipes: {recipe_grammar('sequence-classification')}"
@@ -721,6 +730,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=POSITIVE, help="torch threads while timing (default: the idle cores)")
     ev.add_argument("--memory-limit", type=_positive_float, metavar="GB", help="the most memory a comparison may use "
                     "(default: what the system has available); one that needs more is refused with the numbers")
+    ev.add_argument("--one-at-a-time", action="store_true", help="hold one candidate in memory at a time (each waits "
+                    "on disk once scored, timed loaded in turn); the default does so only where they do not fit together")
 
     lc = lm_sub.add_parser("compare", parents=[model, made, ev],
                            help="compare the fp32 LM with quantized candidates on its task or on raw text",

@@ -42,6 +42,8 @@ class Settings:
     verbose: bool = True
     threads: int | None = None     # torch threads while timing (None: as many as cores sat idle before timing)
     memory_limit_gb: float | None = None   # the most memory a comparison may use (None: what the system has free)
+    hold: str = "auto"             # candidates: "together" in memory, "one at a time" (on disk once scored, timed
+                                   # loaded in turn), or auto: together where that fits, else one at a time
     # causal LMs
     context: int = 512             # tokens per perplexity window (non-overlapping, no carried context)
     max_windows: int | None = 40
@@ -69,6 +71,7 @@ class Settings:
         require(isinstance(self.context, int) and self.context >= 16, f"context must be an integer >= 16, got {self.context!r}")
         require(self.memory_limit_gb is None or (isinstance(self.memory_limit_gb, (int, float)) and self.memory_limit_gb > 0),
                 f"memory_limit_gb must be a positive number, got {self.memory_limit_gb!r}")
+        require(self.hold in HOLD, f"hold must be one of {', '.join(HOLD)}, got {self.hold!r}")
         require(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
                 f"threads must be a positive integer, got {self.threads!r}")
         from .decoder import RUNTIMES
@@ -204,7 +207,8 @@ def weight_bits(recipe: Recipe) -> float:
 def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None) -> dict:
     """What a comparison will hold at its peak, by part (bytes): the fp32 model, every candidate
     (kept for the interleaved timing), the largest quantization's working copy and work, and
-    scoring's working memory (measured on the baseline). The model is already resident."""
+    scoring's working memory (measured on the baseline). The model is already resident.
+    `one_at_a_time` is the peak with no candidate held: each waits on disk once scored."""
     module = model.module
     total = tensor_bytes(module)
     embeddings = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.Embedding)}
@@ -227,22 +231,64 @@ def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None) 
              f"quantizing {worst or 'a candidate'}: the working copy and its method's work": work}
     if scoring_bytes is not None:
         parts["scoring a batch (measured on the baseline)"] = scoring_bytes
-    return {"total": sum(parts.values()), "parts": parts, "resident": total, "candidates": held}
+    together = sum(parts.values())
+    return {"total": together, "parts": parts, "resident": total, "candidates": held,
+            "one_at_a_time": together - sum(held.values())}
 
 
-def check_memory(plan: dict, limit_gb: float | None = None) -> None:
-    """Refuse a plan that needs more than is available now (or than `limit_gb` in all)."""
+def check_memory(plan: dict, limit_gb: float | None = None, hold: str = "auto") -> str:
+    """How the comparison holds its candidates: "together" (all in memory, timed interleaved) where
+    that fits, else "one at a time" (each on disk once scored, timed loaded in turn) where that fits
+    and `hold` allows; refused, with the numbers, where neither fits the memory available now (or
+    `limit_gb` in all)."""
     import psutil
     gb = lambda b: f"{b / 2**30:.2f} GB"                    # noqa: E731
     if limit_gb is None:
-        more, avail, what = plan["total"] - plan["resident"], psutil.virtual_memory().available, "more memory"
+        avail, base, what = psutil.virtual_memory().available, plan["resident"], "more memory"
     else:
-        more, avail, what = plan["total"], int(limit_gb * 2**30), "memory (--memory-limit)"
-    if more > avail:
-        raise QuantgateError(f"this comparison would need about {gb(more)} {what} at its peak but {gb(avail)} "
-                             "is available (" + "; ".join(f"{k} {gb(v)}" for k, v in plan["parts"].items())
-                             + "); compare fewer recipes at once or lower GPTQ's calibration (--samples, --seq-len)")
+        avail, base, what = int(limit_gb * 2**30), 0, "memory (--memory-limit)"
     plan["available"] = avail
+    if hold != "one at a time" and plan["total"] - base <= avail:
+        return "together"
+    if hold != "together" and plan["one_at_a_time"] - base <= avail:
+        return "one at a time"
+    need = plan["one_at_a_time" if hold != "together" else "total"] - base
+    parts = {k: v for k, v in plan["parts"].items() if hold == "together" or "held for" not in k}
+    raise QuantgateError(f"this comparison would need about {gb(need)} {what} at its peak"
+                         + (" with one candidate in memory at a time" if hold != "together" else "")
+                         + f" but {gb(avail)} is available (" + "; ".join(f"{k} {gb(v)}" for k, v in parts.items())
+                         + "); compare smaller recipes or lower GPTQ's calibration (--samples, --seq-len)")
+
+
+class Shelf:
+    """Where scored candidates wait when they do not fit in memory together: each module is
+    saved whole (torch.save) to a temporary folder quantgate made, and loaded back memory-mapped
+    when it is timed or saved. The folder goes when the comparison does."""
+
+    def __init__(self):
+        import tempfile
+        self._dir = tempfile.TemporaryDirectory(prefix="quantgate-shelf-")
+        self.paths: dict[str, str] = {}
+
+    def put(self, name: str, module: torch.nn.Module) -> bool:
+        """Shelve `module`; False (it stays in memory) for a compiled PT2E graph: a classifier's
+        size, and loaded back it would compile again in every round."""
+        from pathlib import Path
+
+        from .methods.pt2e import Compiled
+        if isinstance(module, Compiled):
+            return False
+        path = Path(self._dir.name) / f"{len(self.paths)}.pt"
+        torch.save(module, path)
+        self.paths[name] = str(path)
+        return True
+
+    def get(self, name: str) -> torch.nn.Module:
+        return torch.load(self.paths[name], mmap=True, weights_only=False)
+
+
+HOLD = ("auto", "together", "one at a time")
+TURN_ROUNDS = 3          # one model at a time: rounds of timing, each model loaded in turn in every round
 
 
 class Comparer:
@@ -255,8 +301,14 @@ class Comparer:
                  train: Dataset | None = None, recipes: list[Recipe] | None = None):
         from . import tasks
         s = self.settings = settings or Settings()
+        if s.serve_in != "quantgate":      # another runtime's processes hold their models: nothing to shelve here
+            require(s.hold != "one at a time", f"--one-at-a-time shelves PyTorch modules; --runtime {s.serve_in} "
+                                               "runs each model in a process of its own")
+            s.hold = "together"
+        self.hold = "together"
+        self.shelf: Shelf | None = None
         if recipes:             # the memory `recipes` will need, before any work, then with scoring's measured
-            check_memory(memory_plan(model, recipes), s.memory_limit_gb)
+            self.hold = check_memory(memory_plan(model, recipes), s.memory_limit_gb, s.hold)
         self.task = task = tasks.for_model(model, data, s)
         if s.batch_sizes is None:
             s.batch_sizes = task.batch_sizes
@@ -291,8 +343,12 @@ class Comparer:
     def plan_memory(self, recipes: list[Recipe]) -> dict:
         """Before any candidate: refuse, with the numbers, a comparison of `recipes` that will not fit."""
         plan = memory_plan(self.model, recipes, self.scoring_bytes)
-        check_memory(plan, self.settings.memory_limit_gb)
-        self.comp.environment["memory_plan"] = {k: v for k, v in plan.items() if k != "candidates"}
+        self.hold = check_memory(plan, self.settings.memory_limit_gb, self.settings.hold)
+        if self.hold == "one at a time" and self.settings.verbose:
+            print(f"the candidates do not fit in memory together ({plan['total'] / 2**30:.2f} GB with the "
+                  f"baseline, {plan['available'] / 2**30:.2f} GB available): each waits on disk once scored, "
+                  "and is timed loaded in turn", file=sys.stderr)
+        self.comp.environment["memory_plan"] = {k: v for k, v in plan.items() if k != "candidates"} | {"hold": self.hold}
         return plan
 
     def check_calibration(self, n: int, seq_len: int | None = None, gptq: Recipe | None = None) -> None:
@@ -345,7 +401,36 @@ class Comparer:
         self.comp.candidates.append(cand)
         self.quantized[q.name] = q
         self.serving[q.name] = served
+        if self.hold == "one at a time":           # on disk until it is timed (or saved): the next one needs the room
+            self.shelf = self.shelf or Shelf()
+            if self.shelf.put(q.name, q.module):
+                q.module = self.serving[q.name] = None
+                del served, quantized, q
+                perf.trim_heap()
         return cand
+
+    def quantized_candidate(self, name: str) -> Quantized:
+        """The candidate `name` made, its module loaded back from the shelf where it waits there."""
+        q = self.quantized[name]
+        if q.module is None:
+            q.module = self.shelf.get(name)
+        return q
+
+    def _speed_in_turn(self, names: list[str], sizes: dict[str, int]) -> tuple[dict, dict]:
+        """Speed and own memory with one model in memory at a time: TURN_ROUNDS rounds, each a
+        share of the timing for every model in turn (the baseline stays resident; a candidate is
+        loaded from the shelf, timed, and let go), so load from elsewhere hits them alike."""
+        parts, own = {k: [] for k in names}, {}
+        probe = self.task.memory_probe()
+        for r in range(TURN_ROUNDS):
+            for name in names:
+                m = self.served if name == "fp32" else self.serving[name] or self.shelf.get(name)
+                parts[name].append(self.task.speed({name: m}, share=1 / TURN_ROUNDS)[name])
+                if r == 0:
+                    own |= perf.own_memory({name: m}, sizes, *probe)
+                del m
+                perf.trim_heap()
+        return {k: perf.merge_rounds(v) for k, v in parts.items()}, own
 
     def _serving(self, module, name: str):
         """The module the comparison scores and times: as it is, or exported and run in
@@ -371,28 +456,41 @@ class Comparer:
         s, comp = self.settings, self.comp
         threads, why = perf.fair_threads(s.threads)
         before = torch.get_num_threads()
-        modules = {"fp32": self.served} | {k: m for k, m in self.serving.items() if timed is None or k in timed}
+        names = ["fp32"] + [k for k in self.serving if timed is None or k in timed]
+        sizes = {"fp32": comp.baseline["weight_bytes"]} | {c.name: c.weight_bytes for c in comp.candidates}
+        together = self.hold == "together"
+        how = (f"{len(names)} models interleaved" if together else
+               f"{len(names)} models one at a time, each loaded in turn, in {TURN_ROUNDS} alternating rounds")
         if s.verbose:
-            print(f"measuring speed at batch sizes {', '.join(map(str, s.batch_sizes))}, "
-                  f"{len(modules)} models interleaved, {why} ...", file=sys.stderr)
+            print(f"measuring speed at batch sizes {', '.join(map(str, s.batch_sizes))}, {how}, {why} ...",
+                  file=sys.stderr)
         torch.set_num_threads(threads)
         try:
             with perf.Conditions() as cond:
-                speed = self.task.speed(modules)
+                if together:
+                    modules = {"fp32": self.served} | {k: self.serving[k] for k in names[1:]}
+                    speed = self.task.speed(modules)
+                else:                                   # each model's own memory measured while it is loaded
+                    speed, own = self._speed_in_turn(names, sizes)
         finally:
             torch.set_num_threads(before)
-        comp.environment["timing"] = cond.summary() | {"threads_why": why}
+        if together:
+            own = perf.own_memory(modules, sizes, *self.task.memory_probe())
+        comp.environment["timing"] = cond.summary() | {"threads_why": why, "held": how if together else
+                                                       how + " (the models do not fit in memory together: "
+                                                       "percentiles over every round's calls)"}
         comp.environment["serving_runtime"] = getattr(self.served, "runtime_name", "quantgate (PyTorch)")
         comp.environment["served_as"] = {"onnxruntime": "ONNX", "llama.cpp": "GGUF"}.get(s.serve_in)
-        sizes = {"fp32": comp.baseline["weight_bytes"]} | {c.name: c.weight_bytes for c in comp.candidates}
-        own = perf.own_memory(modules, sizes, *self.task.memory_probe())
         comp.baseline["perf"].update(speed["fp32"] | own["fp32"])
         for c in comp.candidates:
-            c.perf.update(speed[c.name] | own[c.name] if c.name in modules else
+            c.perf.update(speed[c.name] | own[c.name] if c.name in names else
                           {"batch_sizes": {}, "not_timed": "missed the accuracy budget, so it cannot be chosen: not timed"})
         for m in [self.served, *self.serving.values()]:     # llama.cpp's worker processes end here
             if hasattr(m, "close"):
                 m.close()
+        for p in [comp.baseline["perf"], *(c.perf for c in comp.candidates)]:
+            for st in p.get("batch_sizes", {}).values():       # the raw calls: merged across rounds, not reported
+                st.pop("samples_ms", None), st.pop("ttft_samples_ms", None)
         from .diagnose import diagnose
         comp.warnings = diagnose(comp)
         return comp

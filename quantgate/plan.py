@@ -258,7 +258,7 @@ def auto(model, data, calibration: Dataset | None, budget: Budget, train: Datase
             evidence = {"comparison": {"data": comp.data, "baseline": _summary(comp.baseline),
                                        "candidate": _summary(dataclasses.asdict(cand))},
                         "gate": {"passed": verdict["passed"], "why": verdict["why"], "budget": budget.to_dict()}}
-            row = registry.register(c.quantized[name], model, base=base_name, evidence=evidence)
+            row = registry.register(c.quantized_candidate(name), model, base=base_name, evidence=evidence)
             saved.append({"name": name, "version": row["version"], "content_hash": row["content_hash"],
                           "existing": row["existing"], "path": row["path"]})
         plan["saved"] = saved

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from quantgate.artifact import load_lm
 from quantgate.cli import main
 from quantgate.compare import Settings
 from quantgate.data import split
@@ -170,7 +171,9 @@ def test_lm_auto_under_an_impossible_budget_exits_1_and_saves_the_best(tmp_path,
     root = tmp_path / "reg"
     code = main(["lm", "auto", "--paths", "int4-g128,int8", "--examples", "32", "--max-drop", "1",
                  "--max-latency-ms", "0.01", "--batch-sizes", "1", "--decode-steps", "4", "--keep", "",
-                 "--registry", str(root), "--out", str(tmp_path / "r")])
+                 "--one-at-a-time", "--registry", str(root), "--out", str(tmp_path / "r")])
     out = capsys.readouterr().out
     assert code == 1 and "no candidate meets the budget; best candidates:" in out
     assert out.count("missed the budget:") == 2 and Registry(root).list()
+    saved = json.loads((tmp_path / "r" / "comparison.json").read_text())["plan"]["saved"]   # from the shelf, as scored
+    assert saved and all(load_lm(s["path"]).module is not None for s in saved)

@@ -141,3 +141,30 @@ def test_peak_memory_sees_a_transient_allocation():
             del a
     assert outer.summary()["rss_growth_mb"] > 250
     assert inner.summary()["peak_from"].startswith("sampled")
+
+
+def test_candidates_are_held_together_where_they_fit_else_one_at_a_time_else_refused():
+    from quantgate.compare import check_memory
+    from quantgate.errors import QuantgateError
+    gb = 2**30
+    plan = lambda: {"total": 10 * gb, "one_at_a_time": 6 * gb, "resident": 2 * gb,       # noqa: E731
+                    "parts": {"the fp32 model": 2 * gb, "3 candidates, held for the interleaved timing": 4 * gb,
+                              "quantizing gptq: the working copy and its method's work": 4 * gb}}
+    assert check_memory(plan(), 10) == "together"
+    assert check_memory(plan(), 9) == "one at a time"
+    assert check_memory(plan(), 10, hold="one at a time") == "one at a time"
+    with pytest.raises(QuantgateError, match=r"about 6\.00 GB .* with one candidate in memory at a time") as e:
+        check_memory(plan(), 5)
+    assert "held for" not in str(e.value)            # the parts of the plan that was refused
+    with pytest.raises(QuantgateError, match=r"about 10\.00 GB"):
+        check_memory(plan(), 9, hold="together")
+
+
+def test_timing_rounds_merge_into_percentiles_over_every_call():
+    from quantgate.evaluate.perf import merge_rounds, percentiles
+    rounds = [{"runtime": "r", "batch_sizes": {"8": percentiles(s, 8, [t]) | {"prompt_tokens": 5}}}
+              for s, t in (([1.0, 2.0], 10.0), ([3.0, 4.0, 5.0], 30.0), ([6.0], 20.0))]
+    m = merge_rounds(rounds)
+    st = m["batch_sizes"]["8"]
+    assert m["runtime"] == "r" and st["n"] == 6 and st["p50_ms"] == 3.5 and st["prompt_tokens"] == 5
+    assert st["throughput_per_s"] == st["tokens_per_s"] == 8 / 3.5e-3 and st["ttft_ms"] == 20.0

@@ -298,11 +298,14 @@ def test_gate_judges_a_language_model_on_its_perplexity_rise():
 
 def test_lm_comparison_reports_what_changed(tmp_path, capsys, lm):
     """`quantgate lm compare` end to end: perplexity with its interval, KL,
-    agreement, the changed generations, decode percentiles, kernels, reports."""
+    agreement, the changed generations, decode percentiles, kernels, reports;
+    with --one-at-a-time: the candidate waits on disk once scored, and every model
+    is timed loaded in turn in rounds that add up to the usual timing."""
+    from quantgate.compare import TURN_ROUNDS
     from quantgate.cli import main
     from quantgate.methods.weight_only import DEQUANT, INT4_KERNEL
     rc = main(["lm", "compare", "--model", lm.path, "--recipes", "int3-g64", "--context", "128", "--windows", "3", "--prompts", "3",
-               "--new-tokens", "12", "--batch-sizes", "1,2", "--decode-steps", "4", "--out", str(tmp_path / "r")])
+               "--new-tokens", "12", "--batch-sizes", "1,2", "--decode-steps", "4", "--one-at-a-time", "--out", str(tmp_path / "r")])
     assert rc == 0
     out = capsys.readouterr().out
     assert "perplexity on 3 windows of 128 tokens" in out and "int3-g64" in out
@@ -320,9 +323,14 @@ def test_lm_comparison_reports_what_changed(tmp_path, capsys, lm):
     assert calls[INT4_KERNEL] > 0 and calls[DEQUANT] > 0   # decode steps packed, 128-token windows dequantized
     b1 = c["perf"]["batch_sizes"]["1"]
     assert b1["p50_ms"] <= b1["p95_ms"] <= b1["p99_ms"] and b1["ttft_ms"] > 0 and b1["tokens_per_s"] > 0
+    assert b1["n"] == d["baseline"]["perf"]["batch_sizes"]["1"]["n"] and b1["n"] % TURN_ROUNDS == 0
+    assert "samples_ms" not in b1 and c["perf"]["memory_mb"] > 0
+    assert d["environment"]["memory_plan"]["hold"] == "one at a time"
+    assert "one at a time, each loaded in turn" in d["environment"]["timing"]["held"]
     assert c["weight_bytes"] < 0.6 * d["baseline"]["weight_bytes"]
     html = (tmp_path / "r" / "report.html").read_text()
     assert "Changed generations" in html and "weights against perplexity" in html and INT4_KERNEL in html
+    assert "one at a time, each loaded in turn" in html
     assert html.count("<svg") >= 2
 
 
@@ -394,3 +402,14 @@ def test_int8_copy_of_the_tied_head(lm, held_out, tmp_path):
     ids = lm.tokenizer("Shares rose", return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         assert torch.equal(back.module(input_ids=ids).logits, q.module(input_ids=ids).logits)
+
+
+def test_a_shelved_candidate_comes_back_bit_identical(lm):
+    from quantgate.compare import Shelf
+    from quantgate.quantize import quantize
+    q = quantize(lm, WeightOnly(bits=3, group_size=64))
+    ids = lm.tokenizer(["The BBC reported today that"], return_tensors="pt")["input_ids"]
+    shelf = Shelf()
+    assert shelf.put("int3-g64", q.module)
+    with torch.inference_mode():
+        assert torch.equal(shelf.get("int3-g64")(input_ids=ids).logits, q.module(input_ids=ids).logits)

@@ -216,10 +216,31 @@ def contention(cond: dict, results: dict[str, dict]) -> list[str]:
     return why
 
 
-def percentiles(samples_ms: list[float]) -> dict:
+def percentiles(samples_ms: list[float], batch: int | None = None, ttft_ms: list[float] | None = None) -> dict:
+    """p50/p95/p99 and mean of the calls (or decode steps) measured, kept raw as samples_ms; with the
+    batch size, throughput at the median (tokens/s for decode steps, given times to first token)."""
     a = np.asarray(samples_ms)
-    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
-            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "n": len(a)}
+    out = {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+           "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "n": len(a),
+           "samples_ms": list(map(float, samples_ms))}
+    if batch is not None:
+        out["throughput_per_s"] = batch / (out["p50_ms"] / 1e3)
+    if ttft_ms is not None:
+        out |= {"tokens_per_s": out["throughput_per_s"], "ttft_ms": float(np.median(ttft_ms)),
+                "ttft_samples_ms": list(map(float, ttft_ms))}
+    return out
+
+
+def merge_rounds(parts: list[dict]) -> dict:
+    """One model's speed results from several rounds of timing -> one, the percentiles
+    over every round's calls (the raw samples each round kept)."""
+    out = {k: v for k, v in parts[0].items() if k != "batch_sizes"} | {"batch_sizes": {}}
+    for bs, first in parts[0]["batch_sizes"].items():
+        rounds = [p["batch_sizes"][bs] for p in parts]
+        ttft = sum((r["ttft_samples_ms"] for r in rounds), []) if "ttft_samples_ms" in first else None
+        merged = percentiles(sum((r["samples_ms"] for r in rounds), []), int(bs), ttft)
+        out["batch_sizes"][bs] = {k: v for k, v in first.items() if k not in merged} | merged
+    return out
 
 
 def measure(modules: dict[str, torch.nn.Module], model: Model, texts: list[str], batch_sizes=(1, 32),
@@ -247,7 +268,5 @@ def measure(modules: dict[str, torch.nn.Module], model: Model, texts: list[str],
                     samples[name].append((time.perf_counter() - t) * 1e3)
                 rounds += 1
             for name in modules:
-                stats = percentiles(samples[name])
-                stats["throughput_per_s"] = bs / (stats["p50_ms"] / 1e3)
-                out[name]["batch_sizes"][str(bs)] = stats
+                out[name]["batch_sizes"][str(bs)] = percentiles(samples[name], bs)
     return out

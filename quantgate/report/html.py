@@ -119,6 +119,7 @@ def render(d: dict) -> str:
     specs = t["metrics"]
     primary = next(m for m in specs if m["name"] == t["primary"])
     base, cands, data = d["baseline"], d["candidates"], d["data"]
+    timing = d.get("environment", {}).get("timing", {})
     per_example = any(c["mcnemar"] for c in cands) or bool(data.get("slices"))   # not raw-text windows
     per_token = t.get("latency_unit") == "token"
     tokens = t.get("token_evidence", False)
@@ -181,11 +182,12 @@ def render(d: dict) -> str:
                 "tokens/s = batch / median latency. " if per_token else
                 "Latency: per call, p50 / p95 / p99 over the calls measured (count in the JSON); throughput: examples "
                 "per second at the median latency. ")
-             + escape(d.get("environment", {}).get("timing", {}).get("threads_why", ""))
+             + escape(timing.get("threads_why", "")) + escape(f"; {timing['held']}" if timing.get("held") else "")
              + (escape(f". Every model scored and timed in {d['environment']['serving_runtime']}, exported as "
                        f"{d['environment']['served_as']}") if d.get("environment", {}).get("served_as") else "")
-             + escape(f". Own memory: {base['perf']['memory_from']} (the process itself holds every model of the "
-                      "comparison at once)" if base["perf"].get("memory_from") else "")
+             + escape(f". Own memory: {base['perf']['memory_from']}" + (" (the process itself holds every model of the "
+                      "comparison at once)" if "one at a time" not in timing.get("held", "") else "")
+                      if base["perf"].get("memory_from") else "")
              + ". Bits per parameter: stored bytes x 8 / the fp32 model's parameters.</p>")
 
     if cands:

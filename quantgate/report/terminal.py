@@ -110,7 +110,7 @@ def table(d: dict, slices: bool = False) -> str:
             out.append(f"{c['name']}: {qat_line(c['extra']['qat'])}")
     timing = d.get("environment", {}).get("timing")
     if timing:
-        out.append(f"timing: {timing['threads_why']}")
+        out.append(f"timing: {timing['threads_why']}" + (f"; {timing['held']}" if timing.get("held") else ""))
     env = d.get("environment", {})
     if env.get("served_as"):
         out.append(f"every model scored and timed in {env['serving_runtime']}, exported as {env['served_as']}")

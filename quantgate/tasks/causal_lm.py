@@ -209,12 +209,7 @@ def decode_speed(modules: dict[str, torch.nn.Module], tokenizer, prompt: str, ba
                 ttft[k].append(t)
                 lat[k].extend(per)
         for k in modules:
-            s = percentiles(lat[k])
-            s["tokens_per_s"] = bs / (s["p50_ms"] / 1e3)
-            s["throughput_per_s"] = s["tokens_per_s"]
-            s["ttft_ms"] = float(np.median(ttft[k]))
-            s["prompt_tokens"] = int(ids.shape[1])
-            out[k]["batch_sizes"][str(bs)] = s
+            out[k]["batch_sizes"][str(bs)] = percentiles(lat[k], bs, ttft[k]) | {"prompt_tokens": int(ids.shape[1])}
     return out
 
 
@@ -292,10 +287,10 @@ class LanguageModelling:
                 "mcnemar": {}, "slices": {}, "agreement": float(cand.windows.same_top.mean()),
                 "mean_kl": float(cand.windows.kl.mean()), "changed": diffs, "n_changed": len(diffs)}
 
-    def speed(self, modules: dict) -> dict[str, dict]:
+    def speed(self, modules: dict, share: float = 1.0) -> dict[str, dict]:
         s = self.s
         return decode_speed(modules, self.lm.tokenizer, self.speed_prompt, s.batch_sizes, s.decode_steps,
-                            s.decode_rounds, s.runtime)
+                            max(1, round(s.decode_rounds * share)), s.runtime)
 
     def memory_probe(self):
         return decode_memory_probe(self.lm.tokenizer, self.speed_prompt, max(self.s.batch_sizes), self.s.runtime)

@@ -112,7 +112,7 @@ class Classification:
             module(enc["input_ids"], enc["attention_mask"])
         return call, f"one forward pass at batch {bs}"
 
-    def speed(self, modules: dict) -> dict[str, dict]:
+    def speed(self, modules: dict, share: float = 1.0) -> dict[str, dict]:
         s = self.s
-        return perf.measure(modules, self.model, self.data.texts, s.batch_sizes, min_reps=s.perf_min_reps,
-                            budget_s=s.perf_budget_s)
+        return perf.measure(modules, self.model, self.data.texts, s.batch_sizes,
+                            min_reps=max(2, round(s.perf_min_reps * share)), budget_s=s.perf_budget_s * share)

@@ -420,11 +420,11 @@ class PromptedTask:
                 "mean_kl": float(cand.kl.mean()), "same_top": float(cand.same_top.mean()),
                 "changed": changed[: s.max_changed], "n_changed": len(changed)}
 
-    def speed(self, modules: dict) -> dict[str, dict]:
+    def speed(self, modules: dict, share: float = 1.0) -> dict[str, dict]:
         from .causal_lm import decode_speed
         s = self.s
-        return decode_speed(modules, self.tok, self.texts[0], s.batch_sizes, s.decode_steps, s.decode_rounds,
-                            s.runtime)
+        return decode_speed(modules, self.tok, self.texts[0], s.batch_sizes, s.decode_steps,
+                            max(1, round(s.decode_rounds * share)), s.runtime)
 
     def memory_probe(self):
         from .causal_lm import decode_memory_probe
