@@ -269,6 +269,7 @@ class Shelf:
         import tempfile
         self._dir = tempfile.TemporaryDirectory(prefix="quantgate-shelf-")
         self.paths: dict[str, str] = {}
+        self.in_memory = _filesystem(self._dir.name) in ("tmpfs", "ramfs")   # a shelf there saves nothing
 
     def put(self, name: str, module: torch.nn.Module) -> bool:
         """Shelve `module`; False (it stays in memory) for a compiled PT2E graph: a classifier's
@@ -285,6 +286,16 @@ class Shelf:
 
     def get(self, name: str) -> torch.nn.Module:
         return torch.load(self.paths[name], mmap=True, weights_only=False)
+
+
+def _filesystem(path: str) -> str | None:
+    """The type of the filesystem `path` is on (the longest mount point above it in /proc/mounts)."""
+    try:
+        mounts = [line.split()[1:3] for line in open("/proc/mounts")]
+    except OSError:
+        return None
+    above = [(m, t) for m, t in mounts if path == m or path.startswith(m.rstrip("/") + "/")]
+    return max(above, key=lambda x: len(x[0]))[1] if above else None
 
 
 HOLD = ("auto", "together", "one at a time")
@@ -402,7 +413,11 @@ class Comparer:
         self.quantized[q.name] = q
         self.serving[q.name] = served
         if self.hold == "one at a time":           # on disk until it is timed (or saved): the next one needs the room
-            self.shelf = self.shelf or Shelf()
+            if self.shelf is None:
+                self.shelf = Shelf()
+                if self.shelf.in_memory:
+                    print(f"warning: the candidates wait in {self.shelf._dir.name}, on a filesystem in memory, "
+                          "which saves no memory: set TMPDIR to a folder on disk", file=sys.stderr)
             if self.shelf.put(q.name, q.module):
                 q.module = self.serving[q.name] = None
                 del served, quantized, q
@@ -476,9 +491,11 @@ class Comparer:
             torch.set_num_threads(before)
         if together:
             own = perf.own_memory(modules, sizes, *self.task.memory_probe())
-        comp.environment["timing"] = cond.summary() | {"threads_why": why, "held": how if together else
-                                                       how + " (the models do not fit in memory together: "
-                                                       "percentiles over every round's calls)"}
+        if not together:
+            how += (" (the models do not fit in memory together: percentiles over every round's calls"
+                    + ("; they waited on a filesystem in memory, which saved none" if self.shelf and self.shelf.in_memory
+                       else "") + ")")
+        comp.environment["timing"] = cond.summary() | {"threads_why": why, "held": how}
         comp.environment["serving_runtime"] = getattr(self.served, "runtime_name", "quantgate (PyTorch)")
         comp.environment["served_as"] = {"onnxruntime": "ONNX", "llama.cpp": "GGUF"}.get(s.serve_in)
         comp.baseline["perf"].update(speed["fp32"] | own["fp32"])
