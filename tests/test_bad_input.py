@@ -140,7 +140,7 @@ CASES = [
     (["monitor", "{bad}", "--inputs", "{bad}/texts.txt"], "not a quantgate artifact"),
     (["lm", "compare", "--task", "{bad}/texts.txt"], "unsupported data file type"),
     (["compare", "--model", "{model}", "--threads", "0"], "expected an integer >= 1"),
-    (["compare", "--model", "{model}", "--recipes", "dynamic,int8", "--memory-limit", "0.2"],
+    (["compare", "--model", "{model}", "--recipes", "dynamic,int8", "--memory-limit", "0.1"],
      "this comparison would need about"),
     (["lm", "compare", "--model", "{lm}", "--data", "{bad}/texts.txt", "--recipes", "int4-g128,gptq-int4-g128",
       "--memory-limit", "0.5"], "quantizing gptq-int4-g128: the working copy and its method's work"),

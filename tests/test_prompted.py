@@ -13,7 +13,7 @@ from browser import chromium, load
 from quantgate.cli import main
 from quantgate.errors import QuantgateError
 
-N_PROMPTS = 200
+N_PROMPTS = 100
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def tuned_lm():
 
 @pytest.fixture(scope="module")
 def topic_run(tmp_path_factory, tuned_lm):
-    """One CLI comparison of the bundled fine-tuned LM: fp32, int8 and int3 weight-only on 200 held-out prompts."""
+    """One CLI comparison of the bundled fine-tuned LM: fp32, int8 and int3 weight-only on 100 held-out prompts."""
     out = tmp_path_factory.mktemp("prompted") / "report"
     rc = main(["lm", "compare", "--recipes", "int8,int3-g64", "--examples", str(N_PROMPTS), "--batch-sizes", "1",
                "--decode-steps", "4", "--out", str(out)])
@@ -110,7 +110,7 @@ def test_multiple_choice_is_scored_by_log_likelihood(tuned_lm, tmp_path, bbc):
     from quantgate.compare import Settings, compare
     from quantgate.recipes import WeightOnly
     from quantgate.tasks.prompted import bbc_topic_prompts, load_prompts
-    ps = bbc_topic_prompts(bbc["test"]).head(40)
+    ps = bbc_topic_prompts(bbc["test"]).head(24)
     topics = sorted(set(ps.references))
     rows = [{"q": p, "a": r, "options": topics, "src": "bbc"} for p, r in zip(ps.prompts, ps.references)]
     f = tmp_path / "mc.jsonl"
