@@ -6,7 +6,8 @@ any of them through it.
     base = task.score(model.module, "fp32")            # per-example results
     task.summary(base)                                 # the baseline's metric values
     task.compare(base, task.score(candidate, name))    # metrics with paired intervals, slices, changed examples
-    task.speed({"fp32": model.module, name: candidate})   # latency / throughput per batch size
+    task.speed({"fp32": model.module, name: candidate})   # latency / throughput per batch size (raw samples kept,
+    task.speed({name: candidate}, share=1 / 3)             # so a third of the timing in each of 3 rounds merges)
     call, what = task.memory_probe()                   # one representative call: each model's own memory
 
 Every task also says what it reports (`describe()`: `kind`, `primary` metric,
