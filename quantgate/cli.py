@@ -366,13 +366,16 @@ def cmd_evaluate(a) -> int:
         r = Recipe.parse(a.recipe)
         module, name = quantize(model, r, cal if r.needs_calibration else None).module, r.name
     pr = predict(module, model, data)
-    pf = perf.measure({name: module}, model, data.texts, _batch_sizes(a.batch_sizes), budget_s=a.perf_seconds)[name]
-    for st in pf["batch_sizes"].values():
-        st.pop("samples_ms")
+    pf = perf.drop_samples(perf.measure({name: module}, model, data.texts, _batch_sizes(a.batch_sizes),
+                                        budget_s=a.perf_seconds)[name])
     res = {"model": name, "n": len(data), "accuracy": metrics.accuracy(pr.labels, pr.pred),
            "macro_f1": metrics.macro_f1(pr.labels, pr.pred, len(model.labels)), "perf": pf}
     print(json.dumps(res, indent=2))
     return 0
+
+
+ONE_AT_A_TIME = ("hold one candidate in memory at a time (each waits on disk once scored, timed loaded in turn); "
+                 "the default does so only where they do not fit together")
 
 
 def _hold(a) -> str:
@@ -586,9 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "sat idle just before; the report states the number and why)")
     common.add_argument("--memory-limit", type=_positive_float, metavar="GB", help="the most memory a comparison may "
                         "use (default: what the system has available); one that needs more is refused with the numbers")
-    common.add_argument("--one-at-a-time", action="store_true", help="hold one candidate in memory at a time (each "
-                        "waits on disk once scored, timed loaded in turn); the default does so only where they do not "
-                        "fit together")
+    common.add_argument("--one-at-a-time", action="store_true", help=ONE_AT_A_TIME)
     common.add_argument("--slices", action="store_true", help="also print every slice's change, not only the worst")
 
     cls_grammar = f"recipes: {recipe_grammar('sequence-classification')}"
@@ -730,8 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=POSITIVE, help="torch threads while timing (default: the idle cores)")
     ev.add_argument("--memory-limit", type=_positive_float, metavar="GB", help="the most memory a comparison may use "
                     "(default: what the system has available); one that needs more is refused with the numbers")
-    ev.add_argument("--one-at-a-time", action="store_true", help="hold one candidate in memory at a time (each waits "
-                    "on disk once scored, timed loaded in turn); the default does so only where they do not fit together")
+    ev.add_argument("--one-at-a-time", action="store_true", help=ONE_AT_A_TIME)
 
     lc = lm_sub.add_parser("compare", parents=[model, made, ev],
                            help="compare the fp32 LM with quantized candidates on its task or on raw text",

@@ -204,6 +204,9 @@ def weight_bits(recipe: Recipe) -> float:
     return bits + (64 / group if group else 0)           # an fp32 scale and zero point per group
 
 
+HELD = "candidates, held for the interleaved timing"     # memory_plan's part that one at a time leaves out
+
+
 def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None) -> dict:
     """What a comparison will hold at its peak, by part (bytes): the fp32 model, every candidate
     (kept for the interleaved timing), the largest quantization's working copy and work, and
@@ -227,7 +230,7 @@ def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None) 
             w += 3 * total                                  # gradients and Adam's two moments
         if w > work:
             work, worst = w, r.name
-    parts = {"the fp32 model": total, f"{len(held)} candidates, held for the interleaved timing": sum(held.values()),
+    parts = {"the fp32 model": total, f"{len(held)} {HELD}": sum(held.values()),
              f"quantizing {worst or 'a candidate'}: the working copy and its method's work": work}
     if scoring_bytes is not None:
         parts["scoring a batch (measured on the baseline)"] = scoring_bytes
@@ -253,7 +256,7 @@ def check_memory(plan: dict, limit_gb: float | None = None, hold: str = "auto") 
     if hold != "together" and plan["one_at_a_time"] - base <= avail:
         return "one at a time"
     need = plan["one_at_a_time" if hold != "together" else "total"] - base
-    parts = {k: v for k, v in plan["parts"].items() if hold == "together" or "held for" not in k}
+    parts = {k: v for k, v in plan["parts"].items() if hold == "together" or not k.endswith(HELD)}
     raise QuantgateError(f"this comparison would need about {gb(need)} {what} at its peak"
                          + (" with one candidate in memory at a time" if hold != "together" else "")
                          + f" but {gb(avail)} is available (" + "; ".join(f"{k} {gb(v)}" for k, v in parts.items())
@@ -268,8 +271,9 @@ class Shelf:
     def __init__(self):
         import tempfile
         self._dir = tempfile.TemporaryDirectory(prefix="quantgate-shelf-")
+        self.folder = self._dir.name
         self.paths: dict[str, str] = {}
-        self.in_memory = _filesystem(self._dir.name) in ("tmpfs", "ramfs")   # a shelf there saves nothing
+        self.in_memory = _filesystem(self.folder) in ("tmpfs", "ramfs")   # a shelf there saves nothing
 
     def put(self, name: str, module: torch.nn.Module) -> bool:
         """Shelve `module`; False (it stays in memory) for a compiled PT2E graph: a classifier's
@@ -279,7 +283,7 @@ class Shelf:
         from .methods.pt2e import Compiled
         if isinstance(module, Compiled):
             return False
-        path = Path(self._dir.name) / f"{len(self.paths)}.pt"
+        path = Path(self.folder) / f"{len(self.paths)}.pt"
         torch.save(module, path)
         self.paths[name] = str(path)
         return True
@@ -416,7 +420,7 @@ class Comparer:
             if self.shelf is None:
                 self.shelf = Shelf()
                 if self.shelf.in_memory:
-                    print(f"warning: the candidates wait in {self.shelf._dir.name}, on a filesystem in memory, "
+                    print(f"warning: the candidates wait in {self.shelf.folder}, on a filesystem in memory, "
                           "which saves no memory: set TMPDIR to a folder on disk", file=sys.stderr)
             if self.shelf.put(q.name, q.module):
                 q.module = self.serving[q.name] = None
@@ -491,7 +495,7 @@ class Comparer:
             torch.set_num_threads(before)
         if together:
             own = perf.own_memory(modules, sizes, *self.task.memory_probe())
-        if not together:
+        else:
             how += (" (the models do not fit in memory together: percentiles over every round's calls"
                     + ("; they waited on a filesystem in memory, which saved none" if self.shelf and self.shelf.in_memory
                        else "") + ")")
@@ -506,8 +510,7 @@ class Comparer:
             if hasattr(m, "close"):
                 m.close()
         for p in [comp.baseline["perf"], *(c.perf for c in comp.candidates)]:
-            for st in p.get("batch_sizes", {}).values():       # the raw calls: merged across rounds, not reported
-                st.pop("samples_ms", None), st.pop("ttft_samples_ms", None)
+            perf.drop_samples(p)                 # the raw calls: merged across rounds, not reported
         from .diagnose import diagnose
         comp.warnings = diagnose(comp)
         return comp

@@ -214,7 +214,7 @@ def _check_fits(store: Stored, recipe, windows: int, seq_len: int, available: in
                              + "; ".join(f"{k} {gb(v)}" for k, v in est["parts"].items())
                              + "); lower num_samples or seq_len"
                              + (", keep the calibration states in bf16 (-bf16states)"
-                                if getattr(recipe, "states", "bf16") == "fp32" else "")
+                                if getattr(recipe, "states", None) == "fp32" else "")
                              + ", or use a machine with more memory")
     est["available"] = avail
     return est

@@ -231,6 +231,13 @@ def percentiles(samples_ms: list[float], batch: int | None = None, ttft_ms: list
     return out
 
 
+def drop_samples(result: dict) -> dict:
+    """A speed result ({"batch_sizes": {bs: stats}}) without its raw calls, as it is reported."""
+    for st in result.get("batch_sizes", {}).values():
+        st.pop("samples_ms", None), st.pop("ttft_samples_ms", None)
+    return result
+
+
 def merge_rounds(parts: list[dict]) -> dict:
     """One model's speed results from several rounds of timing -> one, the percentiles
     over every round's calls (the raw samples each round kept)."""
