@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .methods.weight_only import INT4_KERNEL, INT8_KERNEL, PACKED_MAX_ROWS, WeightOnlyLinear, packed_matmul
+from .methods.weight_only import INT4_KERNEL, INT8_KERNEL, WeightOnlyLinear, packed_matmul, packed_max_rows
 
 FAMILIES = ("llama", "mistral", "qwen2")
 RUNTIME = "quantgate decoder (preallocated KV cache, fused q|k|v and gate|up)"
@@ -116,7 +116,7 @@ class _Projections:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        if self.kernel and b * t <= PACKED_MAX_ROWS and x.device.type == "cpu":
+        if self.kernel and x.device.type == "cpu" and b * t <= packed_max_rows(self.kernel):
             y = packed_matmul(x.reshape(b * t, -1), self.kernel, self.w, self.s, self.group_size, self.in_features)
             if self.bias is not None:
                 y = y + self.bias

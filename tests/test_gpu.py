@@ -60,11 +60,12 @@ def test_qlora_trains_in_fp16_with_a_gradient_scaler_on_the_gpu(small_lm, bbc, t
 
 
 @pytest.mark.parametrize("recipe", [WeightOnly(bits=4, group_size=64), NF4()], ids=["int4-g64", "nf4"])
-def test_quantized_layers_and_the_decoder_run_on_the_gpu(small_lm, recipe):
+def test_quantized_layers_and_the_decoder_run_on_the_gpu(small_lm, recipe, monkeypatch):
     import copy
     from quantgate.decoder import Decoder
-    from quantgate.methods.weight_only import DEQUANT, kernel_calls
+    from quantgate.methods.weight_only import DEQUANT, ROWS_ENV, kernel_calls
     from quantgate.quantize import quantize
+    monkeypatch.setenv(ROWS_ENV, "16")          # the CPU reference dequantizes above 16 rows, as the GPU always does
     q = quantize(small_lm, recipe).module
     ids = small_lm.tokenizer(["The BBC reported today that the government said " * 3], return_tensors="pt")["input_ids"]
     assert ids.shape[1] > 16                     # the CPU run dequantizes too: same arithmetic on both

@@ -296,14 +296,15 @@ def test_gate_judges_a_language_model_on_its_perplexity_rise():
         gate(comp, Budget(max_drop=1, metric="accuracy"))
 
 
-def test_lm_comparison_reports_what_changed(tmp_path, capsys, lm):
+def test_lm_comparison_reports_what_changed(tmp_path, capsys, lm, monkeypatch):
     """`quantgate lm compare` end to end: perplexity with its interval, KL,
     agreement, the changed generations, decode percentiles, kernels, reports;
     with --one-at-a-time: the candidate waits on disk once scored, and every model
     is timed loaded in turn in rounds that add up to the usual timing."""
     from quantgate.compare import TURN_ROUNDS
     from quantgate.cli import main
-    from quantgate.methods.weight_only import DEQUANT, INT4_KERNEL
+    from quantgate.methods.weight_only import DEQUANT, INT4_KERNEL, ROWS_ENV
+    monkeypatch.setenv(ROWS_ENV, "16")          # fixed, so that both kernels run whatever this CPU measures
     rc = main(["lm", "compare", "--model", lm.path, "--recipes", "int3-g64", "--context", "128", "--windows", "3", "--prompts", "3",
                "--new-tokens", "12", "--batch-sizes", "1,2", "--decode-steps", "4", "--one-at-a-time", "--out", str(tmp_path / "r")])
     assert rc == 0

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from quantgate.formats import choose_qparams, fake_quantize
-from quantgate.methods.weight_only import DEQUANT, PACKED_MAX_ROWS, WeightOnlyLinear, fp16_scales, kernel_calls
+from quantgate.methods.weight_only import (DEQUANT, INT4_KERNEL, ROW_STEPS, ROWS_ENV, WeightOnlyLinear, fp16_scales,
+                                          kernel_calls, packed_max_rows)
 
 torch.manual_seed(0)
 
@@ -23,7 +24,8 @@ def _ref_weight(lin, bits, g, sym):
     (3, 64, False, "aten._weight_int4pack_mm_for_cpu (bf16 activations)"),  # 3-bit codes run the int4 kernel
     (2, 128, True, "aten._weight_int4pack_mm_for_cpu (bf16 activations)"),
 ])
-def test_both_paths_match_the_format(bits, g, sym, packed):
+def test_both_paths_match_the_format(bits, g, sym, packed, monkeypatch):
+    monkeypatch.setenv(ROWS_ENV, "16")                 # the packed kernel for <= 16 rows, else dequantize
     lin = torch.nn.Linear(384, 64)
     q = WeightOnlyLinear(lin, bits, g, sym)
     assert q.packed_kernel == packed
@@ -40,12 +42,13 @@ def test_both_paths_match_the_format(bits, g, sym, packed):
 
 
 @pytest.mark.parametrize("bits", [4, 3])
-def test_group_size_that_does_not_divide_the_width_works(bits):
+def test_group_size_that_does_not_divide_the_width_works(bits, monkeypatch):
     lin = torch.nn.Linear(576, 16)   # 576 = 4 x 128 + 64: a shorter last group (SmolLM2's width)
     q = WeightOnlyLinear(lin, bits, 128, False)
     assert q.packed_kernel and q.scales.shape == (16, 5)
     ref_w = _ref_weight(lin, bits, 128, False)
-    x = torch.randn(PACKED_MAX_ROWS + 1, 576)     # dequantize path: exact
+    monkeypatch.setenv(ROWS_ENV, "16")             # the packed kernel for <= 16 rows, else dequantize
+    x = torch.randn(17, 576)                       # dequantize path: exact
     assert torch.allclose(q(x), torch.nn.functional.linear(x, ref_w, lin.bias), atol=1e-5)
     x = torch.randn(3, 576)                       # packed kernel on a zero-padded width
     ref = torch.nn.functional.linear(x, ref_w, lin.bias)
@@ -63,3 +66,22 @@ def test_storage_bits_per_weight():
     assert b4 * 8 / (512 * 256) == pytest.approx(4 + 16 / 64)
     # asymmetric: plus a zero point per group, packed at the code width
     assert b3 * 8 / (512 * 256) == pytest.approx(3 + (16 + 3) / 64)
+
+
+def test_the_kernel_crossover_is_measured_on_this_cpu_and_routes_every_call(monkeypatch):
+    """Where the packed kernel stops beating dequantize + fp32 depends on the CPU (native bf16 or
+    not): measured once per process, not assumed; $QUANTGATE_PACKED_MAX_ROWS fixes it."""
+    import math
+    monkeypatch.delenv(ROWS_ENV, raising=False)
+    limit = packed_max_rows(INT4_KERNEL)
+    assert limit in (0, *ROW_STEPS, math.inf) and packed_max_rows(INT4_KERNEL) == limit     # measured once
+    q = WeightOnlyLinear(torch.nn.Linear(256, 64), 4, 128, False)
+    assert "measured on this CPU" in q.kernel
+    for rows in (1, 4096):
+        q.calls.clear()
+        q(torch.randn(rows, 256))
+        assert set(q.calls) == {INT4_KERNEL if rows <= limit else DEQUANT}
+    monkeypatch.setenv(ROWS_ENV, "0")                  # fixed: always dequantize
+    q.calls.clear()
+    q(torch.randn(1, 256))
+    assert set(q.calls) == {DEQUANT} and "no call (fixed by $QUANTGATE_PACKED_MAX_ROWS)" in q.kernel

@@ -62,6 +62,9 @@ class RssSampler:
     _depth = 0          # an inner sampler must not reset the counter an outer one reads
 
     def __enter__(self):
+        if RssSampler._depth == 0:     # garbage collected inside the block would lower the peak it measures
+            import gc
+            gc.collect()
         self.start = self._proc.memory_info().rss
         self.peak = self.start
         self.kernel = RssSampler._depth == 0 and _reset_hwm() and _read_hwm() is not None

@@ -8,11 +8,13 @@ points packed at the same width. A symmetric format stores no zero points (they
 are 2^(bits-1)). A group size that does not divide the input features gives a
 shorter last group.
 
-Which kernel runs depends on the rows per call, because the packed CPU kernels
-are fast only for a few rows (decode-like calls) and only with bf16
-activations (measured in bench/classify_speed.py and bench/gptq_vs_reference.py):
+Which kernel runs depends on the rows per call and on the CPU: the packed CPU
+kernels take bf16 activations, and where the CPU has no native bf16 they are fast
+only for a few rows (decode-like calls); with native bf16 (AVX512-BF16, AMX)
+they beat dequantizing at thousands of rows. So the crossover is measured, once
+per process and kernel (`packed_max_rows`, bench/packed_rows.py), never assumed:
 
-- up to PACKED_MAX_ROWS rows: aten._weight_int8pack_mm (int8, per channel,
+- up to packed_max_rows() rows: aten._weight_int8pack_mm (int8, per channel,
   symmetric) or aten._weight_int4pack_mm_for_cpu for any format of 4 bits or
   fewer (3- and 2-bit codes are valid 4-bit codes; the kernel's per-group zero
   absorbs the zero point) with a group size of 32/64/128/256; a width the
@@ -26,7 +28,10 @@ Each layer counts the calls that took each path, so a report says what ran.
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import os
+import time
 from collections import Counter
 
 import torch
@@ -38,7 +43,8 @@ from .common import INT8_KEPT, Quantized, float_operators, select_linears
 
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)
 PACK_ROWS_ELEMENTS = 1 << 22   # weights rounded and packed at a time (bounds the temporaries to ~100 MB)
-PACKED_MAX_ROWS = 16
+ROW_STEPS = (1, 16, 64, 256, 1024, 4096)      # call sizes the crossover is measured at
+ROWS_ENV = "QUANTGATE_PACKED_MAX_ROWS"        # a fixed crossover instead of the measured one (0: always dequantize)
 DEQUANT = "dequantize + fp32 matmul"
 INT8_KERNEL = "aten._weight_int8pack_mm (bf16 activations)"
 INT4_KERNEL = "aten._weight_int4pack_mm_for_cpu (bf16 activations)"
@@ -143,7 +149,7 @@ class WeightOnlyLinear(torch.nn.Module):
     @property
     def kernel(self) -> str:
         if self.packed_kernel:
-            return f"{self.packed_kernel} for <= {PACKED_MAX_ROWS} rows, else {DEQUANT}"
+            return f"{self.packed_kernel} for {rows_phrase(packed_max_rows(self.packed_kernel))}, else {DEQUANT}"
         return DEQUANT
 
     @property
@@ -199,7 +205,7 @@ class WeightOnlyLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        if self.packed_kernel and x2.shape[0] <= PACKED_MAX_ROWS and x2.device.type == "cpu":
+        if self.packed_kernel and x2.device.type == "cpu" and x2.shape[0] <= packed_max_rows(self.packed_kernel):
             y = packed_matmul(x2, self.packed_kernel, *self._packed_args(), self.group_size, self.in_features).float()
             self.calls[self.packed_kernel] += 1
         else:
@@ -226,6 +232,51 @@ def packed_matmul(x2: torch.Tensor, kernel: str, w: torch.Tensor, s: torch.Tenso
     if k_pad != in_features:                  # a shorter last group: the kernel sees zero-padded widths
         xb = torch.nn.functional.pad(xb, (0, k_pad - in_features))
     return torch.ops.aten._weight_int4pack_mm_for_cpu(xb.contiguous(), w, group_size, s)
+
+
+def packed_max_rows(kernel: str) -> float:
+    """The most rows per call for which `kernel` (INT8_KERNEL or INT4_KERNEL) runs faster than
+    dequantize + fp32 matmul on this CPU: the largest of ROW_STEPS up to which it wins at every
+    step (inf where it wins at all of them, 0 where it loses even at one row). Measured once per
+    process on a 1024 x 1024 layer, with the threads torch uses then; $QUANTGATE_PACKED_MAX_ROWS
+    fixes it instead."""
+    fixed = os.environ.get(ROWS_ENV)
+    if fixed is not None:
+        return float(fixed)
+    return _measured_rows(kernel)
+
+
+@functools.cache
+def _measured_rows(kernel: str) -> float:
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(1024, 1024, bias=False)
+    q = WeightOnlyLinear(lin, 8, None, True) if kernel == INT8_KERNEL else WeightOnlyLinear(lin, 4, 128, False)
+    args = q._packed_args()
+
+    def ms(f, x, reps=3):
+        f(x)                                            # warm: the kernels' first call sets up
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            f(x)
+            times.append(time.perf_counter() - t)
+        return sorted(times)[reps // 2]
+
+    packed = lambda x: packed_matmul(x, kernel, *args, q.group_size, 1024)                  # noqa: E731
+    dequant = lambda x: torch.nn.functional.linear(x, q.dequantized_weight())              # noqa: E731
+    best = 0.0
+    with torch.inference_mode():
+        for rows in ROW_STEPS:
+            x = torch.randn(rows, 1024)
+            if ms(packed, x) > ms(dequant, x):
+                return best
+            best = float(rows)
+    return math.inf
+
+
+def rows_phrase(limit: float) -> str:
+    return ("calls of any size" if limit == math.inf else "no call" if limit < 1 else f"calls of <= {int(limit)} rows") \
+        + (" (fixed by $" + ROWS_ENV + ")" if os.environ.get(ROWS_ENV) is not None else " (measured on this CPU)")
 
 
 def kernel_calls(module: torch.nn.Module) -> dict[str, int]:
@@ -296,9 +347,9 @@ def keep_int8(q: Quantized) -> None:
 
 def finish(model, qm, recipe, targets, kept, new_layers, calibration=None) -> Quantized:
     """The Quantized record every weight-only method returns."""
-    notes = [f"calls with more than {PACKED_MAX_ROWS} rows (a prefill, an encoder's batch x sequence) dequantize "
-             "the weights and run an fp32 matmul: on CPU, weight-only quantization saves memory, and time only "
-             "for decode-like calls"]
+    limits = {k: packed_max_rows(k) for k in {m.packed_kernel for m in new_layers} if k}
+    notes = [f"{k.split(' ')[0]} serves {rows_phrase(v)}; larger calls dequantize the weights and run an fp32 "
+             "matmul, which saves memory but not time" for k, v in limits.items()]
     slow = sum(1 for m in new_layers if not m.packed_kernel)
     if slow:
         notes.append(f"{slow} layer(s) have no packed kernel for int{recipe.bits}, group {recipe.group_size}: "
