@@ -73,6 +73,10 @@ def test_the_kernel_crossover_is_measured_on_this_cpu_and_routes_every_call(monk
     not): measured once per process, not assumed; $QUANTGATE_PACKED_MAX_ROWS fixes it."""
     import math
     monkeypatch.delenv(ROWS_ENV, raising=False)
+    from quantgate.methods.weight_only import _measured_rows
+    state = torch.random.get_rng_state()
+    assert _measured_rows.__wrapped__(INT4_KERNEL) in (0, *ROW_STEPS, math.inf)      # a measurement, uncached
+    assert torch.equal(torch.random.get_rng_state(), state)          # it draws nothing from the caller's RNG
     limit = packed_max_rows(INT4_KERNEL)
     assert limit in (0, *ROW_STEPS, math.inf) and packed_max_rows(INT4_KERNEL) == limit     # measured once
     q = WeightOnlyLinear(torch.nn.Linear(256, 64), 4, 128, False)
