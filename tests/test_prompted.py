@@ -40,7 +40,7 @@ def test_the_fine_tuned_model_is_proven_on_its_task(topic_run):
     assert 0.6 <= base <= 0.99, base            # fine-tuned well, with room left to see quantization hurt
     int8, int3 = (next(c for c in d["candidates"] if c["name"] == n) for n in ("int8", "int3-g64"))
     m = int8["metrics"]["exact_match"]
-    assert abs(m["delta"]) <= 0.01 and m["ci_low"] >= -0.03 and m["ci_low"] <= m["delta"] <= m["ci_high"]
+    assert abs(m["delta"]) <= 0.01 + 1e-9 and m["ci_low"] >= -0.03 and m["ci_low"] <= m["delta"] <= m["ci_high"]      # int8 moves at most 1 of 100 answers
     assert int3["n_changed"] > int8["n_changed"]                          # 3 bits moves more answers than 8
     for c in (int8, int3):                                                # every slice value, with its interval
         assert {r["value"] for r in c["slices"]["topic"]} == {"business", "entertainment", "politics", "sports", "tech"}
