@@ -179,7 +179,7 @@ class WeightOnlyLinear(torch.nn.Module):
         return w.view(n, groups * g)[:, :k]
 
     def _packed_args(self):
-        """The packed kernel's layout, built on first use (decode-like calls only)."""
+        """The packed kernel's layout, built on first use."""
         if self._packed is None:
             if self.bits == 8:
                 codes = self.codes().to(torch.int16) - 128                # symmetric: signed codes
