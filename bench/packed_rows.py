@@ -6,25 +6,12 @@ matmul, side by side at each call size, and the crossover quantgate measures
     .venv/bin/python bench/packed_rows.py
 """
 
-import statistics
-import time
-
 import torch
 
-from quantgate.methods.weight_only import INT4_KERNEL, INT8_KERNEL, ROW_STEPS, WeightOnlyLinear, packed_matmul, \
-    packed_max_rows
+from quantgate.methods.weight_only import INT4_KERNEL, INT8_KERNEL, ROW_STEPS, WeightOnlyLinear, median_seconds, \
+    packed_matmul, packed_max_rows
 
 REPS = 7
-
-
-def median_ms(f, x):
-    f(x)
-    times = []
-    for _ in range(REPS):
-        t = time.perf_counter()
-        f(x)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
 
 
 def main():
@@ -39,8 +26,8 @@ def main():
                 args = q._packed_args()
                 for rows in ROW_STEPS:
                     x = torch.randn(rows, k)
-                    a = median_ms(lambda x: packed_matmul(x, q.packed_kernel, *args, q.group_size, k), x)
-                    b = median_ms(lambda x: torch.nn.functional.linear(x, q.dequantized_weight()), x)
+                    a = 1e3 * median_seconds(lambda x: packed_matmul(x, q.packed_kernel, *args, q.group_size, k), x, REPS)
+                    b = 1e3 * median_seconds(lambda x: torch.nn.functional.linear(x, q.dequantized_weight()), x, REPS)
                     print(f"| {k} -> {n} | {name} | {rows} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
     for kernel in (INT8_KERNEL, INT4_KERNEL):
         print(f"measured crossover, {kernel}: {packed_max_rows(kernel)} rows")

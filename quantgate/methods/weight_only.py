@@ -253,26 +253,27 @@ def _measured_rows(kernel: str) -> float:
     lin.weight.data = torch.randn(1024, 1024, generator=g) / 32
     q = WeightOnlyLinear(lin, 8, None, True) if kernel == INT8_KERNEL else WeightOnlyLinear(lin, 4, 128, False)
     args = q._packed_args()
-
-    def ms(f, x, reps=3):
-        f(x)                                            # warm: the kernels' first call sets up
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            f(x)
-            times.append(time.perf_counter() - t)
-        return sorted(times)[reps // 2]
-
     packed = lambda x: packed_matmul(x, kernel, *args, q.group_size, 1024)                  # noqa: E731
     dequant = lambda x: torch.nn.functional.linear(x, q.dequantized_weight())              # noqa: E731
     best = 0.0
     with torch.inference_mode():
         for rows in ROW_STEPS:
             x = torch.randn(rows, 1024, generator=g)
-            if ms(packed, x) > ms(dequant, x):
+            if median_seconds(packed, x) > median_seconds(dequant, x):
                 return best
             best = float(rows)
     return math.inf
+
+
+def median_seconds(f, x, reps: int = 3) -> float:
+    """Median wall time of f(x) over `reps` calls, after one warm-up call (the kernels' first call sets up)."""
+    f(x)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(x)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[reps // 2]
 
 
 def rows_phrase(limit: float) -> str:
