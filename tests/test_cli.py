@@ -81,7 +81,7 @@ def test_compare_on_an_unseen_model_and_dataset(tmp_path, csv_data, unseen_model
     out = tmp_path / "report"
     r = subprocess.run([sys.executable, "-m", "quantgate.cli", "compare", "--model", str(unseen_model),
                         "--data", str(csv_data), "--text-col", "review", "--label-col", "sentiment",
-                        "--slice-col", "channel", "--recipes", "dynamic,static,int8", "--batch-sizes", "1,8",
+                        "--slice-col", "channel", "--recipes", "dynamic,static,int8", "--batch-sizes", "1,32",
                         "--perf-seconds", "0.2", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "held-out 20%" in r.stderr                                  # says where calibration came from

@@ -130,17 +130,26 @@ def test_timing_under_load_is_flagged():
 
 
 def test_peak_memory_sees_a_transient_allocation():
-    """A 300 MB buffer allocated and freed inside the block is in the peak (the kernel's
+    """A 1 GB buffer allocated and freed inside the block is in the peak (the kernel's
     counter where there is one; a 20 ms sampler could miss it), and an inner sampler
-    does not disturb the outer one."""
+    does not disturb the outer one. The bound leaves a quarter of the buffer for what the
+    rest of the process may hand back meanwhile: late in the suite a 300 MB buffer measured
+    167 MB once, never reproduced alone (file-backed pages reclaimed under the suite's page
+    cache are the suspect; the message shows them)."""
     import numpy as np
 
     from quantgate.evaluate.perf import RssSampler
+
+    def rss_file_mb():
+        with open("/proc/self/status") as f:
+            return next((int(l.split()[1]) / 1024 for l in f if l.startswith("RssFile:")), None)
+    file_before = rss_file_mb()
     with RssSampler() as outer:
         with RssSampler() as inner:
-            a = np.ones(300 * 2**20 // 8)
+            a = np.ones(2**30 // 8)
             del a
-    assert outer.summary()["rss_growth_mb"] > 250
+    growth = outer.summary()["rss_growth_mb"]
+    assert growth > 768, (growth, "file-backed RSS MB before/after:", file_before, rss_file_mb())
     assert inner.summary()["peak_from"].startswith("sampled")
 
 
