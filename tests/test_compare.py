@@ -138,18 +138,14 @@ def test_peak_memory_sees_a_transient_allocation():
     cache are the suspect; the message shows them)."""
     import numpy as np
 
-    from quantgate.evaluate.perf import RssSampler
-
-    def rss_file_mb():
-        with open("/proc/self/status") as f:
-            return next((int(l.split()[1]) / 1024 for l in f if l.startswith("RssFile:")), None)
-    file_before = rss_file_mb()
+    from quantgate.evaluate.perf import RssSampler, proc_status_bytes
+    file_before = proc_status_bytes("RssFile")
     with RssSampler() as outer:
         with RssSampler() as inner:
             a = np.ones(2**30 // 8)
             del a
     growth = outer.summary()["rss_growth_mb"]
-    assert growth > 768, (growth, "file-backed RSS MB before/after:", file_before, rss_file_mb())
+    assert growth > 768, (growth, "file-backed RSS bytes before/after:", file_before, proc_status_bytes("RssFile"))
     assert inner.summary()["peak_from"].startswith("sampled")
 
 

@@ -123,8 +123,8 @@ def test_gptq_a_few_windows_at_a_time_is_the_same_gptq(in_memory, bbc):
     for n in m1:
         same = float((m1[n].codes() == m2[n].codes()).float().mean())
         # q/k/v read the block's input: identical; o_proj's input went through them: measured 99.99% and 99.89%
-        assert same > (0.999 if n.endswith(("q_proj", "k_proj", "v_proj")) else 0.995 if ".self_attn." in n else 0.8), \
-            (n, same)                                                   # later inputs differ by earlier flips,
+        least = 0.999 if n.endswith(("q_proj", "k_proj", "v_proj")) else 0.995 if n.endswith("o_proj") else 0.8
+        assert same > least, (n, same)                                  # later inputs differ by earlier flips,
         assert e2[n] == pytest.approx(e1[n], rel=1e-2), n                   # and act-order reorders near-ties
     assert (o1 - o2).abs().max() < 0.05 * o1.abs().max()    # measured: 3%, the same as a flip's worth of noise
 

@@ -21,16 +21,21 @@ import torch
 from ..models import Model
 
 
-def _read_hwm() -> int | None:
-    """This process's peak resident set size in bytes (VmHWM), or None where /proc is missing."""
+def proc_status_bytes(field: str) -> int | None:
+    """A memory field of this process's /proc/self/status in bytes ("VmHWM": the peak resident
+    set size; "RssFile": its file-backed part), or None where /proc is missing."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
     return None
+
+
+def _read_hwm() -> int | None:
+    return proc_status_bytes("VmHWM")
 
 
 def _reset_hwm() -> bool:
