@@ -20,7 +20,8 @@ alone, not a quantized kernel's. Peak RSS over each call's start is the
 kernel's high-water mark (perf.RssSampler). Then the NF4 dequantization every
 NF4 layer runs per call: unpacking codes (before) against the byte lookup
 (now), on this model's MLP weight, and what it does to decoding the bundled
-SmolLM2 in NF4 against fp32."""
+SmolLM2 in NF4 against fp32; and decoding with each NF4 weight dequantized
+once (methods/nf4.dequantized_once), how a comparison scores NF4's quality."""
 
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ def nf4_decode(rounds: int = 3, steps: int = 16) -> None:
     against fp32, in alternating rounds (tasks.causal_lm.decode_speed's own loop)."""
     from quantgate.formats.nf4 import nf4_dequantize
     from quantgate.formats.packing import unpack_bits
-    from quantgate.methods.nf4 import NF4Linear
+    from quantgate.methods.nf4 import NF4Linear, dequantized_once
     from quantgate.models import load_causal_lm
     from quantgate.quantize import quantize
     from quantgate.recipes import NF4
@@ -142,11 +143,13 @@ def nf4_decode(rounds: int = 3, steps: int = 16) -> None:
         return nf4_dequantize(unpack_bits(self.qweight, 4, self.in_features), self.block_absmax(), self.block_size,
                               self.in_features)
     ids = lm.tokenizer("The central bank said on Tuesday that", return_tensors="pt")["input_ids"]
-    lat = {"fp32": [], "nf4, unpack then look up (before)": [], "nf4, packed-byte lookup (now)": []}
+    lat = {"fp32": [], "nf4, unpack then look up (before)": [], "nf4, packed-byte lookup (now)": [],
+           "nf4, each weight dequantized once (quality scoring)": []}
     for _ in range(rounds):
         for name in lat:
             NF4Linear.dequantized_weight = old if "before" in name else new
-            lat[name].extend(_decode(lm.module if name == "fp32" else q, ids, steps)[1])
+            with dequantized_once(q if "once" in name else torch.nn.Module()):
+                lat[name].extend(_decode(lm.module if name == "fp32" else q, ids, steps)[1])
     NF4Linear.dequantized_weight = new
     print(f"\nDecode at batch 1 on the bundled SmolLM2 (median ms per token, {rounds} rounds of {steps}):")
     for name, v in lat.items():

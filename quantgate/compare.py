@@ -228,6 +228,8 @@ def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None) 
                      if not k.startswith("model"))                                             # windows at once to fit
         elif r.method == "qat":
             w += 3 * total                                  # gradients and Adam's two moments
+        # (scoring an NF4 candidate holds its Linear weights dequantized, methods/nf4.dequantized_once:
+        # at most the working copy counted here, which is gone by then)
         if w > work:
             work, worst = w, r.name
     parts = {"the fp32 model": total, f"{len(held)} {HELD}": sum(held.values()),
@@ -395,7 +397,8 @@ class Comparer:
             if hasattr(m, "calls"):
                 m.calls.clear()
         served = self._serving(q.module, q.name)
-        with perf.RssSampler() as mem:
+        from .methods.nf4 import dequantized_once
+        with perf.RssSampler() as mem, dequantized_once(served if served is q.module else torch.nn.Module()) as held:
             res = self.task.score(served, q.name)
         from .methods.weight_only import kernel_calls
         extra = {k: v for k, v in q.extra.items() if k != "layer_errors"}
@@ -410,6 +413,11 @@ class Comparer:
                          footprint=q.footprint or footprint(self.model.module, wb, q.quantized_layers, q.module,
                                                          list(q.float_layers)),
                          **self.task.compare(self.base, res))
+        if held:
+            cand.notes = [*cand.notes, f"quality scored with the weights of its {held} NF4 layers dequantized once "
+                          "(outputs bit-identical to dequantizing on every call); speed timed on the real path, "
+                          "which dequantizes on every call"]
+            cand.extra["scored_with"] = "NF4 weights dequantized once"
         if q.recipe.measured_against_ptq:
             cand.extra["qat"] = qat_recovery(self.model, q, self.task, self.calibration, self.comp.baseline["accuracy"],
                                              cand)

@@ -196,7 +196,21 @@ def test_nf4_double_quant_storage_and_round_trip(lm, tmp_path, held_out):
     back = load_lm(tmp_path / "n")
     ids = held_out[:1, :32]
     with torch.inference_mode():
-        assert torch.equal(q.module(input_ids=ids).logits, back.module(input_ids=ids).logits)
+        every_call = q.module(input_ids=ids).logits
+        assert torch.equal(every_call, back.module(input_ids=ids).logits)
+        # scoring's path: each layer dequantizes once and keeps it, outputs bit for bit the same
+        from quantgate.methods.nf4 import NF4_HELD, NF4_KERNEL, dequantized_once
+        layers = [m for m in q.module.modules() if isinstance(m, NF4Linear)]
+        layer.calls.clear()
+        with dequantized_once(q.module) as n:
+            assert n == len(layers) == 30 * 7
+            assert torch.equal(q.module(input_ids=ids).logits, every_call)
+            first = layer.held[torch.float32]
+            assert torch.equal(q.module(input_ids=ids).logits, every_call)
+            assert layer.held[torch.float32] is first                     # not dequantized again
+        assert layer.held is None and layer.calls == {NF4_HELD: 2}       # let go on leaving; both calls counted
+        q.module(input_ids=ids)
+        assert layer.calls[NF4_KERNEL] == 1
 
 
 def test_qlora_trains_adapters_on_a_frozen_nf4_base(lm, bbc, tmp_path):
@@ -300,12 +314,14 @@ def test_lm_comparison_reports_what_changed(tmp_path, capsys, lm, monkeypatch):
     """`quantgate lm compare` end to end: perplexity with its interval, KL,
     agreement, the changed generations, decode percentiles, kernels, reports;
     with --one-at-a-time: the candidate waits on disk once scored, and every model
-    is timed loaded in turn in rounds that add up to the usual timing."""
+    is timed loaded in turn in rounds that add up to the usual timing; NF4's
+    quality scored on weights dequantized once, and the report says so."""
     from quantgate.compare import TURN_ROUNDS
+    from quantgate.methods.nf4 import NF4_HELD
     from quantgate.cli import main
     from quantgate.methods.weight_only import DEQUANT, INT4_KERNEL, ROWS_ENV
     monkeypatch.setenv(ROWS_ENV, "16")          # fixed, so that both kernels run whatever this CPU measures
-    rc = main(["lm", "compare", "--model", lm.path, "--recipes", "int3-g64", "--context", "128", "--windows", "3", "--prompts", "3",
+    rc = main(["lm", "compare", "--model", lm.path, "--recipes", "int3-g64,nf4", "--context", "128", "--windows", "3", "--prompts", "3",
                "--new-tokens", "12", "--batch-sizes", "1,2", "--decode-steps", "4", "--one-at-a-time", "--out", str(tmp_path / "r")])
     assert rc == 0
     out = capsys.readouterr().out
@@ -333,6 +349,10 @@ def test_lm_comparison_reports_what_changed(tmp_path, capsys, lm, monkeypatch):
     assert "Changed generations" in html and "weights against perplexity" in html and INT4_KERNEL in html
     assert "one at a time, each loaded in turn" in html
     assert html.count("<svg") >= 2
+    nf4 = d["candidates"][1]
+    assert set(nf4["extra"]["kernel_calls"]) == {NF4_HELD} and nf4["extra"]["scored_with"] == "NF4 weights dequantized once"
+    assert "quality scored with the weights of its 210 NF4 layers dequantized once" in html
+    assert nf4["perf"]["batch_sizes"]["1"]["tokens_per_s"] > 0       # timed on the real path
 
 
 def test_decoder_runs_the_same_model_as_transformers(lm):

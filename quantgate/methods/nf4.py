@@ -3,13 +3,17 @@
 `NF4Linear` subclasses torch.nn.Linear so that peft wraps it with LoRA
 adapters like any Linear (methods/qlora.py); its `weight` is the dequantized
 weight, computed on use and never trained. No CPU kernel multiplies NF4
-directly: every call dequantizes, then runs an fp32 matmul (reported)."""
+directly: every call dequantizes, then runs an fp32 matmul (reported). Scoring
+quality calls every layer thousands of times; `dequantized_once` lets each
+layer keep its dequantized weight for that while, giving the same outputs bit
+for bit, and speed is timed on the real path without it."""
 
 from __future__ import annotations
 
 import copy
 import math
 from collections import Counter
+from contextlib import contextmanager
 
 import torch
 
@@ -20,6 +24,7 @@ from .common import Quantized, float_operators, select_linears
 from .weight_only import kernel_summary, set_module
 
 NF4_KERNEL = "NF4 dequantize + fp32 matmul"
+NF4_HELD = "fp32 matmul on the weight dequantized once (quality scoring)"
 
 
 class NF4Linear(torch.nn.Linear):
@@ -51,6 +56,7 @@ class NF4Linear(torch.nn.Linear):
         self.bias = torch.nn.Parameter(torch.zeros(n), requires_grad=False) if has_bias else None
         self.packed_kernel = None
         self.calls = Counter()
+        self.held = None            # {dtype: dequantized weight} inside dequantized_once
 
     @classmethod
     def empty(cls, in_features, out_features, block_size, double_quant, dq_block_size, bias) -> "NF4Linear":
@@ -74,13 +80,36 @@ class NF4Linear(torch.nn.Linear):
         return self.dequantized_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls[NF4_KERNEL] += 1
-        w = self.dequantized_weight().to(x.dtype)
+        held = getattr(self, "held", None)
+        if held is None:
+            self.calls[NF4_KERNEL] += 1
+            w = self.dequantized_weight().to(x.dtype)
+        else:
+            self.calls[NF4_HELD] += 1
+            w = held.get(x.dtype)
+            if w is None:
+                w = held[x.dtype] = self.dequantized_weight().to(x.dtype)
         return torch.nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
         return (f"{self.in_features}->{self.out_features}, nf4, block={self.block_size}, "
                 f"double_quant={self.double_quant}")
+
+
+@contextmanager
+def dequantized_once(module: torch.nn.Module):
+    """Inside the block, each NF4 layer of `module` dequantizes its weight on its first call and
+    keeps it (the same tensor every call would compute: outputs bit-identical), so scoring costs
+    what the fp32 matmuls cost; it holds the layers' weights in fp32 meanwhile (no more than the
+    fp32 working copy quantization held). Yields how many NF4 layers it applies to."""
+    layers = [m for m in module.modules() if isinstance(m, NF4Linear)]
+    for m in layers:
+        m.held = {}
+    try:
+        yield len(layers)
+    finally:
+        for m in layers:
+            m.held = None
 
 
 def to_nf4(module: torch.nn.Module, recipe, targets: dict) -> list[NF4Linear]:
