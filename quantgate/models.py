@@ -45,14 +45,25 @@ class Model:
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
+_HASHED: dict[tuple, str] = {}     # this process's hashes, by each file's path, inode, size and times
+
+
 def hash_files(paths: list[Path]) -> str:
+    """The content hash of `paths` (names and bytes): a model's identity in every artifact. Read
+    once per process while no file changes (its inode, size and times: a model loaded again)."""
+    paths = sorted(Path(p) for p in paths)
+    key = tuple((str(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                for p in paths for st in [p.stat()])
+    if key in _HASHED:
+        return _HASHED[key]
     h = hashlib.sha256()
-    for p in sorted(paths):
+    for p in paths:
         h.update(p.name.encode())
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
-    return h.hexdigest()[:16]
+    _HASHED[key] = h.hexdigest()[:16]
+    return _HASHED[key]
 
 
 def hash_state_dict(module: torch.nn.Module) -> str:
