@@ -247,11 +247,13 @@ def load_lm(path: str | Path, adapters: bool = True) -> CausalLM:
             f"{p} holds no language-model layer formats: it was not saved from a causal LM")
     hf_logging.set_verbosity_error()
     cfg = AutoConfig.from_pretrained(p, local_files_only=True)
-    torch.manual_seed(0)
+    from accelerate import init_empty_weights
+
     from .methods.half import DTYPES
     recipe = manifest.get("recipe") or {}
     dtype = DTYPES[recipe["dtype"]] if recipe.get("method") == "half" else torch.float32
-    hf = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    with init_empty_weights():         # parameters on the meta device: no float model is made, then replaced
+        hf = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     with_adapters = bool(manifest.get("adapters")) and adapters
     if with_adapters:                  # adapters first: the base layers then sit at '<name>.base_layer'
         from .methods.qlora import attach_adapters
@@ -273,13 +275,15 @@ def load_lm(path: str | Path, adapters: bool = True) -> CausalLM:
         state.update(load_file(str(p / manifest["adapters_file"])))
     elif manifest.get("adapters"):
         state = {k.replace(".base_layer.", "."): v for k, v in state.items()}
-    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing, unexpected = hf.load_state_dict(state, strict=False, assign=True)   # the loaded tensors themselves
     tied = {k for k in missing if getattr(cfg, "tie_word_embeddings", False) and k.startswith("lm_head")}
     require(not unexpected and set(missing) == tied,
             f"{p}: the weights file does not match the layers (missing {sorted(set(missing) - tied)[:5]}, "
             f"unexpected {unexpected[:5]})")
     if tied:
         hf.tie_weights()
+    empty = [n for n, t in [*hf.named_parameters(), *hf.named_buffers()] if t.is_meta]
+    assert not empty, f"{p}: left on the meta device: {empty[:5]}"
     tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -49,10 +49,22 @@ def test_every_lm_artifact_loads_and_runs_as_saved(bbc, tmp_path, spec):
          "qlora": QLoRA(rank=4, alpha=8, steps=2, batch_size=2, seq_len=32, targets=("q_proj",))}.get(spec) \
         or Recipe.parse(spec)
     q = quantize(lm, r, bbc["train"], train=bbc["train"])
-    back = load(save(q, lm, tmp_path / spec))
+    folder = save(q, lm, tmp_path / spec)
+    back = load(folder)
     ids = lm.tokenizer("Shares in the bank rose sharply on Monday after the report", return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         assert torch.equal(q.module(input_ids=ids).logits, back.module(input_ids=ids).logits)
+    if spec == "int4-g64":   # loading builds no float model first: its peak, in a fresh process, stays under fp32's size
+        import subprocess
+        import sys
+
+        from quantgate.methods.common import tensor_bytes
+        code = ("from quantgate.evaluate.perf import proc_status_bytes; import quantgate.artifact as A; "
+                f"s = proc_status_bytes('VmRSS'); A.load_lm({str(folder)!r}); print(proc_status_bytes('VmHWM') - s)")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        peak, fp32 = int(r.stdout.split()[-1]), tensor_bytes(lm.module)
+        assert peak < fp32, f"loading peaked {peak / 2**20:.0f} MB over its start: the fp32 model is {fp32 / 2**20:.0f} MB"
 
 
 def test_a_mixed_precision_lm_artifact_keeps_each_layers_format(bbc, tmp_path):
