@@ -369,3 +369,35 @@ def load(path: str | Path) -> Model | CausalLM:
         module.eval()
     return Model(module, tok, labels, str(p), manifest["content_hash"], max_length,
                  info={"manifest": manifest, "base": base})
+
+
+def check_candidate(path: str | Path, model: Model | CausalLM) -> dict:
+    """The manifest of an artifact to compare against `model`, refused in one line unless it was
+    quantized from that very model (its base-model hash) and is of its kind. Reads no weights."""
+    p = Path(path)
+    require(p.is_dir(), f"--artifacts {p}: no such artifact folder; give a folder `quantize` or `lm quantize` wrote")
+    m = read_manifest(p)
+    base = m.get("base_model") or {}
+    kind = model_kind(m) or "sequence-classification"
+    require(kind == getattr(model, "task", "sequence-classification"),
+            f"{p} holds a {kind} artifact; the model compared against is a {getattr(model, 'task', '')}")
+    require(base.get("sha") == model.sha,
+            f"{p} was quantized from another model (base hash {base.get('sha')}, {base.get('path')}) than "
+            f"--model {model.path} (hash {model.sha}): compare it against the model it was made from")
+    return m
+
+
+def candidate(path: str | Path, model: Model | CausalLM) -> Quantized:
+    """A saved artifact as a comparison's candidate against `model`, the model it was made from:
+    its module loaded bit-identical to what was saved, with the recipe, layers, kernel, notes and
+    calibration fingerprint its manifest recorded."""
+    from .recipes import Recipe
+    m = check_candidate(path, model)
+    loaded = load(path)
+    return Quantized(loaded.module, Recipe.from_dict(m["recipe"]), list(m.get("quantized_layers") or []),
+                     dict(m.get("float_layers") or {}), m.get("kernel") or "", seconds=m.get("quantize_seconds") or 0.0,
+                     calibration=m.get("calibration"), weight_bytes=m.get("weight_bytes") or 0,
+                     float_ops=dict(m.get("float_ops") or {}), adapters=m.get("adapters"),
+                     notes=[*(m.get("notes") or []), f"loaded from the artifact {path} (content hash {m['content_hash']}), "
+                            f"quantized {m.get('created', '')}; not quantized in this comparison"],
+                     extra={"artifact": {"path": str(path), "content_hash": m["content_hash"]}})

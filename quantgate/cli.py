@@ -468,6 +468,9 @@ def cmd_lm(a) -> int:
     if a.action == "auto":
         return _lm_auto(a)
     from .quantize import check_applies
+    artifacts = [x.strip() for x in (getattr(a, "artifacts", None) or "").split(",") if x.strip()]
+    if a.recipes is None:
+        a.recipes = "" if artifacts else "int4-g128,gptq-int4-g128"
     recipes = [_lm_recipe(a, r) for r in a.recipes.split(",") if r.strip()]
     for r in recipes:
         check_applies(r, "causal-lm")
@@ -491,7 +494,7 @@ def cmd_lm(a) -> int:
         return 0
     from .compare import compare
     a.fail_on_slower = False
-    return _finish(compare(lm, evaluation, recipes, cal, _lm_settings(a), train=train), a, out)
+    return _finish(compare(lm, evaluation, recipes, cal, _lm_settings(a), train=train, artifacts=artifacts), a, out)
 
 
 def _lm_quantize_stored(a, recipe) -> int:
@@ -740,8 +743,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where the models run: a decode loop in PyTorch (quantgate's decoder, transformers' generate, "
                          "or auto: the first the architecture allows), or llama.cpp (each model exported as GGUF and "
                          "scored and timed by llama-cpp-python, at batch size 1)")
-    lc.add_argument("--recipes", default="int4-g128,gptq-int4-g128",
-                    help="comma-separated recipes (default int4-g128,gptq-int4-g128)")
+    lc.add_argument("--recipes", help="comma-separated recipes (default int4-g128,gptq-int4-g128, or none with "
+                    "--artifacts)")
+    lc.add_argument("--artifacts", help="comma-separated artifact folders quantized from --model (e.g. by lm quantize "
+                    "--stream), compared as they were saved")
     lc.add_argument("--slices", action="store_true", help="also print every slice's change")
     lc.add_argument("--out", help="report directory (default runs/lm-<time>)")
 

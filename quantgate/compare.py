@@ -207,17 +207,18 @@ def weight_bits(recipe: Recipe) -> float:
 HELD = "candidates, held for the interleaved timing"     # memory_plan's part that one at a time leaves out
 
 
-def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None) -> dict:
+def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None, saved: dict | None = None) -> dict:
     """What a comparison will hold at its peak, by part (bytes): the fp32 model, every candidate
-    (kept for the interleaved timing), the largest quantization's working copy and work, and
-    scoring's working memory (measured on the baseline). The model is already resident.
+    (kept for the interleaved timing; `saved`: artifacts loaded as they are, by name), the largest
+    quantization's working copy and work, and scoring's working memory (measured on the baseline).
+    The model is already resident.
     `one_at_a_time` is the peak with no candidate held: each waits on disk once scored."""
     module = model.module
     total = tensor_bytes(module)
     embeddings = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.Embedding)}
     linear = sum(m.weight.numel() for m in module.modules()       # a head tied to the embedding stays float
                  if isinstance(m, torch.nn.Linear) and id(m.weight) not in embeddings)
-    held, work, worst = {}, 0, ""
+    held, work, worst = dict(saved or {}), 0, ""
     for r in recipes:
         held[r.name] = int(total - linear * 4 + linear * weight_bits(r) / 8)
         w = total                                           # the copy a method quantizes in place
@@ -315,7 +316,7 @@ class Comparer:
     measures speed with every model interleaved, then diagnoses."""
 
     def __init__(self, model, data, calibration: Dataset | None = None, settings: Settings | None = None,
-                 train: Dataset | None = None, recipes: list[Recipe] | None = None):
+                 train: Dataset | None = None, recipes: list[Recipe] | None = None, saved: dict | None = None):
         from . import tasks
         s = self.settings = settings or Settings()
         if s.serve_in != "quantgate":      # another runtime's processes hold their models: nothing to shelve here
@@ -324,8 +325,9 @@ class Comparer:
             s.hold = "together"
         self.hold = "together"
         self.shelf: Shelf | None = None
-        if recipes:             # the memory `recipes` will need, before any work, then with scoring's measured
-            self.hold = check_memory(memory_plan(model, recipes), s.memory_limit_gb, s.hold)
+        self.saved = saved or {}
+        if recipes or saved:    # the memory the candidates will need, before any work, then with scoring's measured
+            self.hold = check_memory(memory_plan(model, recipes or [], saved=saved), s.memory_limit_gb, s.hold)
         self.task = task = tasks.for_model(model, data, s)
         if s.batch_sizes is None:
             s.batch_sizes = task.batch_sizes
@@ -354,12 +356,12 @@ class Comparer:
         self.comp = Comparison(model=model_info, data=data_info, settings=asdict(s), baseline=baseline,
                                environment=environment(), task=about,
                                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        if recipes:
-            self.plan_memory(recipes)
+        if recipes or saved:
+            self.plan_memory(recipes or [])
 
     def plan_memory(self, recipes: list[Recipe]) -> dict:
         """Before any candidate: refuse, with the numbers, a comparison of `recipes` that will not fit."""
-        plan = memory_plan(self.model, recipes, self.scoring_bytes)
+        plan = memory_plan(self.model, recipes, self.scoring_bytes, self.saved)
         self.hold = check_memory(plan, self.settings.memory_limit_gb, self.settings.hold)
         if self.hold == "one at a time" and self.settings.verbose:
             print(f"the candidates do not fit in memory together ({plan['total'] / 2**30:.2f} GB with the "
@@ -526,24 +528,35 @@ class Comparer:
 
 def compare(model, data, recipes: list[Recipe], calibration: Dataset | None = None,
             settings: Settings | None = None, train: Dataset | None = None,
-            quantized: list[Quantized] | None = None) -> Comparison:
+            quantized: list[Quantized] | None = None, artifacts: list[str] | None = None) -> Comparison:
     """The baseline and each candidate on the same evaluation data, for any task:
     a classifier and a labelled Dataset, a causal LM and a PromptSet (its task)
-    or a list of texts (perplexity). `quantized` adds candidates made elsewhere."""
-    names = [r.name for r in recipes] + [q.name for q in quantized or []]
+    or a list of texts (perplexity). `quantized` adds candidates made elsewhere;
+    `artifacts`, saved artifacts of this model, each loaded when its turn comes
+    (after the baseline is scored, and shelved once scored where they do not fit)."""
+    from .artifact import candidate, check_candidate
+    manifests = [check_candidate(a, model) for a in artifacts or []]       # before any work
+    saved = {Recipe.from_dict(m["recipe"]).name: int(m.get("weight_bytes") or 0) for m in manifests}
+    names = [r.name for r in recipes] + [q.name for q in quantized or []] + [Recipe.from_dict(m["recipe"]).name
+                                                                              for m in manifests]
     require(names, "no recipes to compare: name at least one (e.g. dynamic, or gptq-int4-g128 for a language model)")
-    require(len(set(names)) == len(names), f"recipes must be distinct, got {names}")
+    require(len(set(names)) == len(names), f"recipes must be distinct, got {names}"
+            + (" (an artifact's candidate is named by its recipe)" if manifests else ""))
     from .quantize import check_applies
     for r in recipes:
         check_applies(r, model.task)
         check_serves(settings or Settings(), model, r)
-    c = Comparer(model, data, calibration, settings, train, recipes)
+    for m in manifests:
+        check_serves(settings or Settings(), model, Recipe.from_dict(m["recipe"]))
+    c = Comparer(model, data, calibration, settings, train, recipes, saved)
     calibrated = [r for r in recipes if r.needs_calibration]
     if calibrated:
         c.check_calibration(max(r.num_samples for r in calibrated), max(getattr(r, "seq_len", 0) for r in calibrated),
                             next((r for r in calibrated if r.method == "gptq"), None))
     for q in quantized or []:
         c.add(quantized=q)
+    for a in artifacts or []:
+        c.add(quantized=candidate(a, model))
     for r in recipes:
         c.add(r)
     return c.finish()

@@ -243,3 +243,28 @@ def test_an_interrupted_streaming_save_leaves_nothing(stored, tmp_path):
     p.wait(timeout=120)
     assert p.returncode != 0 and not out.exists()
     assert [x.name for x in tmp_path.iterdir()] == []         # no temporary folder left either
+
+
+def test_a_streamed_artifact_is_compared_against_the_model_it_was_made_from(stored, tmp_path, capsys):
+    """The large-model workflow: quantize from disk, then prove the artifact with `lm compare
+    --artifacts` (loaded as saved, no recipe run); an artifact of another model is refused first."""
+    art = tmp_path / "int4"
+    assert main(["lm", "quantize", "--stream", "--model", str(stored), "--recipe", "int4-g128", "--out", str(art)]) == 0
+    from quantgate.models import load_causal_lm
+    other = load_causal_lm().path                   # the same weights in fp32 files: another model's hash
+    capsys.readouterr()
+    assert main(["lm", "compare", "--model", other, "--artifacts", str(art), "--out", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err
+    assert "was quantized from another model" in err and "compare it against the model it was made from" in err
+    assert not (tmp_path / "no").exists()
+    rc = main(["lm", "compare", "--model", str(stored), "--artifacts", str(art), "--context", "64", "--windows", "2",
+               "--prompts", "2", "--new-tokens", "4", "--batch-sizes", "1", "--decode-steps", "2",
+               "--out", str(tmp_path / "r")])
+    assert rc == 0
+    d = json.loads((tmp_path / "r" / "comparison.json").read_text())
+    [c] = d["candidates"]
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert c["name"] == "int4-g128" and c["extra"]["artifact"]["content_hash"] == manifest["content_hash"]
+    assert c["metrics"]["perplexity"]["candidate"] > 1 and c["perf"]["batch_sizes"]["1"]["tokens_per_s"] > 0
+    assert any("loaded from the artifact" in n for n in c["notes"]) and c["weight_bytes"] == manifest["weight_bytes"]
+    assert any("quantized from disk, one block at a time" in n for n in c["notes"])     # the artifact's own notes
