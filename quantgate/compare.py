@@ -233,8 +233,9 @@ def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None, 
         # at most the working copy counted here, which is gone by then)
         if w > work:
             work, worst = w, r.name
-    parts = {"the fp32 model": total, f"{len(held)} {HELD}": sum(held.values()),
-             f"quantizing {worst or 'a candidate'}: the working copy and its method's work": work}
+    parts = {"the fp32 model": total, f"{len(held)} {HELD}": sum(held.values())}
+    if recipes:                                             # (artifacts alone are loaded, not quantized)
+        parts[f"quantizing {worst}: the working copy and its method's work"] = work
     if scoring_bytes is not None:
         parts["scoring a batch (measured on the baseline)"] = scoring_bytes
     together = sum(parts.values())
