@@ -7,11 +7,16 @@ process: wall time and peak RSS against parameter count, and a log-log fit.
     .venv/bin/python bench/scale_lm.py --sizes 7B
     .venv/bin/python bench/scale_lm.py --sizes 7B --recipes gptq-int4-g128 --limit-gb 2   # the refusal, with its numbers
     .venv/bin/python bench/scale_lm.py --fits           # what fits on which machine: the estimates, for Llama families
+    .venv/bin/python bench/scale_lm.py --sizes 7B --recipes int4-g128 --compare   # then prove it: lm compare --baseline stored
 
 The bound each run is held to (the issue's): 1.3 x (stored bytes + one block in
 fp32 + calibration hidden states). Random weights make the timing and memory
 real and the quality meaningless; the tokenizer is SmolLM2's (49,152 tokens).
-Models are built once under --dir and reused."""
+Models are built once under --dir and reused. With --compare, each artifact is
+then compared against its model kept as stored (`lm compare --baseline stored
+--artifacts`, a short comparison: 2 perplexity windows of 128 tokens, 2
+prompts x 4 greedy tokens, decode timing at batch 1) in a fresh process:
+wall time and peak RSS, with the comparison's own memory estimate."""
 
 from __future__ import annotations
 
@@ -43,6 +48,9 @@ def build(size: str, root: Path) -> Path:
     from quantgate.models import default_lm_dir
     d = root / f"llama-{size}-random-bf16"
     if (d / "model.safetensors.index.json").is_file():
+        cfg = json.loads((d / "config.json").read_text())
+        if not cfg.get("architectures"):          # built before the config named it: loadable as a causal LM
+            (d / "config.json").write_text(json.dumps(cfg | {"architectures": ["LlamaForCausalLM"]}, indent=2))
         return d
     tmp = root / f".{d.name}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -50,7 +58,7 @@ def build(size: str, root: Path) -> Path:
     tok = AutoTokenizer.from_pretrained(default_lm_dir(), local_files_only=True)
     cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
                       num_key_value_heads=kv, vocab_size=len(tok), max_position_embeddings=2048,
-                      tie_word_embeddings=False, torch_dtype="bfloat16")
+                      tie_word_embeddings=False, torch_dtype="bfloat16", architectures=["LlamaForCausalLM"])
     hd = hidden // heads
     shapes = {"model.embed_tokens.weight": (len(tok), hidden), "model.norm.weight": (hidden,),
               "lm_head.weight": (len(tok), hidden)}
@@ -117,14 +125,37 @@ print(json.dumps({"seconds": time.perf_counter() - t, "before": before, "peak": 
 """
 
 
-def run(model: Path, spec: str, out: Path, windows: int, seq_len: int, limit_gb: float) -> dict:
+COMPARE = """
+import json, sys, time
+from quantgate.cli import main
+t = time.perf_counter()
+rc = main(["lm", "compare", "--model", sys.argv[1], "--baseline", "stored", "--artifacts", sys.argv[2], "--context", "128",
+           "--windows", "2", "--prompts", "2", "--new-tokens", "4", "--batch-sizes", "1", "--decode-steps", "2",
+           "--out", sys.argv[3]])
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+plan = json.load(open(sys.argv[3] + "/comparison.json"))["environment"]["memory_plan"]
+print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t, "peak": int(hwm.split()[1]) * 1024, "plan": plan}))
+"""
+
+
+def run(model: Path, spec: str, out: Path, windows: int, seq_len: int, limit_gb: float, compare: bool = False) -> dict:
     import shutil
     shutil.rmtree(out, ignore_errors=True)     # bench outputs only, made below --dir by this script
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-c", JOB, str(model), spec, str(out), str(windows), str(seq_len),
-                        str(limit_gb)], capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
+                        str(limit_gb)], capture_output=True, text=True, env=env)
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
     res = json.loads(r.stdout.strip().splitlines()[-1])
+    if compare and "refused" not in res:
+        report = out.parent / "compare"
+        shutil.rmtree(report, ignore_errors=True)
+        c = subprocess.run([sys.executable, "-c", COMPARE, str(model), str(out), str(report)], capture_output=True,
+                           text=True, env=env)
+        if c.returncode:
+            raise SystemExit(c.stderr[-3000:])
+        print(c.stdout.rsplit("\n{", 1)[0][-4000:], flush=True)      # the comparison's table
+        res["compare"] = json.loads(c.stdout.strip().splitlines()[-1])
     shutil.rmtree(out, ignore_errors=True)
     return res
 
@@ -188,6 +219,7 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/quantgate-scale")
     ap.add_argument("--limit-gb", type=float, default=0.0, help="pretend only this much memory is available")
     ap.add_argument("--fits", action="store_true", help="only print what fits on which machine (estimates, no runs)")
+    ap.add_argument("--compare", action="store_true", help="then compare each artifact against its model as stored")
     a = ap.parse_args()
     if a.fits:
         return fits_table()
@@ -204,7 +236,7 @@ def main() -> None:
         print(f"{size}: {params / 1e9:.2f}B parameters, {s.nbytes() / 2**30:.2f} GB stored "
               f"(built or found in {time.perf_counter() - t:.0f} s)", flush=True)
         for spec in a.recipes.split(","):
-            res = run(model, spec, root / "out", a.windows, a.seq_len, a.limit_gb)
+            res = run(model, spec, root / "out", a.windows, a.seq_len, a.limit_gb, a.compare)
             gptq = spec.startswith("gptq")
             calib = a.windows * a.seq_len * hidden * 4 * 2 if gptq else 0
             bound = 1.3 * (s.nbytes() + block + calib)
@@ -216,6 +248,11 @@ def main() -> None:
             print(f"  {spec}: {res['seconds']:.0f} s, peak RSS {res['peak'] / 2**30:.2f} GB "
                   f"({(res['peak'] - res['before']) / 2**30:.2f} GB over the process's start); bound "
                   f"{bound / 2**30:.2f} GB: {res['peak'] / bound:.2f} of it", flush=True)
+            if "compare" in res:
+                c = res["compare"]
+                print(f"  lm compare --baseline stored --artifacts: exit {c['rc']}, {c['seconds']:.0f} s, peak RSS "
+                      f"{c['peak'] / 2**30:.2f} GB; estimated {c['plan']['total'] / 2**30:.2f} GB ("
+                      + "; ".join(f"{k} {v / 2**30:.2f} GB" for k, v in c["plan"]["parts"].items()) + ")", flush=True)
     print("\n| model | parameters | stored (bf16) | recipe | calibration tokens | wall | peak RSS | peak / bound |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

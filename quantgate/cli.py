@@ -444,7 +444,8 @@ def _texts(texts, source):
 def _lm_model(a):
     from .models import load_causal_lm
     if a.model:
-        return load_causal_lm(a.model)
+        stored = getattr(a, "baseline", "fp32") == "stored"          # lm compare --baseline stored
+        return load_causal_lm(a.model, "stored") if stored else load_causal_lm(a.model)
     from .finetune import default_finetuned_lm
     return load_causal_lm(default_finetuned_lm())
 
@@ -474,6 +475,10 @@ def cmd_lm(a) -> int:
     recipes = [_lm_recipe(a, r) for r in a.recipes.split(",") if r.strip()]
     for r in recipes:
         check_applies(r, "causal-lm")
+    if getattr(a, "baseline", "fp32") == "stored":
+        require(artifacts and not recipes, "--baseline stored compares saved artifacts: quantize the model from disk "
+                                           "(lm quantize --stream) and give them with --artifacts, without --recipes")
+        require(a.model, "--baseline stored needs --model DIR (the bundled model is stored in fp32)")
     if a.action == "quantize":
         require(len(recipes) == 1, "lm quantize takes one recipe: --recipes gptq-int4-g128")
         require(a.out or a.registry, "say where the artifact goes: --out DIR, or --registry DIR")
@@ -745,6 +750,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "scored and timed by llama-cpp-python, at batch size 1)")
     lc.add_argument("--recipes", help="comma-separated recipes (default int4-g128,gptq-int4-g128, or none with "
                     "--artifacts)")
+    lc.add_argument("--baseline", choices=("fp32", "stored"), default="fp32",
+                    help="the reference: the model in fp32 (default), or as stored (bf16 for most models: half the "
+                         "memory, for a model whose fp32 does not fit; candidates then come from --artifacts)")
     lc.add_argument("--artifacts", help="comma-separated artifact folders quantized from --model (e.g. by lm quantize "
                     "--stream), compared as they were saved")
     lc.add_argument("--slices", action="store_true", help="also print every slice's change")

@@ -204,6 +204,12 @@ def weight_bits(recipe: Recipe) -> float:
     return bits + (64 / group if group else 0)           # an fp32 scale and zero point per group
 
 
+def baseline_name(module: torch.nn.Module) -> str:
+    """fp32, or the dtype the model was kept in as stored (`lm compare --baseline stored`): "bf16 as stored"."""
+    dt = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+    return "fp32" if dt == torch.float32 else {torch.bfloat16: "bf16", torch.float16: "fp16"}[dt] + " as stored"
+
+
 HELD = "candidates, held for the interleaved timing"     # memory_plan's part that one at a time leaves out
 
 
@@ -216,11 +222,12 @@ def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None, 
     module = model.module
     total = tensor_bytes(module)
     embeddings = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.Embedding)}
-    linear = sum(m.weight.numel() for m in module.modules()       # a head tied to the embedding stays float
-                 if isinstance(m, torch.nn.Linear) and id(m.weight) not in embeddings)
+    linear = [m.weight for m in module.modules()                 # a head tied to the embedding stays float
+              if isinstance(m, torch.nn.Linear) and id(m.weight) not in embeddings]
+    linear_bytes, linear = sum(w.numel() * w.element_size() for w in linear), sum(w.numel() for w in linear)
     held, work, worst = dict(saved or {}), 0, ""
     for r in recipes:
-        held[r.name] = int(total - linear * 4 + linear * weight_bits(r) / 8)
+        held[r.name] = int(total - linear_bytes + linear * weight_bits(r) / 8)
         w = total                                           # the copy a method quantizes in place
         if r.method == "gptq":
             from .methods.gptq import estimate_peak_bytes
@@ -233,7 +240,9 @@ def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None, 
         # at most the working copy counted here, which is gone by then)
         if w > work:
             work, worst = w, r.name
-    parts = {"the fp32 model": total, f"{len(held)} {HELD}": sum(held.values())}
+    name = baseline_name(module)
+    parts = {"the fp32 model" if name == "fp32" else f"the model, {name}": total,
+             f"{len(held)} {HELD}": sum(held.values())}
     if recipes:                                             # (artifacts alone are loaded, not quantized)
         parts[f"quantizing {worst}: the working copy and its method's work"] = work
     if scoring_bytes is not None:
@@ -349,8 +358,13 @@ class Comparer:
         data_info = about.pop("data")
         data_info["calibration"] = None if calibration is None else {"source": calibration.source, "n": len(calibration)}
         wb = tensor_bytes(model.module)
-        baseline = {"name": "fp32", **task.summary(self.base), "weight_bytes": wb,
+        bname = baseline_name(model.module)
+        baseline = {"name": bname, **task.summary(self.base), "weight_bytes": wb,
                     "footprint": footprint(model.module, wb), "perf": mem.summary()}
+        if bname != "fp32":
+            dt = bname.split()[0]
+            baseline["note"] = (f"the baseline is the model as stored ({dt}), computed in {dt}: the weights as shipped, "
+                                f"in half the memory of fp32, with {dt} arithmetic's own rounding")
         model_info = {"path": model.path, "sha": model.sha, "task": model.task}
         if isinstance(model, Model):
             model_info |= {"labels": model.labels, "max_length": model.max_length}

@@ -31,13 +31,14 @@ def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32, max_
     primary = task["primary"]
     spec = next(m for m in task["metrics"] if m["name"] == primary)
     base_bs = comp.baseline["perf"]["batch_sizes"]
+    bname = comp.baseline.get("name", "fp32")
     for c in comp.candidates:
         slower = [(bs, st["p50_ms"], base_bs[bs]["p50_ms"]) for bs, st in c.perf["batch_sizes"].items()
                   if bs in base_bs and st["p50_ms"] > base_bs[bs]["p50_ms"]]
         if slower:
-            detail = "; ".join(f"batch {bs}: p50 {cm:.1f} ms vs {bm:.1f} ms for fp32" for bs, cm, bm in slower)
+            detail = "; ".join(f"batch {bs}: p50 {cm:.1f} ms vs {bm:.1f} ms for {bname}" for bs, cm, bm in slower)
             out.append(warning("error", "slower", c.name, f"quantized but slower: backend fallback? {detail}",
-                               f"it runs on {c.kernel}; try another backend or recipe, or keep this model in fp32"))
+                               f"it runs on {c.kernel}; try another backend or recipe, or keep this model in {bname}"))
         for note in c.notes:        # quantgate's own kernels: moot where another runtime serves the model
             if "always dequantize" in note and comp.environment.get("serving_runtime", "quantgate").startswith("quantgate"):
                 out.append(warning("warning", "fallback", c.name, note,
@@ -60,7 +61,7 @@ def diagnose(comp, max_drop_points: float = 1.0, min_calibration: int = 32, max_
         m = c.metrics.get(primary)
         if m and (m["ci_high"] < 0 if spec["lower_is_better"] else m["ci_low"] > 0):
             out.append(warning("info", "better-than-baseline", c.name,
-                               f"{spec['label']} is significantly better than fp32 ({k * m['delta']:+.2f} "
+                               f"{spec['label']} is significantly better than {bname} ({k * m['delta']:+.2f} "
                                f"[{k * m['ci_low']:+.2f}, {k * m['ci_high']:+.2f}]): for the same model with rounded "
                                "weights this is most likely this evaluation set's noise or a regularising effect, "
                                "not a gain to count on",

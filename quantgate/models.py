@@ -206,8 +206,9 @@ def causal_lm_from_config(path: str | Path, num_layers: int | None = None, seed:
     return CausalLM(module, tok, f"random:{path}", f"seed{seed}")
 
 
-def load_causal_lm(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> CausalLM:
-    """Load a local Hugging Face causal-LM directory (default: SmolLM2-135M-Instruct)."""
+def load_causal_lm(path: str | Path | None = None, dtype: torch.dtype | str = torch.float32) -> CausalLM:
+    """Load a local Hugging Face causal-LM directory (default: SmolLM2-135M-Instruct), in fp32, or
+    with dtype="stored" in the dtype its safetensors shards hold most bytes in."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -221,6 +222,9 @@ def load_causal_lm(path: str | Path | None = None, dtype: torch.dtype = torch.fl
             "give a directory saved from a causal LM (AutoModelForCausalLM)")
     weights = [f for f in p.iterdir() if f.suffix in (".safetensors", ".bin")]
     require(weights, f"{p} has no weight files (*.safetensors or *.bin)")
+    if dtype == "stored":
+        from .streaming import Stored
+        dtype = Stored(p).dtype()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     hf = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=dtype).eval()

@@ -131,6 +131,13 @@ class Stored:
     def nbytes(self) -> int:
         return sum(int(torch.Size(s).numel()) * DTYPES[d].itemsize for _, d, s in self.tensors.values())
 
+    def dtype(self) -> torch.dtype:
+        """The dtype most of the stored bytes are in (bf16 for most models shipped today)."""
+        by = {}
+        for _, d, sh in self.tensors.values():
+            by[d] = by.get(d, 0) + int(torch.Size(sh).numel()) * DTYPES[d].itemsize
+        return DTYPES[max(by, key=by.get)]
+
     def load(self, names: list[str]) -> dict[str, torch.Tensor]:
         """The named tensors in their stored dtype, each shard opened (memory-mapped) once and closed."""
         from safetensors import safe_open

@@ -268,3 +268,20 @@ def test_a_streamed_artifact_is_compared_against_the_model_it_was_made_from(stor
     assert c["metrics"]["perplexity"]["candidate"] > 1 and c["perf"]["batch_sizes"]["1"]["tokens_per_s"] > 0
     assert any("loaded from the artifact" in n for n in c["notes"]) and c["weight_bytes"] == manifest["weight_bytes"]
     assert any("quantized from disk, one block at a time" in n for n in c["notes"])     # the artifact's own notes
+    # a model whose fp32 does not fit: the baseline kept as stored (bf16), half the memory, named so
+    assert main(["lm", "compare", "--model", str(stored), "--baseline", "stored", "--recipes", "int4-g128"]) == 2
+    assert "--baseline stored compares saved artifacts" in capsys.readouterr().err
+    rc = main(["lm", "compare", "--model", str(stored), "--baseline", "stored", "--artifacts", str(art), "--context", "64",
+               "--windows", "2", "--prompts", "2", "--new-tokens", "4", "--batch-sizes", "1", "--decode-steps", "2",
+               "--out", str(tmp_path / "b")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    b = json.loads((tmp_path / "b" / "comparison.json").read_text())
+    assert b["baseline"]["name"] == "bf16 as stored" and "bf16 as stored (baseline)" in out
+    assert b["baseline"]["weight_bytes"] < 0.51 * d["baseline"]["weight_bytes"]          # half fp32's
+    assert b["environment"]["memory_plan"]["parts"]["the model, bf16 as stored"] == b["baseline"]["weight_bytes"]
+    assert "the baseline is the model as stored (bf16), computed in bf16: the weights as shipped" in out
+    pb, pf = b["candidates"][0]["metrics"]["perplexity"], d["candidates"][0]["metrics"]["perplexity"]
+    assert pb["candidate"] == pf["candidate"]                      # the same candidate, scored the same way
+    assert pb["baseline"] == pytest.approx(pf["baseline"], rel=0.02)   # bf16 arithmetic: close to fp32's, not equal
+    assert "bf16 as stored (baseline)" in (tmp_path / "b" / "report.html").read_text()

@@ -119,6 +119,7 @@ def render(d: dict) -> str:
     specs = t["metrics"]
     primary = next(m for m in specs if m["name"] == t["primary"])
     base, cands, data = d["baseline"], d["candidates"], d["data"]
+    bname = escape(base.get("name", "fp32"))           # fp32, or the model as stored (`lm compare --baseline stored`)
     timing = d.get("environment", {}).get("timing", {})
     per_example = any(c["mcnemar"] for c in cands) or bool(data.get("slices"))   # not raw-text windows
     per_token = t.get("latency_unit") == "token"
@@ -136,9 +137,9 @@ def render(d: dict) -> str:
              f"<th>{escape(primary['label'])}{' %' if primary['kind'] == 'share' else ''}</th>"
              + "".join(f"<th>Δ {escape(m['label'])}{', points' if m['kind'] == 'share' else ''} [95% CI]</th>" for m in specs)
              + ("<th>McNemar p</th>" if per_example else "") + "<th>changed</th>"
-             + ("<th>KL vs fp32</th><th>same top token %</th>" if tokens else "") + "</tr></thead><tbody>")
+             + (f"<th>KL vs {bname}</th><th>same top token %</th>" if tokens else "") + "</tr></thead><tbody>")
     blanks = len(specs) + (1 if per_example else 0) + 1 + (2 if tokens else 0)
-    h.append(f"<tr><td>fp32 (baseline)</td><td>{fmt_value(base[primary['name']], primary)}</td>" + "<td></td>" * blanks
+    h.append(f"<tr><td>{bname} (baseline)</td><td>{fmt_value(base[primary['name']], primary)}</td>" + "<td></td>" * blanks
              + "</tr>")
     for c in cands:
         same = c.get("same_top") if c.get("same_top") is not None else c["agreement"]
@@ -151,9 +152,9 @@ def render(d: dict) -> str:
     h.append("</tbody></table>")
     if tokens and base.get("kl_rest_mass") is not None:
         from ..evaluate.next_token import TOP_K
-        h.append(f"<p class=muted id=kl-note>KL over fp32's {TOP_K:,} most likely tokens at each position and one "
+        h.append(f"<p class=muted id=kl-note>KL over {bname}'s {TOP_K:,} most likely tokens at each position and one "
                  "bucket for the rest of the vocabulary: a lower bound on the full KL, as close as the rest is small "
-                 f"(fp32 put {100 * base['kl_rest_mass']:.2f}% of its probability there).</p>")
+                 f"({bname} put {100 * base['kl_rest_mass']:.2f}% of its probability there).</p>")
 
     def cost_cells(x: dict, quantize_s) -> str:
         p, f = x["perf"], x.get("footprint") or {}
@@ -172,7 +173,7 @@ def render(d: dict) -> str:
              + "".join(f"<th>{lat} p50 / p95 / p99 @{b}</th><th>{thru} @{b}</th>" for b in bss)
              + "<th>weights MB</th><th>bits / parameter (quantized layers)</th><th>% of parameters in float</th>"
                "<th>own memory MB</th><th>quantize s</th></tr></thead><tbody>"
-             + f"<tr><td>fp32 (baseline)</td>{cost_cells(base, '')}</tr>"
+             + f"<tr><td>{bname} (baseline)</td>{cost_cells(base, '')}</tr>"
              + "".join(f"<tr class=candidate><td>{escape(c['name'])}</td>"
                        f"{cost_cells(c, format(c['quantize_seconds'], '.1f'))}</tr>" for c in cands)
              + "</tbody></table>")
@@ -188,7 +189,8 @@ def render(d: dict) -> str:
              + escape(f". Own memory: {base['perf']['memory_from']}" + (" (the process itself holds every model of the "
                       "comparison at once)" if "one at a time" not in timing.get("held", "") else "")
                       if base["perf"].get("memory_from") else "")
-             + ". Bits per parameter: stored bytes x 8 / the fp32 model's parameters.</p>")
+             + ". Bits per parameter: stored bytes x 8 / the fp32 model's parameters."
+             + (escape(f" Note: {base['note']}.") if base.get("note") else "") + "</p>")
 
     if cands:
         cols = [col for col in data.get("slices", {}) if col in cands[0]["slices"]]
@@ -219,12 +221,12 @@ def render(d: dict) -> str:
 
         h.append("<h2>" + ("Decode latency" if per_token else "Latency") + "</h2>")
         for b in bss:
-            models = [("fp32", base["perf"]["batch_sizes"][b])] + [(c["name"], c["perf"]["batch_sizes"][b])
+            models = [(bname, base["perf"]["batch_sizes"][b])] + [(c["name"], c["perf"]["batch_sizes"][b])
                                                                    for c in cands if b in c["perf"]["batch_sizes"]]
             h.append(svg.latency_chart(models, b, f"batch {b}", unit="token" if per_token else "call"))
         h.append(f"<h2>Size against {escape(primary['label'])}</h2>")
         k = 100 if primary["kind"] == "share" else 1
-        pts = [("fp32", base["weight_bytes"] / 2**20, k * base[primary["name"]])] + \
+        pts = [(bname, base["weight_bytes"] / 2**20, k * base[primary["name"]])] + \
               [(c["name"], c["weight_bytes"] / 2**20, k * c["metrics"][primary["name"]]["candidate"]) for c in cands]
         h.append(svg.scatter(pts, "weight bytes, MB", primary["label"] + (", %" if k == 100 else "")
                              + (" (lower is better)" if primary["lower_is_better"] else ""),

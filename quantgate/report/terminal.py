@@ -85,7 +85,8 @@ def table(d: dict, slices: bool = False) -> str:
     head += [f"{unit} p50/p99 @{b}" for b in bss] + [f"x thru @{b}" for b in bss] + ["weights MB", "bits/param",
                                                                                      "own MB"]
     bp = base["perf"]["batch_sizes"]
-    rows = [["fp32 (baseline)", fmt_value(base[primary["name"]], primary), ""] + ["" for _ in others]
+    rows = [[f"{base.get('name', 'fp32')} (baseline)", fmt_value(base[primary["name"]], primary), ""]
+            + ["" for _ in others]
             + (["", ""] if per_example else []) + [""]
             + [f"{bp[b]['p50_ms']:.1f}/{bp[b]['p99_ms']:.1f}" for b in bss] + ["1.00" for _ in bss]
             + [_mb(base["weight_bytes"])] + _size(base)]
@@ -108,6 +109,8 @@ def table(d: dict, slices: bool = False) -> str:
     for c in d["candidates"]:
         if c.get("extra", {}).get("qat"):
             out.append(f"{c['name']}: {qat_line(c['extra']['qat'])}")
+    if base.get("note"):
+        out.append(base["note"])
     timing = d.get("environment", {}).get("timing")
     if timing:
         out.append(f"timing: {timing['threads_why']}" + (f"; {timing['held']}" if timing.get("held") else ""))
