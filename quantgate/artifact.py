@@ -261,12 +261,13 @@ def load_lm(path: str | Path, adapters: bool = True) -> CausalLM:
     for name, spec in manifest["layers"].items():
         if not with_adapters:          # the base alone: its layers where the adapters' wrappers would be
             name = name.replace(".base_layer", "")
-        if spec["format"] == "int":
-            new = WeightOnlyLinear.empty(spec["in"], spec["out"], spec["bits"], spec["group_size"],
-                                         spec["symmetric"], spec["bias"])
-        else:
-            new = NF4Linear.empty(spec["in"], spec["out"], spec["block_size"], spec["double_quant"],
-                                  spec["dq_block_size"], spec["bias"])
+        with torch.device("meta"):     # its buffers too: the saved tensors are assigned, not copied in
+            if spec["format"] == "int":
+                new = WeightOnlyLinear.empty(spec["in"], spec["out"], spec["bits"], spec["group_size"],
+                                             spec["symmetric"], spec["bias"])
+            else:
+                new = NF4Linear.empty(spec["in"], spec["out"], spec["block_size"], spec["double_quant"],
+                                      spec["dq_block_size"], spec["bias"])
         set_module(hf, name, new)
     state = {}
     for f in manifest.get("weights_files") or [manifest["weights_file"]]:   # one file, or the streaming path's shards

@@ -210,6 +210,14 @@ def baseline_name(module: torch.nn.Module) -> str:
     return "fp32" if dt == torch.float32 else {torch.bfloat16: "bf16", torch.float16: "fp16"}[dt] + " as stored"
 
 
+def runtime_bits(recipe: Recipe) -> float:
+    """Bits per Linear weight a candidate holds at run time beside what it stores: the packed kernel's layout."""
+    from .methods.weight_only import packed_copy_bits
+    if recipe.method not in ("weight-only", "gptq"):
+        return 0
+    return packed_copy_bits(recipe.bits, recipe.group_size, getattr(recipe, "symmetric", True))
+
+
 HELD = "candidates, held for the interleaved timing"     # memory_plan's part that one at a time leaves out
 
 
@@ -227,7 +235,7 @@ def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None, 
     linear_bytes, linear = sum(w.numel() * w.element_size() for w in linear), sum(w.numel() for w in linear)
     held, work, worst = dict(saved or {}), 0, ""
     for r in recipes:
-        held[r.name] = int(total - linear_bytes + linear * weight_bits(r) / 8)
+        held[r.name] = int(total - linear_bytes + linear * (weight_bits(r) + runtime_bits(r)) / 8)
         w = total                                           # the copy a method quantizes in place
         if r.method == "gptq":
             from .methods.gptq import estimate_peak_bytes
@@ -353,7 +361,8 @@ class Comparer:
         self.served = self._serving(model.module, "fp32")
         with perf.RssSampler() as mem:
             self.base = task.score(self.served, "fp32")
-        self.scoring_bytes = max(0, mem.peak - mem.start)     # scoring's working memory, for memory_plan
+        # scoring's working memory, for memory_plan (a memory-mapped model's weights paged in meanwhile are the model's)
+        self.scoring_bytes = max(0, mem.peak - mem.start - mem.file_growth)
         about = task.describe()
         data_info = about.pop("data")
         data_info["calibration"] = None if calibration is None else {"source": calibration.source, "n": len(calibration)}
@@ -551,7 +560,10 @@ def compare(model, data, recipes: list[Recipe], calibration: Dataset | None = No
     (after the baseline is scored, and shelved once scored where they do not fit)."""
     from .artifact import candidate, check_candidate
     manifests = [check_candidate(a, model) for a in artifacts or []]       # before any work
-    saved = {Recipe.from_dict(m["recipe"]).name: int(m.get("weight_bytes") or 0) for m in manifests}
+    from .methods.weight_only import packed_copy_bits
+    saved = {Recipe.from_dict(m["recipe"]).name: int(m.get("weight_bytes") or 0) + int(sum(   # + the kernels' layouts
+        l["in"] * l["out"] * packed_copy_bits(l["bits"], l["group_size"], l["symmetric"]) / 8
+        for l in (m.get("layers") or {}).values() if l.get("format") == "int")) for m in manifests}
     names = [r.name for r in recipes] + [q.name for q in quantized or []] + [Recipe.from_dict(m["recipe"]).name
                                                                               for m in manifests]
     require(names, "no recipes to compare: name at least one (e.g. dynamic, or gptq-int4-g128 for a language model)")

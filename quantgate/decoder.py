@@ -108,6 +108,10 @@ class _Projections:
             self.kernel, self.group_size, self.in_features = kind
             ws, ss = zip(*(m._packed_args() for m in mods))
             self.w = torch.cat(ws) if len(ws) > 1 else ws[0]
+            start = 0
+            for m, w in zip(mods, ws):      # each layer's packed weight becomes its rows of the fused one: no 2nd copy
+                m._packed = (self.w[start:start + w.shape[0]], m._packed[1])
+                start += w.shape[0]
             self.s = torch.cat(ss, dim=1 if self.kernel == INT4_KERNEL else 0) if len(ss) > 1 else ss[0]
             biases = [m.bias for m in mods]
             self.bias = None if all(b is None for b in biases) else torch.cat(

@@ -281,6 +281,9 @@ def test_a_streamed_artifact_is_compared_against_the_model_it_was_made_from(stor
     assert b["baseline"]["weight_bytes"] < 0.51 * d["baseline"]["weight_bytes"]          # half fp32's
     assert b["environment"]["memory_plan"]["parts"]["the model, bf16 as stored"] == b["baseline"]["weight_bytes"]
     assert "the baseline is the model as stored (bf16), computed in bf16: the weights as shipped" in out
+    # its weights stay memory-mapped from the shards: paging them in while scoring is the model's memory, not scoring's
+    assert b["environment"]["memory_plan"]["parts"]["scoring a batch (measured on the baseline)"] < \
+        0.5 * b["baseline"]["weight_bytes"]
     pb, pf = b["candidates"][0]["metrics"]["perplexity"], d["candidates"][0]["metrics"]["perplexity"]
     assert pb["candidate"] == pf["candidate"]                      # the same candidate, scored the same way
     assert pb["baseline"] == pytest.approx(pf["baseline"], rel=0.02)   # bf16 arithmetic: close to fp32's, not equal

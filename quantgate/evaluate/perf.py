@@ -72,6 +72,7 @@ class RssSampler:
             gc.collect()
         self.start = self._proc.memory_info().rss
         self.peak = self.start
+        self._file = proc_status_bytes("RssFile")
         self.kernel = RssSampler._depth == 0 and _reset_hwm() and _read_hwm() is not None
         RssSampler._depth += 1
         if not self.kernel:
@@ -86,6 +87,9 @@ class RssSampler:
             self._t.join()
         hwm = _read_hwm() if self.kernel else None
         self.peak = max(self.peak, self._proc.memory_info().rss, hwm or 0)
+        file = proc_status_bytes("RssFile")
+        # file-backed pages the block touched first: a memory-mapped model's weights paging in, not working memory
+        self.file_growth = max(0, file - self._file) if file is not None and self._file is not None else 0
 
     def summary(self) -> dict:
         return {"peak_rss_mb": self.peak / 2**20, "rss_growth_mb": (self.peak - self.start) / 2**20,

@@ -42,6 +42,17 @@ from ..recipes import WeightOnly
 from .common import INT8_KEPT, Quantized, float_operators, select_linears
 
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)
+
+
+def packed_copy_bits(bits: int, group_size: int | None, symmetric: bool = True) -> float:
+    """Bits per weight of the packed kernel's own layout, which a layer builds on first use and holds
+    beside its stored codes (see `_packed_args`): 4 + bf16 scale and zero per group for int4, 8 + a bf16
+    scale per row (about 8) for int8 per channel; 0 where the layer always dequantizes."""
+    if bits == 8 and group_size is None and symmetric:
+        return 8
+    if bits <= 4 and group_size in INT4_KERNEL_GROUPS:
+        return 4 + 32 / group_size
+    return 0
 PACK_ROWS_ELEMENTS = 1 << 22   # weights rounded and packed at a time (bounds the temporaries to ~100 MB)
 ROW_STEPS = (1, 16, 64, 256, 1024, 4096)      # call sizes the crossover is measured at
 ROWS_ENV = "QUANTGATE_PACKED_MAX_ROWS"        # a fixed crossover instead of the measured one (0: always dequantize)
