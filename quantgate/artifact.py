@@ -388,6 +388,15 @@ def check_candidate(path: str | Path, model: Model | CausalLM) -> dict:
     return m
 
 
+def held_bytes(manifest: dict) -> int:
+    """What a loaded artifact holds at run time: its weights and the packed layout each of its
+    low-bit layers builds beside them for its kernel (methods/weight_only.packed_copy_bits)."""
+    from .methods.weight_only import packed_copy_bits
+    packed = sum(spec["in"] * spec["out"] * packed_copy_bits(spec["bits"], spec["group_size"], spec["symmetric"]) / 8
+                 for spec in (manifest.get("layers") or {}).values() if spec.get("format") == "int")
+    return int(manifest.get("weight_bytes") or 0) + int(packed)
+
+
 def candidate(path: str | Path, model: Model | CausalLM) -> Quantized:
     """A saved artifact as a comparison's candidate against `model`, the model it was made from:
     its module loaded bit-identical to what was saved, with the recipe, layers, kernel, notes and

@@ -559,13 +559,11 @@ def compare(model, data, recipes: list[Recipe], calibration: Dataset | None = No
     `artifacts`, saved artifacts of this model, each loaded when its turn comes
     (after the baseline is scored, and shelved once scored where they do not fit)."""
     from .artifact import candidate, check_candidate
+    from .artifact import held_bytes
     manifests = [check_candidate(a, model) for a in artifacts or []]       # before any work
-    from .methods.weight_only import packed_copy_bits
-    saved = {Recipe.from_dict(m["recipe"]).name: int(m.get("weight_bytes") or 0) + int(sum(   # + the kernels' layouts
-        l["in"] * l["out"] * packed_copy_bits(l["bits"], l["group_size"], l["symmetric"]) / 8
-        for l in (m.get("layers") or {}).values() if l.get("format") == "int")) for m in manifests}
-    names = [r.name for r in recipes] + [q.name for q in quantized or []] + [Recipe.from_dict(m["recipe"]).name
-                                                                              for m in manifests]
+    made = [Recipe.from_dict(m["recipe"]) for m in manifests]
+    saved = {r.name: held_bytes(m) for r, m in zip(made, manifests)}
+    names = [r.name for r in recipes] + [q.name for q in quantized or []] + [r.name for r in made]
     require(names, "no recipes to compare: name at least one (e.g. dynamic, or gptq-int4-g128 for a language model)")
     require(len(set(names)) == len(names), f"recipes must be distinct, got {names}"
             + (" (an artifact's candidate is named by its recipe)" if manifests else ""))
@@ -573,8 +571,8 @@ def compare(model, data, recipes: list[Recipe], calibration: Dataset | None = No
     for r in recipes:
         check_applies(r, model.task)
         check_serves(settings or Settings(), model, r)
-    for m in manifests:
-        check_serves(settings or Settings(), model, Recipe.from_dict(m["recipe"]))
+    for r in made:
+        check_serves(settings or Settings(), model, r)
     c = Comparer(model, data, calibration, settings, train, recipes, saved)
     calibrated = [r for r in recipes if r.needs_calibration]
     if calibrated:
