@@ -397,10 +397,10 @@ def held_bytes(manifest: dict) -> int:
     return int(manifest.get("weight_bytes") or 0) + int(packed)
 
 
-def candidate(path: str | Path, model: Model | CausalLM) -> Quantized:
+def candidate(path: str | Path, model: Model | CausalLM, made_here: bool = False) -> Quantized:
     """A saved artifact as a comparison's candidate against `model`, the model it was made from:
     its module loaded bit-identical to what was saved, with the recipe, layers, kernel, notes and
-    calibration fingerprint its manifest recorded."""
+    calibration fingerprint its manifest recorded (`made_here`: quantized by this comparison)."""
     from .recipes import Recipe
     m = check_candidate(path, model)
     loaded = load(path)
@@ -408,6 +408,10 @@ def candidate(path: str | Path, model: Model | CausalLM) -> Quantized:
                      dict(m.get("float_layers") or {}), m.get("kernel") or "", seconds=m.get("quantize_seconds") or 0.0,
                      calibration=m.get("calibration"), weight_bytes=m.get("weight_bytes") or 0,
                      float_ops=dict(m.get("float_ops") or {}), adapters=m.get("adapters"),
-                     notes=[*(m.get("notes") or []), f"loaded from the artifact {path} (content hash {m['content_hash']}), "
+                     notes=[*(m.get("notes") or []),
+                            f"quantized from disk by this comparison (its baseline is the model as stored) into the "
+                            f"artifact {path} (content hash {m['content_hash']}), scored and timed as loaded from there"
+                            if made_here else
+                            f"loaded from the artifact {path} (content hash {m['content_hash']}), "
                             f"quantized {m.get('created', '')}; not quantized in this comparison"],
                      extra={"artifact": {"path": str(path), "content_hash": m["content_hash"]}})

@@ -475,9 +475,8 @@ def cmd_lm(a) -> int:
     recipes = [_lm_recipe(a, r) for r in a.recipes.split(",") if r.strip()]
     for r in recipes:
         check_applies(r, "causal-lm")
-    if getattr(a, "baseline", "fp32") == "stored":
-        require(artifacts and not recipes, "--baseline stored compares saved artifacts: quantize the model from disk "
-                                           "(lm quantize --stream) and give them with --artifacts, without --recipes")
+    stored = getattr(a, "baseline", "fp32") == "stored"
+    if stored:
         require(a.model, "--baseline stored needs --model DIR (the bundled model is stored in fp32)")
     if a.action == "quantize":
         require(len(recipes) == 1, "lm quantize takes one recipe: --recipes gptq-int4-g128")
@@ -499,7 +498,8 @@ def cmd_lm(a) -> int:
         return 0
     from .compare import compare
     a.fail_on_slower = False
-    return _finish(compare(lm, evaluation, recipes, cal, _lm_settings(a), train=train, artifacts=artifacts), a, out)
+    return _finish(compare(lm, evaluation, recipes, cal, _lm_settings(a), train=train, artifacts=artifacts,
+                           save_to=out / "artifacts" if stored else None), a, out)   # quantized from disk, kept
 
 
 def _lm_quantize_stored(a, recipe) -> int:
@@ -752,7 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "--artifacts)")
     lc.add_argument("--baseline", choices=("fp32", "stored"), default="fp32",
                     help="the reference: the model in fp32 (default), or as stored (bf16 for most models: half the "
-                         "memory, for a model whose fp32 does not fit; candidates then come from --artifacts)")
+                         "memory, for a model whose fp32 does not fit; each recipe is then quantized from disk, "
+                         "block by block, into OUT/artifacts/RECIPE, and --artifacts are loaded as saved)")
     lc.add_argument("--artifacts", help="comma-separated artifact folders quantized from --model (e.g. by lm quantize "
                     "--stream), compared as they were saved")
     lc.add_argument("--slices", action="store_true", help="also print every slice's change")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -210,6 +211,28 @@ def baseline_name(module: torch.nn.Module) -> str:
     return "fp32" if dt == torch.float32 else {torch.bfloat16: "bf16", torch.float16: "fp16"}[dt] + " as stored"
 
 
+STREAMED = ("weight-only", "gptq", "nf4")    # the methods streaming.quantize_stored runs from disk
+
+
+def from_disk(model) -> bool:
+    """A causal LM kept as stored (`--baseline stored`): its fp32 is never made, so each candidate
+    is quantized from its shards block by block (streaming.quantize_stored) and loaded from there."""
+    return not isinstance(model, Model) and baseline_name(model.module) != "fp32"
+
+
+def check_streams(model, recipe: Recipe, save_to: str | None = None) -> None:
+    """Before any work: a model kept as stored quantizes `recipe` from disk, which runs weight
+    formats only, into a folder of its own under `save_to` that must not exist yet."""
+    if not from_disk(model):
+        return
+    require(recipe.method in STREAMED,
+            f"the baseline is kept as stored, so each candidate is quantized from disk one block at a time: weight "
+            f"formats only (int, gptq, nf4), not {recipe.name}; compare {recipe.name} against the fp32 baseline")
+    if save_to is not None:
+        from .artifact import check_out
+        check_out(Path(save_to) / recipe.name)
+
+
 def runtime_bits(recipe: Recipe) -> float:
     """Bits per Linear weight a candidate holds at run time beside what it stores: the packed kernel's layout."""
     from .methods.weight_only import packed_copy_bits
@@ -234,10 +257,16 @@ def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None, 
               if isinstance(m, torch.nn.Linear) and id(m.weight) not in embeddings]
     linear_bytes, linear = sum(w.numel() * w.element_size() for w in linear), sum(w.numel() for w in linear)
     held, work, worst = dict(saved or {}), 0, ""
+    stream = from_disk(model)
+    rest = (total - linear_bytes) * (4 // next(module.parameters()).element_size() if stream else 1)  # fp32 once loaded
     for r in recipes:
-        held[r.name] = int(total - linear_bytes + linear * (weight_bits(r) + runtime_bits(r)) / 8)
+        held[r.name] = int(rest + linear * (weight_bits(r) + runtime_bits(r)) / 8)
         w = total                                           # the copy a method quantizes in place
-        if r.method == "gptq":
+        if stream:                                          # one block at a time from the shards instead
+            from .streaming import Stored, estimate
+            w = estimate(Stored(model.path), r, getattr(r, "num_samples", 0) if r.method == "gptq" else 0,
+                         getattr(r, "seq_len", 0), 1)["total"]
+        elif r.method == "gptq":
             from .methods.gptq import estimate_peak_bytes
             windows = torch.empty(r.num_samples, r.seq_len)
             w += sum(v for k, v in estimate_peak_bytes(module, windows, 1, r.states)["parts"].items()   # GPTQ runs fewer
@@ -252,7 +281,8 @@ def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None, 
     parts = {"the fp32 model" if name == "fp32" else f"the model, {name}": total,
              f"{len(held)} {HELD}": sum(held.values())}
     if recipes:                                             # (artifacts alone are loaded, not quantized)
-        parts[f"quantizing {worst}: the working copy and its method's work"] = work
+        parts[f"quantizing {worst}" + (" from disk, one block at a time" if stream else
+                                       ": the working copy and its method's work")] = work
     if scoring_bytes is not None:
         parts["scoring a batch (measured on the baseline)"] = scoring_bytes
     together = sum(parts.values())
@@ -299,7 +329,6 @@ class Shelf:
     def put(self, name: str, module: torch.nn.Module) -> bool:
         """Shelve `module`; False (it stays in memory) for a compiled PT2E graph: a classifier's
         size, and loaded back it would compile again in every round."""
-        from pathlib import Path
 
         from .methods.pt2e import Compiled
         if isinstance(module, Compiled):
@@ -334,9 +363,14 @@ class Comparer:
     measures speed with every model interleaved, then diagnoses."""
 
     def __init__(self, model, data, calibration: Dataset | None = None, settings: Settings | None = None,
-                 train: Dataset | None = None, recipes: list[Recipe] | None = None, saved: dict | None = None):
+                 train: Dataset | None = None, recipes: list[Recipe] | None = None, saved: dict | None = None,
+                 save_to: str | None = None):
         from . import tasks
         s = self.settings = settings or Settings()
+        self.save_to = save_to       # where a model kept as stored has its candidates quantized to (None: a temporary
+        self._made = None            # folder, gone with the comparison)
+        for r in recipes or []:
+            check_streams(model, r, save_to)
         if s.serve_in != "quantgate":      # another runtime's processes hold their models: nothing to shelve here
             require(s.hold != "one at a time", f"--one-at-a-time shelves PyTorch modules; --runtime {s.serve_in} "
                                                "runs each model in a process of its own")
@@ -415,8 +449,10 @@ class Comparer:
         mem_q = {}
         if quantized is None:
             check_serves(self.settings, self.model, recipe)
+            check_streams(self.model, recipe, self.save_to)
             with perf.RssSampler() as mq:
-                quantized = quantize(self.model, recipe, self.calibration, train=self.train)
+                quantized = (self._quantize_from_disk(recipe) if from_disk(self.model) else
+                             quantize(self.model, recipe, self.calibration, train=self.train))
             mem_q = {"quantize_peak_rss_mb": mq.summary()["peak_rss_mb"]}
         q = quantized
         for m in q.module.modules():          # count only the evaluation's kernel calls
@@ -462,6 +498,22 @@ class Comparer:
                 perf.trim_heap()
         return cand
 
+    def _quantize_from_disk(self, recipe: Recipe) -> Quantized:
+        """`recipe` run block by block from the shards of a model kept as stored, into an artifact
+        (in `save_to`, else a temporary folder), loaded as the candidate."""
+        from .artifact import candidate
+        from .streaming import quantize_stored
+        if self.save_to is None and self._made is None:
+            import tempfile
+            self._made = tempfile.TemporaryDirectory(prefix="quantgate-candidates-")
+        folder = Path(self.save_to or self._made.name) / recipe.name
+        quantize_stored(self.model.path, recipe, self.calibration if recipe.needs_calibration else None, folder,
+                        verbose=self.settings.verbose)
+        q = candidate(folder, self.model, made_here=True)
+        if self.save_to is None:
+            q.notes.append("that folder was temporary, gone with the comparison: give save_to to keep the artifact")
+        return q
+
     def quantized_candidate(self, name: str) -> Quantized:
         """The candidate `name` made, its module loaded back from the shelf where it waits there."""
         q = self.quantized[name]
@@ -492,7 +544,6 @@ class Comparer:
         if s.serve_in == "quantgate":
             return module
         import tempfile
-        from pathlib import Path
         self._exports = self._exports or tempfile.TemporaryDirectory(prefix="quantgate-serve-")
         folder = Path(self._exports.name) / name
         if s.serve_in == "llama.cpp":
@@ -552,12 +603,15 @@ class Comparer:
 
 def compare(model, data, recipes: list[Recipe], calibration: Dataset | None = None,
             settings: Settings | None = None, train: Dataset | None = None,
-            quantized: list[Quantized] | None = None, artifacts: list[str] | None = None) -> Comparison:
+            quantized: list[Quantized] | None = None, artifacts: list[str] | None = None,
+            save_to: str | None = None) -> Comparison:
     """The baseline and each candidate on the same evaluation data, for any task:
     a classifier and a labelled Dataset, a causal LM and a PromptSet (its task)
     or a list of texts (perplexity). `quantized` adds candidates made elsewhere;
     `artifacts`, saved artifacts of this model, each loaded when its turn comes
-    (after the baseline is scored, and shelved once scored where they do not fit)."""
+    (after the baseline is scored, and shelved once scored where they do not fit). A causal LM
+    kept as stored (`load_causal_lm(path, "stored")`) has each recipe quantized from its shards,
+    block by block, into an artifact in `save_to/<recipe>` (None: a temporary folder)."""
     from .artifact import candidate, check_candidate
     from .artifact import held_bytes
     manifests = [check_candidate(a, model) for a in artifacts or []]       # before any work
@@ -573,7 +627,7 @@ def compare(model, data, recipes: list[Recipe], calibration: Dataset | None = No
         check_serves(settings or Settings(), model, r)
     for r in made:
         check_serves(settings or Settings(), model, r)
-    c = Comparer(model, data, calibration, settings, train, recipes, saved)
+    c = Comparer(model, data, calibration, settings, train, recipes, saved, save_to)
     calibrated = [r for r in recipes if r.needs_calibration]
     if calibrated:
         c.check_calibration(max(r.num_samples for r in calibrated), max(getattr(r, "seq_len", 0) for r in calibrated),

@@ -269,14 +269,31 @@ def test_a_streamed_artifact_is_compared_against_the_model_it_was_made_from(stor
     assert any("loaded from the artifact" in n for n in c["notes"]) and c["weight_bytes"] == manifest["weight_bytes"]
     assert any("quantized from disk, one block at a time" in n for n in c["notes"])     # the artifact's own notes
     # a model whose fp32 does not fit: the baseline kept as stored (bf16), half the memory, named so
-    assert main(["lm", "compare", "--model", str(stored), "--baseline", "stored", "--recipes", "int4-g128"]) == 2
-    assert "--baseline stored compares saved artifacts" in capsys.readouterr().err
-    rc = main(["lm", "compare", "--model", str(stored), "--baseline", "stored", "--artifacts", str(art), "--context", "64",
-               "--windows", "2", "--prompts", "2", "--new-tokens", "4", "--batch-sizes", "1", "--decode-steps", "2",
-               "--out", str(tmp_path / "b")])
+    # (a recipe it cannot quantize from disk is refused in one line, before any work)
+    assert main(["lm", "compare", "--model", str(stored), "--baseline", "stored", "--recipes", "bf16",
+                 "--out", str(tmp_path / "no")]) == 2
+    assert "quantized from disk one block at a time: weight formats only" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+    # and its recipes are quantized from the shards into the report's artifacts/, beside the saved artifact
+    rc = main(["lm", "compare", "--model", str(stored), "--baseline", "stored", "--artifacts", str(art),
+               "--recipes", "int8", "--context", "64", "--windows", "2", "--prompts", "2", "--new-tokens", "4",
+               "--batch-sizes", "1", "--decode-steps", "2", "--out", str(tmp_path / "b")])
     assert rc == 0
     out = capsys.readouterr().out
     b = json.loads((tmp_path / "b" / "comparison.json").read_text())
+    loaded, streamed = b["candidates"]
+    kept = tmp_path / "b" / "artifacts" / "int8"
+    assert streamed["name"] == "int8" and (kept / "manifest.json").is_file()
+    assert any("quantized from disk by this comparison" in n for n in streamed["notes"])
+    p8 = streamed["metrics"]["perplexity"]
+    assert p8["candidate"] == pytest.approx(p8["baseline"], rel=0.05)              # int8: near the bf16 baseline
+    from quantgate.recipes import Recipe
+    from quantgate.streaming import Stored, estimate        # counted as the streaming path's own estimate
+    assert b["environment"]["memory_plan"]["parts"]["quantizing int8 from disk, one block at a time"] == \
+        estimate(Stored(stored), Recipe.parse("int8"), 0, 0, 1)["total"]
+    assert main(["lm", "compare", "--model", str(stored), "--baseline", "stored", "--recipes", "int8",   # not replaced
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "already exists" in capsys.readouterr().err
     assert b["baseline"]["name"] == "bf16 as stored" and "bf16 as stored (baseline)" in out
     assert b["baseline"]["weight_bytes"] < 0.51 * d["baseline"]["weight_bytes"]          # half fp32's
     assert b["environment"]["memory_plan"]["parts"]["the model, bf16 as stored"] == b["baseline"]["weight_bytes"]
@@ -284,7 +301,7 @@ def test_a_streamed_artifact_is_compared_against_the_model_it_was_made_from(stor
     # its weights stay memory-mapped from the shards: paging them in while scoring is the model's memory, not scoring's
     assert b["environment"]["memory_plan"]["parts"]["scoring a batch (measured on the baseline)"] < \
         0.5 * b["baseline"]["weight_bytes"]
-    pb, pf = b["candidates"][0]["metrics"]["perplexity"], d["candidates"][0]["metrics"]["perplexity"]
+    pb, pf = loaded["metrics"]["perplexity"], d["candidates"][0]["metrics"]["perplexity"]
     assert pb["candidate"] == pf["candidate"]                      # the same candidate, scored the same way
     assert pb["baseline"] == pytest.approx(pf["baseline"], rel=0.02)   # bf16 arithmetic: close to fp32's, not equal
     assert "bf16 as stored (baseline)" in (tmp_path / "b" / "report.html").read_text()
