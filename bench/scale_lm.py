@@ -8,6 +8,7 @@ process: wall time and peak RSS against parameter count, and a log-log fit.
     .venv/bin/python bench/scale_lm.py --sizes 7B --recipes gptq-int4-g128 --limit-gb 2   # the refusal, with its numbers
     .venv/bin/python bench/scale_lm.py --fits           # what fits on which machine: the estimates, for Llama families
     .venv/bin/python bench/scale_lm.py --sizes 7B --recipes int4-g128 --compare   # then prove it: lm compare --baseline stored
+    .venv/bin/python bench/scale_lm.py --sizes 7B --recipes int4-g128 --in-compare   # both in one lm compare --recipes
 
 The bound each run is held to (the issue's): 1.3 x (stored bytes + one block in
 fp32 + calibration hidden states). Random weights make the timing and memory
@@ -16,7 +17,9 @@ Models are built once under --dir and reused. With --compare, each artifact is
 then compared against its model kept as stored (`lm compare --baseline stored
 --artifacts`, a short comparison: 2 perplexity windows of 128 tokens, 2
 prompts x 4 greedy tokens, decode timing at batch 1) in a fresh process:
-wall time and peak RSS, with the comparison's own memory estimate."""
+wall time and peak RSS, with the comparison's own memory estimate. With
+--in-compare, one `lm compare --baseline stored --recipes` quantizes from disk
+inside the comparison instead (the baseline resident meanwhile)."""
 
 from __future__ import annotations
 
@@ -129,9 +132,9 @@ COMPARE = """
 import json, sys, time
 from quantgate.cli import main
 t = time.perf_counter()
-rc = main(["lm", "compare", "--model", sys.argv[1], "--baseline", "stored", "--artifacts", sys.argv[2], "--context", "128",
+rc = main(["lm", "compare", "--model", sys.argv[1], "--baseline", "stored", sys.argv[4], sys.argv[2], "--context", "128",
            "--windows", "2", "--prompts", "2", "--new-tokens", "4", "--batch-sizes", "1", "--decode-steps", "2",
-           "--out", sys.argv[3]])
+           "--samples", sys.argv[5], "--seq-len", sys.argv[6], "--out", sys.argv[3]])
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 plan = json.load(open(sys.argv[3] + "/comparison.json"))["environment"]["memory_plan"]
 print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t, "peak": int(hwm.split()[1]) * 1024, "plan": plan}))
@@ -148,16 +151,31 @@ def run(model: Path, spec: str, out: Path, windows: int, seq_len: int, limit_gb:
         raise SystemExit(r.stderr[-3000:])
     res = json.loads(r.stdout.strip().splitlines()[-1])
     if compare and "refused" not in res:
-        report = out.parent / "compare"
-        shutil.rmtree(report, ignore_errors=True)
-        c = subprocess.run([sys.executable, "-c", COMPARE, str(model), str(out), str(report)], capture_output=True,
-                           text=True, env=env)
-        if c.returncode:
-            raise SystemExit(c.stderr[-3000:])
-        print(c.stdout.rsplit("\n{", 1)[0][-4000:], flush=True)      # the comparison's table
-        res["compare"] = json.loads(c.stdout.strip().splitlines()[-1])
+        res["compare"] = run_compare(model, ["--artifacts", str(out)], out.parent / "compare", windows, seq_len)
     shutil.rmtree(out, ignore_errors=True)
     return res
+
+
+def run_compare(model: Path, candidates: list[str], report: Path, windows: int, seq_len: int) -> dict:
+    """`lm compare --baseline stored` with `candidates` (--artifacts DIR, or --recipes SPEC: quantized
+    from disk inside the comparison) in a fresh process: its exit code, wall time, peak RSS and plan."""
+    import shutil
+    shutil.rmtree(report, ignore_errors=True)
+    c = subprocess.run([sys.executable, "-c", COMPARE, str(model), candidates[1], str(report), candidates[0],
+                        str(windows), str(seq_len)], capture_output=True, text=True,
+                       env=os.environ | {"PYTHONPATH": str(ROOT)})
+    if c.returncode:
+        raise SystemExit(c.stderr[-3000:])
+    print(c.stdout.rsplit("\n{", 1)[0][-4000:], flush=True)      # the comparison's table
+    res = json.loads(c.stdout.strip().splitlines()[-1])
+    shutil.rmtree(report, ignore_errors=True)
+    return res
+
+
+def print_compare(c: dict, how: str) -> None:
+    print(f"  lm compare --baseline stored {how}: exit {c['rc']}, {c['seconds']:.0f} s, peak RSS "
+          f"{c['peak'] / 2**30:.2f} GB; estimated {c['plan']['total'] / 2**30:.2f} GB ("
+          + "; ".join(f"{k} {v / 2**30:.2f} GB" for k, v in c["plan"]["parts"].items()) + ")", flush=True)
 
 
 # hidden, intermediate, layers, heads, kv heads, vocabulary: the shapes people quantize
@@ -220,6 +238,8 @@ def main() -> None:
     ap.add_argument("--limit-gb", type=float, default=0.0, help="pretend only this much memory is available")
     ap.add_argument("--fits", action="store_true", help="only print what fits on which machine (estimates, no runs)")
     ap.add_argument("--compare", action="store_true", help="then compare each artifact against its model as stored")
+    ap.add_argument("--in-compare", action="store_true",
+                    help="one command instead: lm compare --baseline stored --recipes, quantizing inside the comparison")
     a = ap.parse_args()
     if a.fits:
         return fits_table()
@@ -236,6 +256,10 @@ def main() -> None:
         print(f"{size}: {params / 1e9:.2f}B parameters, {s.nbytes() / 2**30:.2f} GB stored "
               f"(built or found in {time.perf_counter() - t:.0f} s)", flush=True)
         for spec in a.recipes.split(","):
+            if a.in_compare:
+                print_compare(run_compare(model, ["--recipes", spec], root / "compare", a.windows, a.seq_len),
+                              f"--recipes {spec} (quantized inside it)")
+                continue
             res = run(model, spec, root / "out", a.windows, a.seq_len, a.limit_gb, a.compare)
             gptq = spec.startswith("gptq")
             calib = a.windows * a.seq_len * hidden * 4 * 2 if gptq else 0
@@ -249,10 +273,7 @@ def main() -> None:
                   f"({(res['peak'] - res['before']) / 2**30:.2f} GB over the process's start); bound "
                   f"{bound / 2**30:.2f} GB: {res['peak'] / bound:.2f} of it", flush=True)
             if "compare" in res:
-                c = res["compare"]
-                print(f"  lm compare --baseline stored --artifacts: exit {c['rc']}, {c['seconds']:.0f} s, peak RSS "
-                      f"{c['peak'] / 2**30:.2f} GB; estimated {c['plan']['total'] / 2**30:.2f} GB ("
-                      + "; ".join(f"{k} {v / 2**30:.2f} GB" for k, v in c["plan"]["parts"].items()) + ")", flush=True)
+                print_compare(res["compare"], "--artifacts")
     print("\n| model | parameters | stored (bf16) | recipe | calibration tokens | wall | peak RSS | peak / bound |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
