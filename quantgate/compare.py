@@ -15,8 +15,8 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -329,7 +329,6 @@ class Shelf:
     def put(self, name: str, module: torch.nn.Module) -> bool:
         """Shelve `module`; False (it stays in memory) for a compiled PT2E graph: a classifier's
         size, and loaded back it would compile again in every round."""
-
         from .methods.pt2e import Compiled
         if isinstance(module, Compiled):
             return False
