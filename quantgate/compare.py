@@ -248,7 +248,9 @@ def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None, 
     """What a comparison will hold at its peak, by part (bytes): the fp32 model, every candidate
     (kept for the interleaved timing; `saved`: artifacts loaded as they are, by name), the largest
     quantization's working copy and work, and scoring's working memory (measured on the baseline).
-    The model is already resident.
+    The model is already resident. A model kept as stored quantizes from disk (`from_disk`): its
+    peak is the larger of two phases, quantizing one recipe with the candidates before it held,
+    or scoring and timing with all of them held.
     `one_at_a_time` is the peak with no candidate held: each waits on disk once scored."""
     module = model.module
     total = tensor_bytes(module)
@@ -256,7 +258,7 @@ def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None, 
     linear = [m.weight for m in module.modules()                 # a head tied to the embedding stays float
               if isinstance(m, torch.nn.Linear) and id(m.weight) not in embeddings]
     linear_bytes, linear = sum(w.numel() * w.element_size() for w in linear), sum(w.numel() for w in linear)
-    held, work, worst = dict(saved or {}), 0, ""
+    held, work, worst, streamed = dict(saved or {}), 0, "", {}
     stream = from_disk(model)
     rest = (total - linear_bytes) * (4 // next(module.parameters()).element_size() if stream else 1)  # fp32 once loaded
     for r in recipes:
@@ -264,8 +266,8 @@ def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None, 
         w = total                                           # the copy a method quantizes in place
         if stream:                                          # one block at a time from the shards instead
             from .streaming import Stored, estimate
-            w = estimate(Stored(model.path), r, getattr(r, "num_samples", 0) if r.method == "gptq" else 0,
-                         getattr(r, "seq_len", 0), 1)["total"]
+            w = streamed[r.name] = estimate(Stored(model.path), r, getattr(r, "num_samples", 0) if r.method == "gptq"
+                                            else 0, getattr(r, "seq_len", 0), 1)["total"]
         elif r.method == "gptq":
             from .methods.gptq import estimate_peak_bytes
             windows = torch.empty(r.num_samples, r.seq_len)
@@ -278,13 +280,21 @@ def memory_plan(model, recipes: list[Recipe], scoring_bytes: int | None = None, 
         if w > work:
             work, worst = w, r.name
     name = baseline_name(module)
-    parts = {"the fp32 model" if name == "fp32" else f"the model, {name}": total,
-             f"{len(held)} {HELD}": sum(held.values())}
+    base = {"the fp32 model" if name == "fp32" else f"the model, {name}": total}
+    scoring = {} if scoring_bytes is None else {"scoring a batch (measured on the baseline)": scoring_bytes}
+    if streamed:        # two phases, each its own peak: quantizing a recipe from disk with the candidates before it
+        before, phases = sum(held.values()) - sum(held[r.name] for r in recipes), []     # held, then scoring all
+        for r in recipes:
+            phases.append(base | {f"{len(held) - len(recipes) + len(phases)} {HELD}": before,
+                                  f"quantizing {r.name} from disk, one block at a time": streamed[r.name]})
+            before += held[r.name]
+        parts = max([*phases, base | {f"{len(held)} {HELD}": before} | scoring], key=lambda p: sum(p.values()))
+        return {"total": sum(parts.values()), "parts": parts, "resident": total, "candidates": held,
+                "one_at_a_time": total + max([*streamed.values(), *scoring.values()])}
+    parts = base | {f"{len(held)} {HELD}": sum(held.values())}
     if recipes:                                             # (artifacts alone are loaded, not quantized)
-        parts[f"quantizing {worst}" + (" from disk, one block at a time" if stream else
-                                       ": the working copy and its method's work")] = work
-    if scoring_bytes is not None:
-        parts["scoring a batch (measured on the baseline)"] = scoring_bytes
+        parts[f"quantizing {worst}: the working copy and its method's work"] = work
+    parts |= scoring
     together = sum(parts.values())
     return {"total": together, "parts": parts, "resident": total, "candidates": held,
             "one_at_a_time": together - sum(held.values())}

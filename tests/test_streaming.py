@@ -287,10 +287,21 @@ def test_a_streamed_artifact_is_compared_against_the_model_it_was_made_from(stor
     assert any("quantized from disk by this comparison" in n for n in streamed["notes"])
     p8 = streamed["metrics"]["perplexity"]
     assert p8["candidate"] == pytest.approx(p8["baseline"], rel=0.05)              # int8: near the bf16 baseline
+    # its memory: the larger of quantizing from disk (the streaming path's own estimate) and holding the candidate
+    from quantgate.compare import HELD, memory_plan
+    from quantgate.models import load_causal_lm
     from quantgate.recipes import Recipe
-    from quantgate.streaming import Stored, estimate        # counted as the streaming path's own estimate
-    assert b["environment"]["memory_plan"]["parts"]["quantizing int8 from disk, one block at a time"] == \
-        estimate(Stored(stored), Recipe.parse("int8"), 0, 0, 1)["total"]
+    from quantgate.streaming import Stored, estimate
+    int8 = Recipe.parse("int8")
+    s8 = estimate(Stored(stored), int8, 0, 0, 1)["total"]
+    plan = memory_plan(load_causal_lm(stored, "stored"), [int8], 0)
+    assert plan["total"] == plan["resident"] + max(s8, plan["candidates"]["int8"])
+    assert plan["one_at_a_time"] == plan["resident"] + s8
+    g = GPTQ(num_samples=128, seq_len=2048)          # its calibration states outweigh what it holds after
+    sg = estimate(Stored(stored), g, 128, 2048, 1)["total"]
+    big = memory_plan(load_causal_lm(stored, "stored"), [int8, g], 0, saved={"a": 10**9})
+    assert big["parts"] == {"the model, bf16 as stored": big["resident"], f"2 {HELD}": 10**9 + big["candidates"]["int8"],
+                            f"quantizing {g.name} from disk, one block at a time": sg}        # while the others are held
     assert main(["lm", "compare", "--model", str(stored), "--baseline", "stored", "--recipes", "int8",   # not replaced
                  "--out", str(tmp_path / "b")]) == 2
     assert "already exists" in capsys.readouterr().err
