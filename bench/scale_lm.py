@@ -9,6 +9,7 @@ process: wall time and peak RSS against parameter count, and a log-log fit.
     .venv/bin/python bench/scale_lm.py --fits           # what fits on which machine: the estimates, for Llama families
     .venv/bin/python bench/scale_lm.py --sizes 7B --recipes int4-g128 --compare   # then prove it: lm compare --baseline stored
     .venv/bin/python bench/scale_lm.py --sizes 7B --recipes int4-g128 --in-compare   # both in one lm compare --recipes
+    python bench/scale_lm.py --sizes 7B --recipes gptq-int4-g128 --windows 128 --seq-len 512 --device cuda  # on a GPU
 
 The bound each run is held to (the issue's): 1.3 x (stored bytes + one block in
 fp32 + calibration hidden states). Random weights make the timing and memory
@@ -58,7 +59,9 @@ def build(size: str, root: Path) -> Path:
     tmp = root / f".{d.name}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     hidden, inter, layers, heads, kv = SHAPES[size]
-    tok = AutoTokenizer.from_pretrained(default_lm_dir(), local_files_only=True)
+    # SmolLM2's tokenizer, only its files read: QUANTGATE_LM_CONFIG_DIR (as in tests/test_gpu.py), else the default model's
+    tok = AutoTokenizer.from_pretrained(os.environ.get("QUANTGATE_LM_CONFIG_DIR") or default_lm_dir(),
+                                        local_files_only=True)
     cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
                       num_key_value_heads=kv, vocab_size=len(tok), max_position_embeddings=2048,
                       tie_word_embeddings=False, torch_dtype="bfloat16", architectures=["LlamaForCausalLM"])
@@ -111,10 +114,11 @@ import json, sys, time, psutil
 from quantgate.data import bbc_splits
 from quantgate.recipes import Recipe
 from quantgate.streaming import quantize_stored
-model, spec, out, windows, seq_len, limit = sys.argv[1:7]
+import torch
+model, spec, out, windows, seq_len, limit, device = sys.argv[1:8]
 r = Recipe.parse(spec)
 if r.method == "gptq":
-    r = Recipe.from_dict(r.to_dict() | {"num_samples": int(windows), "seq_len": int(seq_len)})
+    r = Recipe.from_dict(r.to_dict() | {"num_samples": int(windows), "seq_len": int(seq_len), "device": device})
 cal = bbc_splits()["train"] if r.needs_calibration else None
 before = psutil.Process().memory_info().rss
 t = time.perf_counter()
@@ -124,7 +128,8 @@ except Exception as e:
     print(json.dumps({"refused": str(e)}))
     sys.exit(0)
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))     # this process's own peak RSS
-print(json.dumps({"seconds": time.perf_counter() - t, "before": before, "peak": int(hwm.split()[1]) * 1024}))
+gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0    # the GPU's peak, where one ran
+print(json.dumps({"seconds": time.perf_counter() - t, "before": before, "peak": int(hwm.split()[1]) * 1024, "gpu": gpu}))
 """
 
 
@@ -141,12 +146,18 @@ print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t, "peak": int(hwm.
 """
 
 
-def run(model: Path, spec: str, out: Path, windows: int, seq_len: int, limit_gb: float, compare: bool = False) -> dict:
+def _env() -> dict:
+    """The jobs' environment: this checkout first on the path, then whatever the caller put there."""
+    return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def run(model: Path, spec: str, out: Path, windows: int, seq_len: int, limit_gb: float, compare: bool = False,
+        device: str = "auto") -> dict:
     import shutil
     shutil.rmtree(out, ignore_errors=True)     # bench outputs only, made below --dir by this script
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    env = _env()
     r = subprocess.run([sys.executable, "-c", JOB, str(model), spec, str(out), str(windows), str(seq_len),
-                        str(limit_gb)], capture_output=True, text=True, env=env)
+                        str(limit_gb), device], capture_output=True, text=True, env=env)
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
     res = json.loads(r.stdout.strip().splitlines()[-1])
@@ -163,7 +174,7 @@ def run_compare(model: Path, candidates: list[str], report: Path, windows: int, 
     shutil.rmtree(report, ignore_errors=True)
     c = subprocess.run([sys.executable, "-c", COMPARE, str(model), candidates[1], str(report), candidates[0],
                         str(windows), str(seq_len)], capture_output=True, text=True,
-                       env=os.environ | {"PYTHONPATH": str(ROOT)})
+                       env=_env())
     if c.returncode:
         raise SystemExit(c.stderr[-3000:])
     print(c.stdout.rsplit("\n{", 1)[0][-4000:], flush=True)      # the comparison's table
@@ -236,6 +247,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--dir", default="/tmp/quantgate-scale")
     ap.add_argument("--limit-gb", type=float, default=0.0, help="pretend only this much memory is available")
+    ap.add_argument("--device", default="auto", help="where GPTQ computes: auto (a CUDA GPU when present), cpu, cuda")
     ap.add_argument("--fits", action="store_true", help="only print what fits on which machine (estimates, no runs)")
     ap.add_argument("--compare", action="store_true", help="then compare each artifact against its model as stored")
     ap.add_argument("--in-compare", action="store_true",
@@ -260,7 +272,7 @@ def main() -> None:
                 print_compare(run_compare(model, ["--recipes", spec], root / "compare", a.windows, a.seq_len),
                               f"--recipes {spec} (quantized inside it)")
                 continue
-            res = run(model, spec, root / "out", a.windows, a.seq_len, a.limit_gb, a.compare)
+            res = run(model, spec, root / "out", a.windows, a.seq_len, a.limit_gb, a.compare, a.device)
             gptq = spec.startswith("gptq")
             calib = a.windows * a.seq_len * hidden * 4 * 2 if gptq else 0
             bound = 1.3 * (s.nbytes() + block + calib)
@@ -271,7 +283,8 @@ def main() -> None:
                          a.windows * a.seq_len if gptq else 0, **res, "bound": bound})
             print(f"  {spec}: {res['seconds']:.0f} s, peak RSS {res['peak'] / 2**30:.2f} GB "
                   f"({(res['peak'] - res['before']) / 2**30:.2f} GB over the process's start); bound "
-                  f"{bound / 2**30:.2f} GB: {res['peak'] / bound:.2f} of it", flush=True)
+                  f"{bound / 2**30:.2f} GB: {res['peak'] / bound:.2f} of it"
+                  + (f"; GPU peak {res['gpu'] / 2**30:.2f} GB" if res.get("gpu") else ""), flush=True)
             if "compare" in res:
                 print_compare(res["compare"], "--artifacts")
     print("\n| model | parameters | stored (bf16) | recipe | calibration tokens | wall | peak RSS | peak / bound |")

@@ -74,7 +74,7 @@ def _bins(v: torch.Tensor, inner: torch.Tensor, lo: float, hi: float) -> np.ndar
     """Counts in [below lo, inner bins clipped to lo..hi, above hi]."""
     idx = torch.bucketize(v, inner, right=True) + 1
     idx = torch.where(v < lo, 0, torch.where(v > hi, len(inner) + 2, idx))
-    return torch.bincount(idx, minlength=len(inner) + 3).numpy()
+    return torch.bincount(idx, minlength=len(inner) + 3).cpu().numpy()
 
 
 class Profile:
@@ -86,13 +86,14 @@ class Profile:
         self.st: dict[str, dict] = {}
 
     def observe(self, name: str, x: torch.Tensor) -> None:
+        """x on any device (a GPU's stays there: only the histogram counts come back)."""
         s = self.st.get(name)
-        v = x[:, _channels(x.shape[1])].reshape(-1)
+        v = x[:, _channels(x.shape[1]).to(x.device)].reshape(-1)
         if s is None:
-            inner = torch.unique(torch.quantile(v[:1 << 20], torch.linspace(0.1, 0.9, 9)))
+            inner = torch.unique(torch.quantile(v[:1 << 20].cpu(), torch.linspace(0.1, 0.9, 9)))
             s = self.st[name] = {"min": 0.0, "max": 0.0, "inner": inner, "counts": np.zeros(len(inner) + 3, np.int64)}
         s["min"], s["max"] = min(s["min"], float(x.min())), max(s["max"], float(x.max()))
-        s["counts"] += _bins(v, s["inner"], -math.inf, math.inf)
+        s["counts"] += _bins(v, s["inner"].to(v.device), -math.inf, math.inf)
 
     def result(self, n: int, unit: str) -> dict:
         layers = {name: {"min": s["min"], "max": s["max"], "inner_edges": s["inner"].tolist(),

@@ -227,22 +227,26 @@ def _check_fits(store: Stored, recipe, windows: int, seq_len: int, available: in
     return est
 
 
-def _float_pass(block, hidden: torch.Tensor, call, prof, names: dict) -> torch.Tensor:
+def _float_pass(block, hidden: torch.Tensor, call, prof, names: dict, dev: torch.device) -> torch.Tensor:
     """The float block on the float hidden states, in the batches of windows the in-memory profile
-    reads (activations.LM_BATCH), recording every Linear input into `prof` (the drift profile)."""
+    reads (activations.LM_BATCH), recording every Linear input into `prof` (the drift profile).
+    The block runs on `dev` (a GPU: one batch there at a time); the float stream stays in host memory."""
     from .activations import LM_BATCH
-    from .methods.gptq import _block_out, window_rows
+    from .methods.gptq import _block_out, _to, window_rows
     n = hidden.shape[0]
     hooks = [m.register_forward_pre_hook(lambda mod, a, k=names[id(m)]: prof.observe(
         k, a[0].detach().reshape(-1, a[0].shape[-1]).float())) for m in block.modules() if id(m) in names]
     outs = []
+    block.to(dev)
     try:
         with torch.inference_mode():
             for i in range(0, n, LM_BATCH):
-                outs.append(_block_out(block, hidden[i:i + LM_BATCH], window_rows(call, i, i + LM_BATCH, n)))
+                outs.append(_block_out(block, _to(hidden[i:i + LM_BATCH], dev),
+                                       _to(window_rows(call, i, i + LM_BATCH, n), dev)).cpu())
     finally:
         for h in hooks:
             h.remove()
+        block.to("cpu")
     return torch.cat(outs)
 
 
@@ -321,7 +325,7 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
     with atomic_dir(out, replace=overwrite) as tmp:
         if gptq:
             from .methods.common import compute_device
-            from .methods.gptq import _to
+            from .methods.gptq import _to, check_gpu_memory
             emb = hf.get_input_embeddings()
             materialize(emb, f"{names_of[id(emb)]}.", store)
             hidden, calls = block_calls(hf, blocks, windows)
@@ -329,6 +333,8 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
             emb.to("meta")                         # read again at the end: not held through the blocks
             fl = hidden                            # the float stream, for the drift profile
             dev = torch.device(compute_device(recipe.device, "GPTQ"))
+            if dev.type == "cuda":                 # the states and one block on the GPU: as many windows as fit
+                est["chunk"] = min(est["chunk"], check_gpu_memory(hf, windows, recipe.states))
             hidden = _to(hidden, dev)
         with progress(total=len(blocks), desc=f"{recipe.name} from disk", enabled=verbose) as bar:
             for bi, block in enumerate(blocks):
@@ -337,7 +343,7 @@ def quantize_stored(path: str | Path, recipe, calibration=None, out: str | Path 
                 mine = {id(m): names_of[id(m)] for m in block.modules() if names_of.get(id(m)) in targets}
                 linears = {id(m): names_of[id(m)] for m in block.modules() if isinstance(m, torch.nn.Linear)}
                 if gptq:
-                    fl = _float_pass(block, fl, calls[bi], prof, linears)       # before any weight changes
+                    fl = _float_pass(block, fl, calls[bi], prof, linears, dev)       # before any weight changes
                     hidden, layer = quantize_block(block, mine, hidden, calls[bi], recipe, dev, errors, est["chunk"])
                 else:
                     layer = [(n, new_layer(block.get_submodule(n[len(prefix):]))) for n in mine.values()]
