@@ -1,7 +1,10 @@
 """The checks that need a CUDA GPU, as one script for a borrowed GPU machine
 (CI has none). Run from the repository root:
 
-    python bench/device_check.py [--minilm DIR]
+    python bench/device_check.py [--minilm DIR] [--scale 7B]
+
+(on a bare GPU machine: `bash bench/gpu_checks.sh prepare` here, then `bash
+bench/gpu_checks.sh run` there, which runs this with --scale 7B).
 
 1. tests/test_gpu.py (GPTQ block by block on the GPU against the CPU run,
    QLoRA in fp16 with a gradient scaler, quantized layers and the decoder on
@@ -10,7 +13,10 @@
    the time does not depend on them) with 128 x 512 calibration tokens, on the
    GPU: the wall time of the job that takes minutes on a 2-core CPU;
 3. with --minilm (the default classifier's base directory): fine-tune on CUDA
-   (fp16 + gradient scaler), then QAT on CUDA in fp16, each loss and accuracy.
+   (fp16 + gradient scaler), then QAT on CUDA in fp16, each loss and accuracy;
+4. with --scale SIZE (bench/scale_lm.py's sizes, 7B: Llama-2-7B's shape, random
+   bf16 weights, built on disk first): GPTQ int4 g128 from disk on the GPU with
+   128 x 512 calibration tokens, one block at a time there: wall, peak RSS, GPU peak.
 """
 
 import argparse
@@ -67,14 +73,23 @@ def classifier_on_cuda(minilm: str):
           f"notes: {q.notes[0]}", flush=True)
 
 
+def from_disk(size: str):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "scale_lm.py"), "--sizes", size, "--recipes",
+                        "gptq-int4-g128", "--windows", "128", "--seq-len", "512", "--device", "cuda"], cwd=ROOT)
+    if r.returncode:
+        raise RuntimeError(f"bench/scale_lm.py --sizes {size} --device cuda exited {r.returncode}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minilm")
+    ap.add_argument("--scale", help="also GPTQ a model of this size from disk on the GPU (bench/scale_lm.py: 7B)")
     a = ap.parse_args()
     print(f"torch {torch.__version__}, CUDA {torch.cuda.is_available()}, "
           f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}", flush=True)
     rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"], cwd=ROOT)
-    for step in (gptq_full_size, lambda: a.minilm and classifier_on_cuda(a.minilm)):
+    for step in (gptq_full_size, lambda: a.minilm and classifier_on_cuda(a.minilm),
+                 lambda: a.scale and from_disk(a.scale)):
         try:
             step()
         except Exception as e:         # report and go on: one failure must not hide the other checks

@@ -4,11 +4,11 @@
 #   bash bench/gpu_checks.sh prepare     # here: into .gpu/ (git-ignored, about 30 MB) the wheels of the
 #                                        # pinned transformers, tokenizers and peft, SmolLM2's config and
 #                                        # tokenizer files, and the BBC corpus
-#   bash bench/gpu_checks.sh run         # there, with .gpu/ carried: tests/test_gpu.py, then GPTQ int4 g128
-#                                        # of a random-weight Llama-2-7B-shaped model from disk on the GPU
-#                                        # (bench/scale_lm.py --device cuda: wall, peak RSS, GPU peak)
+#   bash bench/gpu_checks.sh run         # there, with .gpu/ carried: bench/device_check.py --scale 7B
+#                                        # (tests/test_gpu.py, GPTQ of SmolLM2's shape on the GPU, then GPTQ
+#                                        # int4 g128 of a random-weight Llama-2-7B-shaped model from disk there)
 #
-# Logs go to $OUT (or .gpu/out). BENCH_S bounds the 7B run (seconds, default 330).
+# The log goes to $OUT (or .gpu/out). LIMIT_S bounds the whole run (seconds, default 560).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 case "${1:-}" in
@@ -31,11 +31,7 @@ run)
     export PYTHONPATH=/tmp/site:$PWD/.gpu/site:$PWD QUANTGATE_LM_CONFIG_DIR=$PWD/.gpu/lmcfg
     export QUANTGATE_CACHE=/tmp/qgcache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 QUANTGATE_PROGRESS=0
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; free -g; df -h /tmp | tail -1
-    python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
-'cuda', torch.cuda.is_available())"
-    timeout 220 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs --durations=10 2>&1 | tee "$out/test_gpu.log"
-    timeout "${BENCH_S:-330}" python3 bench/scale_lm.py --sizes 7B --recipes gptq-int4-g128 --windows 128 \
-        --seq-len 512 --device cuda --dir /tmp/qs 2>&1 | tee "$out/scale_7b.log" ;;
+    timeout "${LIMIT_S:-560}" python3 bench/device_check.py --scale 7B 2>&1 | tee "$out/device_check.log" ;;
 *)
     echo "usage: bash bench/gpu_checks.sh prepare|run" >&2; exit 2 ;;
 esac

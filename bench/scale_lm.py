@@ -59,7 +59,7 @@ def build(size: str, root: Path) -> Path:
     tmp = root / f".{d.name}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     hidden, inter, layers, heads, kv = SHAPES[size]
-    # SmolLM2's tokenizer, only its files read: QUANTGATE_LM_CONFIG_DIR (as in tests/test_gpu.py), else the default model's
+    # SmolLM2's tokenizer, its files only: QUANTGATE_LM_CONFIG_DIR (as in tests/test_gpu.py), else the default model's
     tok = AutoTokenizer.from_pretrained(os.environ.get("QUANTGATE_LM_CONFIG_DIR") or default_lm_dir(),
                                         local_files_only=True)
     cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
