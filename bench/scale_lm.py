@@ -195,7 +195,7 @@ FAMILIES = {"7B (Llama-2)": (4096, 11008, 32, 32, 32, 32000), "8B (Llama-3, 128k
             "70B (Llama-2)": (8192, 28672, 80, 64, 8, 32000)}
 
 
-def fits_table(machines=(8, 16, 24, 32, 64)) -> None:
+def fits_table(machines=(8, 16, 24, 32, 64), gpus=(16, 24, 40, 48, 80, 141)) -> None:
     """What fits on which machine: streaming.estimate for each family's shapes (no weights built),
     the smallest machine (90% of its memory available) that holds each job, and GPTQ's windows
     per block forward there."""
@@ -203,11 +203,14 @@ def fits_table(machines=(8, 16, 24, 32, 64)) -> None:
     import types
     from transformers import LlamaConfig
 
+    from transformers import LlamaForCausalLM
+
+    from quantgate.methods.gptq import fitting_chunk, gpu_bytes
     from quantgate.recipes import Recipe
     from quantgate.streaming import _check_fits, estimate
     print("| model | stored (bf16) | RTN int4-g128 | GPTQ, 8 x 256 tokens | GPTQ, 128 x 512 tokens | GPTQ, 128 x 2048 tokens "
-          "| the same, -bf16states |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "| the same, -bf16states | GPTQ on a GPU, 128 x 2048 tokens: GPU memory |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     gptq, half = Recipe.parse("gptq-int4-g128"), Recipe.parse("gptq-int4-g128-bf16states")
     for name, (h, i, n, heads, kv, vocab) in FAMILIES.items():
         d = tempfile.mkdtemp(prefix="quantgate-fits-")
@@ -233,6 +236,17 @@ def fits_table(machines=(8, 16, 24, 32, 64)) -> None:
                 break
             else:
                 cells.append(f"over {machines[-1]} GB")
+        cfg = LlamaConfig.from_pretrained(d)
+        with torch.device("meta"):                 # shapes only: nothing allocated
+            skeleton = LlamaForCausalLM(cfg)
+        windows = torch.empty(128, 2048, device="meta")
+        for gb in gpus:
+            chunk, need = fitting_chunk(128, lambda c: gpu_bytes(skeleton, windows, c), int(gb * 2**30 * 0.9))
+            if chunk:
+                cells.append(f"{need / 2**30:.1f} GB: fits {gb} GB" + (f" ({chunk} at a time)" if chunk < 128 else ""))
+                break
+        else:
+            cells.append(f"over {gpus[-1]} GB")
         stored = sum(math.prod(v) for v in t.values()) * 2
         print(f"| {name} | {stored / 2**30:.1f} GB | " + " | ".join(cells) + " |")
         import shutil

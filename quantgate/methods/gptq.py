@@ -231,14 +231,19 @@ def check_memory(model_module: torch.nn.Module, windows: torch.Tensor, available
         + ("" if states == "bf16" else ", or keep the calibration states in bf16 (-bf16states)"))
 
 
-def check_gpu_memory(model_module: torch.nn.Module, windows: torch.Tensor, states: str = "fp32") -> int:
-    """On a GPU only the hidden states, one block's work and one block live there: the most
-    windows per block forward that fit in its free memory, or refused with the numbers."""
+def gpu_bytes(model_module: torch.nn.Module, windows: torch.Tensor, chunk: int | None = None,
+              states: str = "fp32") -> int:
+    """GPU memory of GPTQ on a GPU, `chunk` windows per block forward: only the hidden states, one
+    block's work and one block (in fp32, and its quantized weights written back) live there."""
     block = 2 * max(sum(p.numel() for p in b.parameters()) for b in decoder_blocks(model_module)[1]) * 4
+    return block + sum(v for k, v in estimate_peak_bytes(model_module, windows, chunk, states)["parts"].items()
+                       if not k.startswith("model"))
+
+
+def check_gpu_memory(model_module: torch.nn.Module, windows: torch.Tensor, states: str = "fp32") -> int:
+    """The most windows per block forward that fit in the GPU's free memory, or refused with the numbers."""
     free = torch.cuda.mem_get_info()[0]
-    on_gpu = lambda c: block + sum(v for k, v in estimate_peak_bytes(model_module, windows, c, states)["parts"].items()  # noqa: E731
-                                   if not k.startswith("model"))
-    chunk, need = fitting_chunk(windows.shape[0], on_gpu, free)
+    chunk, need = fitting_chunk(windows.shape[0], lambda c: gpu_bytes(model_module, windows, c, states), free)
     if chunk:
         return chunk
     gb = lambda b: f"{b / 2**30:.2f} GB"                # noqa: E731
