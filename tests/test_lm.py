@@ -267,6 +267,25 @@ def test_lm_errors_are_clear(lm, bbc):
         quantize(Model(torch.nn.Linear(2, 2), None, ["a"]), NF4())
 
 
+def test_gptq_on_a_gpu_needs_the_states_and_one_block_not_the_model():
+    """gpu_bytes, the estimate a GPU run is checked against before it starts, on Llama-2-7B's shapes
+    (the meta device: no weights, no GPU needed) at 128 x 2048 tokens, 2 windows per block forward:
+    the hidden states in and out of a block and one block, well under the fp32 model; all 128 at
+    once, far more (the block's work on 262,144 tokens); bf16 states, less."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from quantgate.methods.gptq import gpu_bytes
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000)
+    with torch.device("meta"):
+        m = LlamaForCausalLM(cfg)
+    w = torch.empty(128, 2048, device="meta")
+    states = 2 * 128 * 2048 * 4096 * 4
+    block = sum(p.numel() for p in m.model.layers[0].parameters()) * 4
+    two = gpu_bytes(m, w, 2)
+    assert states + 2 * block < two < sum(p.numel() for p in m.parameters()) * 4 / 2
+    assert gpu_bytes(m, w, 1) < two < gpu_bytes(m, w) / 4 and gpu_bytes(m, w, 2, states="bf16") < two
+
+
 def test_lm_cli_quantize_and_generate(tmp_path, capsys, lm):
     from quantgate.cli import main
     assert main(["lm", "quantize", "--recipes", "gptq-int5-g128", "--out", str(tmp_path / "x")]) == 2
