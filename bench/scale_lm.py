@@ -201,21 +201,31 @@ def fits_table(machines=(8, 16, 24, 32, 64), gpus=(16, 24, 40, 48, 80, 141)) -> 
     per block forward there."""
     import tempfile
     import types
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from transformers import LlamaForCausalLM
-
+    from quantgate.errors import QuantgateError
     from quantgate.methods.gptq import fitting_chunk, gpu_bytes
     from quantgate.recipes import Recipe
     from quantgate.streaming import _check_fits, estimate
+
+    def smallest(sizes, fit, windows: int) -> str:
+        """The smallest of `sizes` (GB, 90% of it available) where fit(available) -> (bytes, chunk) holds the job."""
+        for gb in sizes:
+            got = fit(int(gb * 2**30 * 0.9))
+            if got:
+                need, chunk = got
+                return f"{need / 2**30:.1f} GB: fits {gb} GB" + (f" ({chunk} at a time)" if chunk < windows else "")
+        return f"over {sizes[-1]} GB"
+
     print("| model | stored (bf16) | RTN int4-g128 | GPTQ, 8 x 256 tokens | GPTQ, 128 x 512 tokens | GPTQ, 128 x 2048 tokens "
           "| the same, -bf16states | GPTQ on a GPU, 128 x 2048 tokens: GPU memory |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     gptq, half = Recipe.parse("gptq-int4-g128"), Recipe.parse("gptq-int4-g128-bf16states")
     for name, (h, i, n, heads, kv, vocab) in FAMILIES.items():
         d = tempfile.mkdtemp(prefix="quantgate-fits-")
-        LlamaConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=heads,
-                    num_key_value_heads=kv, vocab_size=vocab, tie_word_embeddings=False).save_pretrained(d)
+        cfg = LlamaConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=heads,
+                          num_key_value_heads=kv, vocab_size=vocab, tie_word_embeddings=False)
+        cfg.save_pretrained(d)
         hd = h // heads
         t = {"model.embed_tokens.weight": (vocab, h), "lm_head.weight": (vocab, h), "model.norm.weight": (h,)}
         for b in range(n):
@@ -224,29 +234,26 @@ def fits_table(machines=(8, 16, 24, 32, 64), gpus=(16, 24, 40, 48, 80, 141)) -> 
                   p + "self_attn.v_proj.weight": (kv * hd, h), p + "self_attn.o_proj.weight": (h, heads * hd),
                   p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h), p + "mlp.down_proj.weight": (h, i)}
         store = types.SimpleNamespace(path=d, tensors={k: ("BF16", 0, v) for k, v in t.items()})
-        cells = [f"{estimate(store, Recipe.parse('int4-g128'))['total'] / 2**30:.1f} GB"]
-        for w, sl, r in ((8, 256, gptq), (128, 512, gptq), (128, 2048, gptq), (128, 2048, half)):
-            for gb in machines:
+
+        def host(recipe, w, sl):
+            def fit(avail):
                 try:
-                    e = _check_fits(store, r, w, sl, int(gb * 2**30 * 0.9))
-                except Exception:
-                    continue
-                cells.append(f"{e['total'] / 2**30:.1f} GB: fits {gb} GB"
-                             + (f" ({e['chunk']} at a time)" if e["chunk"] < w else ""))
-                break
-            else:
-                cells.append(f"over {machines[-1]} GB")
-        cfg = LlamaConfig.from_pretrained(d)
+                    e = _check_fits(store, recipe, w, sl, avail)
+                except QuantgateError:
+                    return None
+                return e["total"], e["chunk"]
+            return fit
         with torch.device("meta"):                 # shapes only: nothing allocated
             skeleton = LlamaForCausalLM(cfg)
         windows = torch.empty(128, 2048, device="meta")
-        for gb in gpus:
-            chunk, need = fitting_chunk(128, lambda c: gpu_bytes(skeleton, windows, c), int(gb * 2**30 * 0.9))
-            if chunk:
-                cells.append(f"{need / 2**30:.1f} GB: fits {gb} GB" + (f" ({chunk} at a time)" if chunk < 128 else ""))
-                break
-        else:
-            cells.append(f"over {gpus[-1]} GB")
+
+        def gpu(avail):
+            chunk, need = fitting_chunk(128, lambda c: gpu_bytes(skeleton, windows, c), avail)
+            return (need, chunk) if chunk else None
+        cells = [f"{estimate(store, Recipe.parse('int4-g128'))['total'] / 2**30:.1f} GB"]
+        cells += [smallest(machines, host(r, w, sl), w)
+                  for w, sl, r in ((8, 256, gptq), (128, 512, gptq), (128, 2048, gptq), (128, 2048, half))]
+        cells.append(smallest(gpus, gpu, 128))
         stored = sum(math.prod(v) for v in t.values()) * 2
         print(f"| {name} | {stored / 2**30:.1f} GB | " + " | ".join(cells) + " |")
         import shutil

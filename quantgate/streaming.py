@@ -230,7 +230,8 @@ def _check_fits(store: Stored, recipe, windows: int, seq_len: int, available: in
 def _float_pass(block, hidden: torch.Tensor, call, prof, names: dict, dev: torch.device) -> torch.Tensor:
     """The float block on the float hidden states, in the batches of windows the in-memory profile
     reads (activations.LM_BATCH), recording every Linear input into `prof` (the drift profile).
-    The block runs on `dev` (a GPU: one batch there at a time); the float stream stays in host memory."""
+    The block runs on `dev` (a GPU: one batch there at a time) and is left there for quantize_block,
+    which runs next and puts it back; the float stream stays in host memory."""
     from .activations import LM_BATCH
     from .methods.gptq import _block_out, _to, window_rows
     n = hidden.shape[0]
@@ -246,7 +247,6 @@ def _float_pass(block, hidden: torch.Tensor, call, prof, names: dict, dev: torch
     finally:
         for h in hooks:
             h.remove()
-        block.to("cpu")
     return torch.cat(outs)
 
 
